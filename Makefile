@@ -1,0 +1,93 @@
+# monolith_tf build. `make demo` and `make test` set everything up from a
+# fresh checkout: virtualenv, pinned dependencies, the op library, the core.
+
+PYTHON ?= python3.11
+VENV ?= .venv
+PY ?= $(VENV)/bin/python
+CXX ?= g++
+BUILD := build
+EXT_SUFFIX_FILE := $(BUILD)/ext_suffix.txt
+TF_CFLAGS_FILE := $(BUILD)/tf_cflags.txt
+TF_LFLAGS_FILE := $(BUILD)/tf_lflags.txt
+
+CXXFLAGS_COMMON := -std=c++17 -O3 -fPIC -Wall -Wextra -Wno-unused-parameter -I.
+CORE_SRCS := $(wildcard cc/table/*.cc)
+OPS_SRCS := $(wildcard cc/ops/*.cc)
+CORE_HDRS := $(wildcard cc/table/*.h)
+OPS_HDRS := $(wildcard cc/ops/*.h)
+CORE_OBJS := $(patsubst cc/%.cc,$(BUILD)/obj/%.o,$(CORE_SRCS))
+OPS_OBJS := $(patsubst cc/%.cc,$(BUILD)/obj/%.o,$(OPS_SRCS))
+OPS_LIB := monolith_tf/libmonolith_ops.so
+CORE_EXT_STAMP := $(BUILD)/core_ext.stamp
+PYTEST_FLAGS ?=
+
+.PHONY: all deps native demo test test-fast asan bench clean
+
+all: native
+
+# Virtualenv with the pinned dependencies; redone when requirements change.
+$(VENV)/.deps-stamp: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -r requirements.txt
+	touch $@
+
+deps: $(VENV)/.deps-stamp
+
+$(BUILD)/flags.stamp: $(VENV)/.deps-stamp
+	mkdir -p $(BUILD)
+	$(PY) -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))" > $(EXT_SUFFIX_FILE)
+	$(PY) -c "import tensorflow as tf; print(' '.join(tf.sysconfig.get_compile_flags()))" > $(TF_CFLAGS_FILE) 2>/dev/null
+	$(PY) -c "import tensorflow as tf; print(' '.join(tf.sysconfig.get_link_flags()))" > $(TF_LFLAGS_FILE) 2>/dev/null
+	$(PY) -c "import pybind11; print(pybind11.get_include())" > $(BUILD)/pybind_include.txt
+	$(PY) -c "import sysconfig; print(sysconfig.get_paths()['include'])" > $(BUILD)/python_include.txt
+	touch $@
+
+$(BUILD)/obj/table/%.o: cc/table/%.cc $(CORE_HDRS) $(BUILD)/flags.stamp
+	@mkdir -p $(dir $@)
+	$(CXX) $(CXXFLAGS_COMMON) -D_GLIBCXX_USE_CXX11_ABI=1 -c $< -o $@
+
+$(BUILD)/obj/ops/%.o: cc/ops/%.cc $(OPS_HDRS) $(CORE_HDRS) $(BUILD)/flags.stamp
+	@mkdir -p $(dir $@)
+	$(CXX) $(CXXFLAGS_COMMON) $$(cat $(TF_CFLAGS_FILE)) -c $< -o $@
+
+$(OPS_LIB): $(CORE_OBJS) $(OPS_OBJS)
+	$(CXX) -shared $^ -o $@ $$(cat $(TF_LFLAGS_FILE))
+
+$(CORE_EXT_STAMP): cc/pybind/core_bindings.cc $(CORE_OBJS) $(CORE_HDRS)
+	$(CXX) $(CXXFLAGS_COMMON) -D_GLIBCXX_USE_CXX11_ABI=1 -shared \
+	  -I$$(cat $(BUILD)/pybind_include.txt) -I$$(cat $(BUILD)/python_include.txt) \
+	  cc/pybind/core_bindings.cc $(CORE_OBJS) -o monolith_tf/_core$$(cat $(EXT_SUFFIX_FILE))
+	touch $@
+
+native: $(OPS_LIB) $(CORE_EXT_STAMP)
+
+demo: native
+	$(PY) examples/table_quickstart.py
+
+# The whole suite, slow cases and the AddressSanitizer run of the core included.
+test: native asan
+	$(PY) -m pytest tests -q $(PYTEST_FLAGS)
+
+test-fast: native
+	$(PY) -m pytest tests -q -m "not slow" $(PYTEST_FLAGS)
+
+# The core and its bindings built with AddressSanitizer, run against the core
+# tests in a package holding only the core (TensorFlow is not loaded).
+ASAN_DIR := $(BUILD)/asan
+asan: $(BUILD)/flags.stamp
+	mkdir -p $(ASAN_DIR)/monolith_tf
+	touch $(ASAN_DIR)/monolith_tf/__init__.py
+	$(CXX) -std=c++17 -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined \
+	  -fPIC -shared -I. -I$$(cat $(BUILD)/pybind_include.txt) -I$$(cat $(BUILD)/python_include.txt) \
+	  $(CORE_SRCS) cc/pybind/core_bindings.cc -o $(ASAN_DIR)/monolith_tf/_core$$(cat $(EXT_SUFFIX_FILE))
+	cd $(ASAN_DIR) && LD_PRELOAD="$$($(CXX) -print-file-name=libasan.so) $$($(CXX) -print-file-name=libubsan.so)" \
+	  ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	  MONOLITH_ASAN=1 PYTHONPATH=$(CURDIR)/$(ASAN_DIR) $(CURDIR)/$(VENV)/bin/pytest \
+	  -q -p no:cacheprovider --rootdir=$(CURDIR)/$(ASAN_DIR) $(CURDIR)/tests/core
+
+bench: native
+	$(PY) bench/table_bench.py
+
+clean:
+	rm -rf $(BUILD) $(OPS_LIB) monolith_tf/_core*.so

@@ -1,0 +1,196 @@
+// pybind11 bindings of the TF-free core, for tests and benchmarks that run
+// without TensorFlow. Arrays are numpy; long calls release the GIL.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <algorithm>
+#include <stdexcept>
+#include <thread>
+#include <vector>
+
+#include "cc/table/embedding_table.h"
+
+namespace py = pybind11;
+using monolith::EmbeddingTable;
+using monolith::TableConfig;
+
+namespace {
+
+template <typename T>
+using CArray = py::array_t<T, py::array::c_style | py::array::forcecast>;
+
+// Splits work over `threads` std::threads (1 runs inline).
+class ThreadRunner : public monolith::ParallelRunner {
+ public:
+  explicit ThreadRunner(int threads) : threads_(std::max(1, threads)) {}
+  void For(int64_t n, int64_t, const std::function<void(int64_t, int64_t)>& fn)
+      const override {
+    const int64_t shards = std::min<int64_t>(threads_, n);
+    if (shards <= 1) {
+      if (n > 0) fn(0, n);
+      return;
+    }
+    std::vector<std::thread> pool;
+    for (int64_t s = 1; s < shards; ++s) {
+      pool.emplace_back(fn, s * n / shards, (s + 1) * n / shards);
+    }
+    fn(0, n / shards);
+    for (auto& t : pool) t.join();
+  }
+
+ private:
+  int threads_;
+};
+
+int64_t CheckKeys(const CArray<int64_t>& keys) {
+  if (keys.ndim() != 1) {
+    throw std::invalid_argument("keys must be 1-D, got rank " +
+                                std::to_string(keys.ndim()));
+  }
+  return keys.shape(0);
+}
+
+void CheckRows(const CArray<float>& rows, int64_t n, int width, const char* what) {
+  if (rows.ndim() != 2 || rows.shape(0) != n || rows.shape(1) != width) {
+    throw std::invalid_argument(std::string(what) + " must have shape (" +
+                                std::to_string(n) + ", " + std::to_string(width) + ")");
+  }
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "TF-free core of monolith_tf: the cuckoo-hash embedding table.";
+  py::class_<EmbeddingTable>(m, "EmbeddingTable")
+      .def(py::init([](int dim, const std::string& initializer,
+                       const std::string& optimizer, uint64_t seed,
+                       int64_t capacity_hint) {
+             TableConfig config;
+             config.dim = dim;
+             config.initializer = initializer;
+             config.optimizer = optimizer;
+             config.seed = seed;
+             config.capacity_hint = capacity_hint;
+             return new EmbeddingTable(config);
+           }),
+           py::arg("dim"), py::arg("initializer") = "zeros",
+           py::arg("optimizer") = "sgd", py::arg("seed") = 0,
+           py::arg("capacity_hint") = 0)
+      .def_property_readonly("dim", &EmbeddingTable::dim)
+      .def_property_readonly("state_dim", &EmbeddingTable::state_dim)
+      .def_property_readonly("entry_bytes", &EmbeddingTable::entry_bytes)
+      .def_property_readonly("num_buckets", &EmbeddingTable::num_buckets)
+      .def("size", &EmbeddingTable::size)
+      .def("memory_bytes", &EmbeddingTable::memory_bytes)
+      .def("lookup",
+           [](EmbeddingTable& t, const CArray<int64_t>& keys, bool insert_missing,
+              int threads) {
+             const int64_t n = CheckKeys(keys);
+             py::array_t<float> out({n, static_cast<int64_t>(t.dim())});
+             const int64_t* k = keys.data();
+             float* o = out.mutable_data();
+             py::gil_scoped_release release;
+             t.Lookup(k, n, insert_missing, o, ThreadRunner(threads));
+             return out;
+           },
+           py::arg("keys"), py::arg("insert_missing") = true, py::arg("threads") = 1)
+      .def("apply_gradients",
+           [](EmbeddingTable& t, const CArray<int64_t>& keys,
+              const CArray<float>& grads, float learning_rate,
+              const CArray<int64_t>& timestamps, int threads) {
+             const int64_t n = CheckKeys(keys);
+             CheckRows(grads, n, t.dim(), "grads");
+             const bool per_key = timestamps.ndim() == 1;
+             if (!(timestamps.ndim() == 0 || (per_key && timestamps.shape(0) == n))) {
+               throw std::invalid_argument("timestamps must be a scalar or have one per key");
+             }
+             const int64_t* k = keys.data();
+             const float* g = grads.data();
+             const int64_t* ts = timestamps.data();
+             py::gil_scoped_release release;
+             t.ApplyGradients(k, g, n, learning_rate, ts, per_key, ThreadRunner(threads));
+           },
+           py::arg("keys"), py::arg("grads"), py::arg("learning_rate"),
+           py::arg("timestamps") = CArray<int64_t>(std::vector<py::ssize_t>{}),
+           py::arg("threads") = 1)
+      .def("assign",
+           [](EmbeddingTable& t, const CArray<int64_t>& keys, const CArray<float>& values) {
+             const int64_t n = CheckKeys(keys);
+             CheckRows(values, n, t.dim(), "values");
+             const int64_t* k = keys.data();
+             const float* v = values.data();
+             py::gil_scoped_release release;
+             t.Assign(k, v, n);
+           })
+      .def("remove",
+           [](EmbeddingTable& t, const CArray<int64_t>& keys) {
+             const int64_t n = CheckKeys(keys);
+             const int64_t* k = keys.data();
+             py::gil_scoped_release release;
+             return t.Remove(k, n);
+           })
+      .def("export",
+           [](const EmbeddingTable& t, int64_t chunk, int64_t num_chunks) {
+             py::array_t<int64_t> keys, timestamps, counts;
+             py::array_t<float> values, state;
+             const int64_t dim = t.dim(), state_dim = t.state_dim();
+             t.Export(chunk, num_chunks, [&](int64_t count) {
+               keys = py::array_t<int64_t>(count);
+               values = py::array_t<float>({count, dim});
+               state = py::array_t<float>({count, state_dim});
+               timestamps = py::array_t<int64_t>(count);
+               counts = py::array_t<int64_t>(count);
+               monolith::RowBuffers out;
+               out.keys = keys.mutable_data();
+               out.values = values.mutable_data();
+               out.state = state.mutable_data();
+               out.timestamps = timestamps.mutable_data();
+               out.counts = counts.mutable_data();
+               return out;
+             });
+             py::dict d;
+             d["keys"] = keys;
+             d["values"] = values;
+             d["state"] = state;
+             d["timestamps"] = timestamps;
+             d["counts"] = counts;
+             return d;
+           },
+           py::arg("chunk") = 0, py::arg("num_chunks") = 1)
+      .def("import_rows",
+           [](EmbeddingTable& t, const CArray<int64_t>& keys, const CArray<float>& values,
+              const CArray<float>& state, const CArray<int64_t>& timestamps,
+              const CArray<int64_t>& counts, bool clear) {
+             const int64_t n = CheckKeys(keys);
+             CheckRows(values, n, t.dim(), "values");
+             CheckRows(state, n, t.state_dim(), "state");
+             if (timestamps.ndim() != 1 || timestamps.shape(0) != n ||
+                 counts.ndim() != 1 || counts.shape(0) != n) {
+               throw std::invalid_argument("timestamps and counts must have one per key");
+             }
+             monolith::RowsView rows;
+             rows.keys = keys.data();
+             rows.values = values.data();
+             rows.state = state.data();
+             rows.timestamps = timestamps.data();
+             rows.counts = counts.data();
+             py::gil_scoped_release release;
+             t.Import(rows, n, clear);
+           },
+           py::arg("keys"), py::arg("values"), py::arg("state"), py::arg("timestamps"),
+           py::arg("counts"), py::arg("clear") = false)
+      .def("candidate_buckets", [](const EmbeddingTable& t, const CArray<int64_t>& keys) {
+        const int64_t n = CheckKeys(keys);
+        py::array_t<uint64_t> b1(n), b2(n);
+        auto k = keys.unchecked<1>();
+        auto o1 = b1.mutable_unchecked<1>();
+        auto o2 = b2.mutable_unchecked<1>();
+        for (int64_t i = 0; i < n; ++i) {
+          const auto pair = t.CandidateBuckets(k(i));
+          o1(i) = pair.first;
+          o2(i) = pair.second;
+        }
+        return py::make_tuple(b1, b2);
+      });
+}

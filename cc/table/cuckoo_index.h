@@ -1,0 +1,137 @@
+// Cuckoo hash index from int64 keys to 32-bit entry ids.
+//
+// Two hash functions pick two buckets of kSlotsPerBucket slots; a bucket is
+// one 64-byte cache line. A key that finds both buckets full displaces a
+// resident to that resident's other bucket, and so on for a bounded number of
+// kicks; a key still homeless goes to a small overflow stash. The index grows
+// (doubles) when the load factor passes kMaxLoadFactor or the stash fills at
+// a high load, and re-seeds its hashes when the stash fills at a low load
+// (keys crafted to collide). Distinct keys therefore never share a slot and an
+// insert never fails.
+//
+// Not thread-safe: the owner (EmbeddingTable) serializes writers.
+#ifndef MONOLITH_TF_CC_TABLE_CUCKOO_INDEX_H_
+#define MONOLITH_TF_CC_TABLE_CUCKOO_INDEX_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "cc/table/hashing.h"
+
+namespace monolith {
+
+class CuckooIndex {
+ public:
+  static constexpr int kSlotsPerBucket = 5;
+  static constexpr uint32_t kNoEntry = 0xffffffffu;
+  static constexpr double kMaxLoadFactor = 0.92;
+
+  // `capacity_hint` keys fit without growing. `seed` picks the hash functions.
+  CuckooIndex(size_t capacity_hint, uint64_t seed);
+
+  // Entry id of `key`, or kNoEntry.
+  uint32_t Find(int64_t key) const {
+    const uint64_t h1 = Hash1(key), h2 = Hash2(key);
+    uint32_t id = FindInBucket(buckets_[h1 & mask_], key);
+    if (id != kNoEntry) return id;
+    id = FindInBucket(buckets_[h2 & mask_], key);
+    if (id != kNoEntry || stash_.empty()) return id;
+    auto it = stash_.find(key);
+    return it == stash_.end() ? kNoEntry : it->second;
+  }
+
+  // Brings both candidate buckets of `key` towards the cache.
+  void Prefetch(int64_t key) const {
+    __builtin_prefetch(&buckets_[Hash1(key) & mask_]);
+    __builtin_prefetch(&buckets_[Hash2(key) & mask_]);
+  }
+
+  // Maps `key` (which must be absent) to `id`.
+  void Insert(int64_t key, uint32_t id);
+
+  // Removes `key`; returns its entry id or kNoEntry when absent.
+  uint32_t Erase(int64_t key);
+
+  // Rebuilds the index (same seeds) so it holds `capacity_hint` keys without
+  // growing; a no-op when it already does.
+  void Reserve(size_t capacity_hint);
+
+  size_t size() const { return size_; }
+  size_t num_buckets() const { return buckets_.size(); }
+  size_t stash_size() const { return stash_.size(); }
+  size_t memory_bytes() const;
+  double load_factor() const {
+    return static_cast<double>(size_) / (buckets_.size() * kSlotsPerBucket);
+  }
+
+  // The two candidate buckets of `key` for the current size (for tests that
+  // craft colliding keys).
+  std::pair<uint64_t, uint64_t> CandidateBuckets(int64_t key) const {
+    return {Hash1(key) & mask_, Hash2(key) & mask_};
+  }
+
+  // Calls f(key, id) for every key in buckets [begin, end); the stash belongs
+  // to the last bucket, so ranges that tile [0, num_buckets()) visit each key
+  // exactly once.
+  template <typename F>
+  void ForEachInRange(size_t begin, size_t end, F&& f) const {
+    for (size_t b = begin; b < end && b < buckets_.size(); ++b) {
+      const Bucket& bucket = buckets_[b];
+      for (int s = 0; s < kSlotsPerBucket; ++s) {
+        if (bucket.ids[s] != kNoEntry) f(bucket.keys[s], bucket.ids[s]);
+      }
+    }
+    if (end >= buckets_.size() && begin < buckets_.size()) {
+      for (const auto& kv : stash_) f(kv.first, kv.second);
+    }
+  }
+
+  // Removes every key.
+  void Clear();
+
+ private:
+  struct alignas(64) Bucket {
+    int64_t keys[kSlotsPerBucket];
+    uint32_t ids[kSlotsPerBucket];
+    uint32_t padding;
+  };
+  static_assert(sizeof(Bucket) == 64, "a bucket must be one cache line");
+
+  static uint32_t FindInBucket(const Bucket& bucket, int64_t key) {
+    for (int s = 0; s < kSlotsPerBucket; ++s) {
+      if (bucket.keys[s] == key && bucket.ids[s] != kNoEntry) return bucket.ids[s];
+    }
+    return kNoEntry;
+  }
+  static bool PlaceInBucket(Bucket& bucket, int64_t key, uint32_t id);
+
+  uint64_t Hash1(int64_t key) const {
+    return Mix64(static_cast<uint64_t>(key) ^ seed1_);
+  }
+  uint64_t Hash2(int64_t key) const {
+    // Rotate so the two bucket choices use different bits of the mix.
+    const uint64_t h = Mix64(static_cast<uint64_t>(key) ^ seed2_);
+    return (h >> 32) | (h << 32);
+  }
+  uint64_t NextRandom();
+
+  // Places (key, id) without growing; returns false if it went to the stash.
+  bool PlaceWithKicks(int64_t key, uint32_t id);
+  void Rebuild(size_t num_buckets, bool new_seeds);
+  void MaybeRebuildAfterStash();
+
+  std::vector<Bucket> buckets_;
+  uint64_t mask_ = 0;
+  uint64_t seed1_, seed2_;
+  uint64_t rng_state_;
+  std::unordered_map<int64_t, uint32_t> stash_;
+  size_t stash_limit_;
+  size_t size_ = 0;
+};
+
+}  // namespace monolith
+
+#endif  // MONOLITH_TF_CC_TABLE_CUCKOO_INDEX_H_

@@ -1,0 +1,396 @@
+#include "cc/table/embedding_table.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <mutex>
+#include <shared_mutex>
+#include <stdexcept>
+#include <system_error>
+#include <vector>
+
+namespace monolith {
+
+// Reader-writer lock that lets a waiting writer in before new readers.
+class EmbeddingTable::TableLock {
+ public:
+  TableLock() {
+    pthread_rwlockattr_t attr;
+    pthread_rwlockattr_init(&attr);
+    pthread_rwlockattr_setkind_np(&attr,
+                                  PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    const int rc = pthread_rwlock_init(&lock_, &attr);
+    pthread_rwlockattr_destroy(&attr);
+    if (rc != 0) throw std::system_error(rc, std::generic_category(), "rwlock");
+  }
+  ~TableLock() { pthread_rwlock_destroy(&lock_); }
+  void lock() { pthread_rwlock_wrlock(&lock_); }
+  void unlock() { pthread_rwlock_unlock(&lock_); }
+  void lock_shared() { pthread_rwlock_rdlock(&lock_); }
+  void unlock_shared() { pthread_rwlock_unlock(&lock_); }
+
+ private:
+  pthread_rwlock_t lock_;
+};
+
+namespace {
+
+using SharedLock = std::shared_lock<EmbeddingTable::TableLock>;
+using ExclusiveLock = std::unique_lock<EmbeddingTable::TableLock>;
+
+const TableConfig& Validated(const TableConfig& config) {
+  if (config.dim <= 0) {
+    throw std::invalid_argument("dim must be > 0, got " +
+                                std::to_string(config.dim));
+  }
+  if (config.capacity_hint < 0) {
+    throw std::invalid_argument("capacity_hint must be >= 0, got " +
+                                std::to_string(config.capacity_hint));
+  }
+  return config;
+}
+
+void CheckCount(int64_t n, const char* what) {
+  if (n < 0) {
+    throw std::invalid_argument(std::string(what) + " must be >= 0, got " +
+                                std::to_string(n));
+  }
+}
+
+// Distinct keys of a gradient batch with their summed gradients, in order of
+// first occurrence, so sums run in the order a reference would add them.
+struct DedupedBatch {
+  std::vector<int64_t> keys;
+  std::vector<float> grads;
+  std::vector<uint32_t> occurrences;
+  std::vector<int64_t> timestamps;
+};
+
+DedupedBatch Dedup(const int64_t* keys, const float* grads, int64_t n, int dim,
+                   const int64_t* timestamps, bool per_key_timestamps) {
+  DedupedBatch out;
+  size_t slots = 16;
+  while (slots < 2 * static_cast<size_t>(n)) slots <<= 1;
+  const size_t mask = slots - 1;
+  std::vector<int32_t> slot_to_unique(slots, -1);
+  out.keys.reserve(n);
+  out.grads.reserve(static_cast<size_t>(n) * dim);
+  out.occurrences.reserve(n);
+  out.timestamps.reserve(n);
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t key = keys[i];
+    const int64_t ts = per_key_timestamps ? timestamps[i] : timestamps[0];
+    size_t slot = Mix64(static_cast<uint64_t>(key)) & mask;
+    while (slot_to_unique[slot] >= 0 && out.keys[slot_to_unique[slot]] != key) {
+      slot = (slot + 1) & mask;
+    }
+    const float* g = grads + static_cast<size_t>(i) * dim;
+    if (slot_to_unique[slot] < 0) {
+      slot_to_unique[slot] = static_cast<int32_t>(out.keys.size());
+      out.keys.push_back(key);
+      out.grads.insert(out.grads.end(), g, g + dim);
+      out.occurrences.push_back(1);
+      out.timestamps.push_back(ts);
+    } else {
+      const size_t u = slot_to_unique[slot];
+      float* sum = out.grads.data() + u * dim;
+      for (int d = 0; d < dim; ++d) sum[d] += g[d];
+      ++out.occurrences[u];
+      out.timestamps[u] = std::max(out.timestamps[u], ts);
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+EmbeddingTable::EmbeddingTable(const TableConfig& config)
+    : config_(Validated(config)),
+      initializer_(MakeInitializer(config.initializer, config.seed)),
+      optimizer_(MakeOptimizer(config.optimizer)),
+      state_dim_(optimizer_->StateDim(config.dim)),
+      lock_(new TableLock),
+      index_(static_cast<size_t>(config.capacity_hint), config.seed),
+      arena_(config.dim + state_dim_) {}
+
+EmbeddingTable::~EmbeddingTable() = default;
+
+int64_t EmbeddingTable::size() const {
+  SharedLock lock(*lock_);
+  return static_cast<int64_t>(index_.size());
+}
+
+size_t EmbeddingTable::memory_bytes() const {
+  SharedLock lock(*lock_);
+  return index_.memory_bytes() + arena_.memory_bytes();
+}
+
+std::pair<uint64_t, uint64_t> EmbeddingTable::CandidateBuckets(int64_t key) const {
+  SharedLock lock(*lock_);
+  return index_.CandidateBuckets(key);
+}
+
+size_t EmbeddingTable::num_buckets() const {
+  SharedLock lock(*lock_);
+  return index_.num_buckets();
+}
+
+uint32_t EmbeddingTable::InsertNew(int64_t key) {
+  const uint32_t id = arena_.Allocate();
+  float* floats = arena_.Floats(id);
+  initializer_->Fill(key, floats, config_.dim);
+  optimizer_->InitState(floats + config_.dim, config_.dim);
+  index_.Insert(key, id);
+  return id;
+}
+
+namespace {
+
+// Resolves keys[begin, end) to entry ids with software prefetching: bucket
+// lines kBucketAhead keys early, then row lines kRowAhead keys early, so the
+// dependent cache misses of many keys overlap. Calls f(i, id).
+template <typename F>
+void ForEachResolved(const CuckooIndex& index, const EntryArena& arena,
+                     const int64_t* keys, int64_t begin, int64_t end,
+                     size_t row_bytes, F&& f) {
+  constexpr int64_t kBucketAhead = 16, kRowAhead = 8;
+  uint32_t ring[kRowAhead];
+  auto resolve = [&](int64_t j) {
+    const uint32_t id = index.Find(keys[j]);
+    ring[j % kRowAhead] = id;
+    if (id != CuckooIndex::kNoEntry) {
+      const char* row = reinterpret_cast<const char*>(arena.Header(id));
+      for (size_t off = 0; off < row_bytes; off += 64) __builtin_prefetch(row + off);
+    }
+  };
+  for (int64_t j = begin; j < std::min(begin + kBucketAhead, end); ++j) {
+    index.Prefetch(keys[j]);
+  }
+  for (int64_t j = begin; j < std::min(begin + kRowAhead, end); ++j) resolve(j);
+  for (int64_t i = begin; i < end; ++i) {
+    if (i + kBucketAhead < end) index.Prefetch(keys[i + kBucketAhead]);
+    const uint32_t id = ring[i % kRowAhead];
+    if (i + kRowAhead < end) resolve(i + kRowAhead);
+    f(i, id);
+  }
+}
+
+}  // namespace
+
+int64_t EmbeddingTable::Lookup(const int64_t* keys, int64_t n,
+                               bool insert_missing, float* out,
+                               const ParallelRunner& runner) {
+  CheckCount(n, "number of ids");
+  const int dim = config_.dim;
+  const size_t row_bytes = sizeof(EntryHeader) + sizeof(float) * dim;
+  std::vector<uint8_t> missing(n, 0);
+  std::atomic<int64_t> num_missing{0};
+  {
+    SharedLock lock(*lock_);
+    runner.For(n, 60, [&](int64_t begin, int64_t end) {
+      int64_t local_missing = 0;
+      ForEachResolved(index_, arena_, keys, begin, end, row_bytes,
+                      [&](int64_t i, uint32_t id) {
+        float* dst = out + static_cast<size_t>(i) * dim;
+        if (id == CuckooIndex::kNoEntry) {
+          missing[i] = 1;
+          ++local_missing;
+          return;
+        }
+        const EntryHeader* header = arena_.Header(id);
+        const float* src = arena_.Floats(id);
+        ReadEntryConsistent(header, [&] { std::memcpy(dst, src, sizeof(float) * dim); });
+      });
+      num_missing += local_missing;
+    });
+  }
+  if (num_missing.load() == 0) return 0;
+  if (!insert_missing) {
+    for (int64_t i = 0; i < n; ++i) {
+      if (missing[i]) std::fill(out + static_cast<size_t>(i) * dim,
+                                out + static_cast<size_t>(i + 1) * dim, 0.f);
+    }
+    return 0;
+  }
+  int64_t inserted = 0;
+  ExclusiveLock lock(*lock_);
+  for (int64_t i = 0; i < n; ++i) {
+    if (!missing[i]) continue;
+    // Another thread, or an earlier duplicate in this batch, may have won.
+    uint32_t id = index_.Find(keys[i]);
+    if (id == CuckooIndex::kNoEntry) {
+      id = InsertNew(keys[i]);
+      ++inserted;
+    }
+    std::memcpy(out + static_cast<size_t>(i) * dim, arena_.Floats(id),
+                sizeof(float) * dim);
+  }
+  return inserted;
+}
+
+void EmbeddingTable::ApplyGradients(const int64_t* keys, const float* grads,
+                                    int64_t n, float learning_rate,
+                                    const int64_t* timestamps,
+                                    bool per_key_timestamps,
+                                    const ParallelRunner& runner) {
+  CheckCount(n, "number of ids");
+  if (!std::isfinite(learning_rate) || learning_rate < 0 ||
+      (optimizer_->NeedsPositiveLearningRate() && learning_rate == 0)) {
+    throw std::invalid_argument(
+        "learning_rate must be finite and " +
+        std::string(optimizer_->NeedsPositiveLearningRate() ? "> 0" : ">= 0") +
+        " for optimizer '" + config_.optimizer + "', got " +
+        std::to_string(learning_rate));
+  }
+  if (n == 0) return;
+  const int dim = config_.dim;
+  const DedupedBatch batch =
+      Dedup(keys, grads, n, dim, timestamps, per_key_timestamps);
+  const int64_t unique = static_cast<int64_t>(batch.keys.size());
+  const size_t row_bytes =
+      sizeof(EntryHeader) + sizeof(float) * (dim + state_dim_);
+
+  auto update = [&](int64_t u, uint32_t id) {
+    EntryHeader* header = arena_.Header(id);
+    float* weights = arena_.Floats(id);
+    EntryWriteLock row_lock(header);
+    optimizer_->Apply(weights, weights + dim,
+                      batch.grads.data() + static_cast<size_t>(u) * dim, dim,
+                      learning_rate);
+    const uint64_t count = uint64_t{header->count} + batch.occurrences[u];
+    header->count = static_cast<uint32_t>(
+        std::min<uint64_t>(count, std::numeric_limits<uint32_t>::max()));
+    header->timestamp = std::max(header->timestamp, batch.timestamps[u]);
+  };
+
+  std::atomic<bool> any_missing{false};
+  {
+    SharedLock lock(*lock_);
+    // First pass only checks presence, so a batch with a missing id changes
+    // nothing until it holds the exclusive lock.
+    runner.For(unique, 40, [&](int64_t begin, int64_t end) {
+      for (int64_t u = begin; u < end && !any_missing.load(std::memory_order_relaxed); ++u) {
+        if (index_.Find(batch.keys[u]) == CuckooIndex::kNoEntry) any_missing = true;
+      }
+    });
+    if (!any_missing.load()) {
+      runner.For(unique, 150, [&](int64_t begin, int64_t end) {
+        ForEachResolved(index_, arena_, batch.keys.data(), begin, end, row_bytes,
+                        update);
+      });
+      return;
+    }
+  }
+  // Rare path (ids never looked up, or removed since): insert, then update,
+  // all under the exclusive lock so no row can vanish in between.
+  ExclusiveLock lock(*lock_);
+  for (int64_t u = 0; u < unique; ++u) {
+    uint32_t id = index_.Find(batch.keys[u]);
+    if (id == CuckooIndex::kNoEntry) id = InsertNew(batch.keys[u]);
+    update(u, id);
+  }
+}
+
+void EmbeddingTable::Assign(const int64_t* keys, const float* values, int64_t n) {
+  CheckCount(n, "number of ids");
+  const int dim = config_.dim;
+  ExclusiveLock lock(*lock_);
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t id = index_.Find(keys[i]);
+    if (id == CuckooIndex::kNoEntry) id = InsertNew(keys[i]);
+    std::memcpy(arena_.Floats(id), values + static_cast<size_t>(i) * dim,
+                sizeof(float) * dim);
+  }
+}
+
+int64_t EmbeddingTable::Remove(const int64_t* keys, int64_t n) {
+  CheckCount(n, "number of ids");
+  ExclusiveLock lock(*lock_);
+  int64_t removed = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t id = index_.Erase(keys[i]);
+    if (id != CuckooIndex::kNoEntry) {
+      arena_.Free(id);
+      ++removed;
+    }
+  }
+  return removed;
+}
+
+int64_t EmbeddingTable::Export(
+    int64_t chunk, int64_t num_chunks,
+    const std::function<RowBuffers(int64_t)>& allocate) const {
+  if (num_chunks < 1 || chunk < 0 || chunk >= num_chunks) {
+    throw std::invalid_argument("export chunk must be in [0, num_chunks) with "
+                                "num_chunks >= 1, got chunk " +
+                                std::to_string(chunk) + " of " +
+                                std::to_string(num_chunks));
+  }
+  SharedLock lock(*lock_);
+  const size_t buckets = index_.num_buckets();
+  const size_t begin = static_cast<size_t>(chunk) * buckets / num_chunks;
+  const size_t end = static_cast<size_t>(chunk + 1) * buckets / num_chunks;
+  int64_t count = 0;
+  index_.ForEachInRange(begin, end, [&](int64_t, uint32_t) { ++count; });
+  const RowBuffers out = allocate(count);
+  const int dim = config_.dim, state_dim = state_dim_;
+  int64_t row = 0;
+  index_.ForEachInRange(begin, end, [&](int64_t key, uint32_t id) {
+    const EntryHeader* header = arena_.Header(id);
+    const float* floats = arena_.Floats(id);
+    out.keys[row] = key;
+    ReadEntryConsistent(header, [&] {
+      std::memcpy(out.values + static_cast<size_t>(row) * dim, floats,
+                  sizeof(float) * dim);
+      if (state_dim > 0) {
+        std::memcpy(out.state + static_cast<size_t>(row) * state_dim,
+                    floats + dim, sizeof(float) * state_dim);
+      }
+      out.timestamps[row] = header->timestamp;
+      out.counts[row] = header->count;
+    });
+    ++row;
+  });
+  return count;
+}
+
+void EmbeddingTable::Import(const RowsView& rows, int64_t n, bool clear) {
+  CheckCount(n, "number of rows");
+  // Validate everything before touching the table, so bad input loses nothing.
+  for (int64_t i = 0; i < n; ++i) {
+    if (rows.counts[i] < 0 ||
+        rows.counts[i] > std::numeric_limits<uint32_t>::max()) {
+      throw std::invalid_argument("import counts must be in [0, 2^32), got " +
+                                  std::to_string(rows.counts[i]) + " at row " +
+                                  std::to_string(i));
+    }
+  }
+  const int dim = config_.dim, state_dim = state_dim_;
+  ExclusiveLock lock(*lock_);
+  if (clear) {
+    index_.Clear();
+    arena_.Reset();
+  }
+  index_.Reserve(index_.size() + static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t id = index_.Find(rows.keys[i]);
+    if (id == CuckooIndex::kNoEntry) {
+      id = arena_.Allocate();
+      index_.Insert(rows.keys[i], id);
+    }
+    EntryHeader* header = arena_.Header(id);
+    float* floats = arena_.Floats(id);
+    std::memcpy(floats, rows.values + static_cast<size_t>(i) * dim,
+                sizeof(float) * dim);
+    if (state_dim > 0) {
+      std::memcpy(floats + dim, rows.state + static_cast<size_t>(i) * state_dim,
+                  sizeof(float) * state_dim);
+    }
+    header->timestamp = rows.timestamps[i];
+    header->count = static_cast<uint32_t>(rows.counts[i]);
+  }
+}
+
+}  // namespace monolith

@@ -1,0 +1,135 @@
+// The collisionless embedding table: a cuckoo index over an entry arena, with
+// keyed initializers and in-place sparse optimizers.
+//
+// Concurrency: lookups and gradient applies of present ids run in parallel
+// under a shared lock, each row guarded by its own seqlock so a read never
+// sees a half-written row; inserts, removals, growth and imports take the
+// table lock exclusively. The lock prefers writers, so a stream of readers
+// cannot starve inserts.
+#ifndef MONOLITH_TF_CC_TABLE_EMBEDDING_TABLE_H_
+#define MONOLITH_TF_CC_TABLE_EMBEDDING_TABLE_H_
+
+#include <pthread.h>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "cc/table/cuckoo_index.h"
+#include "cc/table/entry_arena.h"
+#include "cc/table/initializer.h"
+#include "cc/table/optimizer.h"
+
+namespace monolith {
+
+struct TableConfig {
+  int dim = 0;
+  std::string initializer = "uniform(minval=-0.05, maxval=0.05)";
+  std::string optimizer = "adagrad";
+  uint64_t seed = 0;
+  // Rows that fit before the index first grows.
+  int64_t capacity_hint = 0;
+};
+
+// Splits [0, n) into ranges for fn(begin, end), possibly on several threads.
+// The TensorFlow bridge passes TF's intra-op pool; the default runs inline.
+class ParallelRunner {
+ public:
+  virtual ~ParallelRunner() = default;
+  // `cost_per_item` is a rough cost in nanoseconds, for choosing shard sizes.
+  virtual void For(int64_t n, int64_t cost_per_item,
+                   const std::function<void(int64_t, int64_t)>& fn) const {
+    if (n > 0) fn(0, n);
+  }
+};
+
+// Destination of an export: arrays of `count` rows, filled by the table.
+struct RowBuffers {
+  int64_t* keys = nullptr;
+  float* values = nullptr;      // count * dim
+  float* state = nullptr;       // count * state_dim
+  int64_t* timestamps = nullptr;
+  int64_t* counts = nullptr;
+};
+
+// Source of an import: `n` full rows.
+struct RowsView {
+  const int64_t* keys = nullptr;
+  const float* values = nullptr;
+  const float* state = nullptr;
+  const int64_t* timestamps = nullptr;
+  const int64_t* counts = nullptr;
+};
+
+class EmbeddingTable {
+ public:
+  // Throws std::invalid_argument on a bad config.
+  explicit EmbeddingTable(const TableConfig& config);
+  ~EmbeddingTable();
+  EmbeddingTable(const EmbeddingTable&) = delete;
+  EmbeddingTable& operator=(const EmbeddingTable&) = delete;
+
+  const TableConfig& config() const { return config_; }
+  int dim() const { return config_.dim; }
+  int state_dim() const { return state_dim_; }
+  int64_t size() const;
+  // Bytes held by the index and the arena (allocated, not necessarily touched).
+  size_t memory_bytes() const;
+  size_t entry_bytes() const { return arena_.entry_bytes(); }
+
+  // Copies the rows of keys[0..n) into out[0..n*dim). A missing key gets its
+  // initial value and is inserted when `insert_missing` (training), or reads
+  // as zeros and is not inserted (serving). Returns the number inserted.
+  int64_t Lookup(const int64_t* keys, int64_t n, bool insert_missing,
+                 float* out, const ParallelRunner& runner = ParallelRunner());
+
+  // One optimizer step: gradients of duplicate keys are summed first, then
+  // each distinct row is updated in place under its lock. Missing keys are
+  // inserted first. `timestamps` holds n data times (seconds) or, when
+  // `per_key_timestamps` is false, one for all; each row keeps the largest.
+  void ApplyGradients(const int64_t* keys, const float* grads, int64_t n,
+                      float learning_rate, const int64_t* timestamps,
+                      bool per_key_timestamps,
+                      const ParallelRunner& runner = ParallelRunner());
+
+  // Sets the embeddings of keys[0..n) (later duplicates win). New rows get
+  // initial optimizer state; existing rows keep theirs.
+  void Assign(const int64_t* keys, const float* values, int64_t n);
+
+  // Removes keys[0..n); returns how many were present. Their memory is reused.
+  int64_t Remove(const int64_t* keys, int64_t n);
+
+  // Writes chunk `chunk` of `num_chunks` (a slice of the index's buckets).
+  // Calls allocate(count) once, with the table locked, for the destination.
+  // Chunks are consistent with each other only while no writer runs.
+  int64_t Export(int64_t chunk, int64_t num_chunks,
+                 const std::function<RowBuffers(int64_t)>& allocate) const;
+
+  // Upserts n full rows (later duplicates win); `clear` empties the table
+  // first, so that import(export()) restores a table exactly.
+  void Import(const RowsView& rows, int64_t n, bool clear);
+
+  // Candidate buckets of `key` and the bucket count, for collision tests.
+  std::pair<uint64_t, uint64_t> CandidateBuckets(int64_t key) const;
+  size_t num_buckets() const;
+
+  // The table's reader-writer lock (defined in the .cc file).
+  class TableLock;
+
+ private:
+  // Inserts `key` (absent, exclusive lock held) with its initial value.
+  uint32_t InsertNew(int64_t key);
+
+  TableConfig config_;
+  std::unique_ptr<Initializer> initializer_;
+  std::unique_ptr<Optimizer> optimizer_;
+  int state_dim_;
+  std::unique_ptr<TableLock> lock_;
+  CuckooIndex index_;
+  EntryArena arena_;
+};
+
+}  // namespace monolith
+
+#endif  // MONOLITH_TF_CC_TABLE_EMBEDDING_TABLE_H_

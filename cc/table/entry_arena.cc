@@ -1,0 +1,47 @@
+#include "cc/table/entry_arena.h"
+
+#include <new>
+#include <stdexcept>
+
+namespace monolith {
+
+EntryArena::EntryArena(int floats_per_entry) {
+  // Round up to 8 bytes so every header's timestamp stays aligned.
+  entry_bytes_ = (sizeof(EntryHeader) + sizeof(float) * floats_per_entry + 7) & ~size_t{7};
+}
+
+uint32_t EntryArena::Allocate() {
+  uint32_t id;
+  if (!free_ids_.empty()) {
+    id = free_ids_.back();
+    free_ids_.pop_back();
+  } else {
+    if (next_id_ == 0xffffffffu) {
+      throw std::length_error("embedding table is full: 2^32 - 1 entries");
+    }
+    id = next_id_++;
+    if ((id >> kChunkBits) >= chunks_.size()) {
+      chunks_.emplace_back(new char[entry_bytes_ << kChunkBits]);
+    }
+  }
+  EntryHeader* header = new (chunks_[id >> kChunkBits].get() +
+                             (id & kChunkMask) * entry_bytes_) EntryHeader;
+  header->version.store(0, std::memory_order_relaxed);
+  header->count = 0;
+  header->timestamp = 0;
+  return id;
+}
+
+void EntryArena::Free(uint32_t id) { free_ids_.push_back(id); }
+
+void EntryArena::Reset() {
+  next_id_ = 0;
+  free_ids_.clear();
+}
+
+size_t EntryArena::memory_bytes() const {
+  return chunks_.size() * (entry_bytes_ << kChunkBits) +
+         free_ids_.capacity() * sizeof(uint32_t);
+}
+
+}  // namespace monolith

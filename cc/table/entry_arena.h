@@ -1,0 +1,106 @@
+// Where a row lives: fixed-size entries in chunked, never-moving memory.
+//
+// An entry is a 16-byte header (seqlock version, occurrence count, last-update
+// data time) followed by the embedding and then the optimizer state, all
+// float32. Entries are addressed by a 32-bit id; freed ids are reused first.
+#ifndef MONOLITH_TF_CC_TABLE_ENTRY_ARENA_H_
+#define MONOLITH_TF_CC_TABLE_ENTRY_ARENA_H_
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+namespace monolith {
+
+struct EntryHeader {
+  // Even: stable; odd: a writer is changing the entry (seqlock).
+  std::atomic<uint32_t> version;
+  // Occurrences of the id in applied gradient batches.
+  uint32_t count;
+  // Largest data time (seconds) among those occurrences; 0 if never updated.
+  int64_t timestamp;
+};
+static_assert(sizeof(EntryHeader) == 16, "entry header must stay 16 bytes");
+
+class EntryArena {
+ public:
+  // `floats_per_entry` = embedding dim + optimizer state dim.
+  explicit EntryArena(int floats_per_entry);
+
+  // Returns the id of an entry with an initialized (unlocked) header; the
+  // floats are left for the caller to fill.
+  uint32_t Allocate();
+  void Free(uint32_t id);
+  // Drops every entry but keeps the chunks for reuse.
+  void Reset();
+
+  EntryHeader* Header(uint32_t id) const {
+    return reinterpret_cast<EntryHeader*>(chunks_[id >> kChunkBits].get() +
+                                          (id & kChunkMask) * entry_bytes_);
+  }
+  float* Floats(uint32_t id) const {
+    return reinterpret_cast<float*>(Header(id) + 1);
+  }
+
+  size_t entry_bytes() const { return entry_bytes_; }
+  size_t live_entries() const { return next_id_ - free_ids_.size(); }
+  size_t memory_bytes() const;
+
+ private:
+  static constexpr int kChunkBits = 14;
+  static constexpr uint32_t kChunkMask = (1u << kChunkBits) - 1;
+
+  size_t entry_bytes_;
+  // Chunks are allocated uninitialized, so untouched pages cost no memory.
+  std::vector<std::unique_ptr<char[]>> chunks_;
+  uint32_t next_id_ = 0;
+  std::vector<uint32_t> free_ids_;
+};
+
+// Exclusive access to one entry for a writer; readers retry meanwhile.
+class EntryWriteLock {
+ public:
+  explicit EntryWriteLock(EntryHeader* header) : header_(header) {
+    uint32_t v = header_->version.load(std::memory_order_relaxed);
+    for (;;) {
+      if ((v & 1) == 0 &&
+          header_->version.compare_exchange_weak(v, v + 1,
+                                                 std::memory_order_acquire)) {
+        break;
+      }
+      __builtin_ia32_pause();
+      v = header_->version.load(std::memory_order_relaxed);
+    }
+  }
+  ~EntryWriteLock() {
+    header_->version.fetch_add(1, std::memory_order_release);
+  }
+  EntryWriteLock(const EntryWriteLock&) = delete;
+  EntryWriteLock& operator=(const EntryWriteLock&) = delete;
+
+ private:
+  EntryHeader* header_;
+};
+
+// Runs `copy()` until it saw the entry without a concurrent writer, so the
+// copy is never torn. `copy` must only read the entry.
+template <typename CopyFn>
+inline void ReadEntryConsistent(const EntryHeader* header, CopyFn&& copy) {
+  for (;;) {
+    const uint32_t before = header->version.load(std::memory_order_acquire);
+    if (before & 1) {
+      __builtin_ia32_pause();
+      continue;
+    }
+    copy();
+    std::atomic_thread_fence(std::memory_order_acquire);
+    if (header->version.load(std::memory_order_relaxed) == before) return;
+  }
+}
+
+}  // namespace monolith
+
+#endif  // MONOLITH_TF_CC_TABLE_ENTRY_ARENA_H_
