@@ -49,7 +49,7 @@ $(BUILD)/obj/table/%.o: cc/table/%.cc $(CORE_HDRS) $(BUILD)/flags.stamp
 
 $(BUILD)/obj/ops/%.o: cc/ops/%.cc $(OPS_HDRS) $(CORE_HDRS) $(BUILD)/flags.stamp
 	@mkdir -p $(dir $@)
-	$(CXX) $(CXXFLAGS_COMMON) $$(cat $(TF_CFLAGS_FILE)) -c $< -o $@
+	$(CXX) $(CXXFLAGS_COMMON) -Wno-deprecated-declarations -Wno-sign-compare -Wno-interference-size $$(cat $(TF_CFLAGS_FILE)) -c $< -o $@
 
 $(OPS_LIB): $(CORE_OBJS) $(OPS_OBJS)
 	$(CXX) -shared $^ -o $@ $$(cat $(TF_LFLAGS_FILE))

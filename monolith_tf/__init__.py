@@ -1,0 +1,12 @@
+"""monolith_tf: real-time recommendation training for TensorFlow.
+
+A collisionless cuckoo-hash embedding table exposed as a TensorFlow resource
+(``HashTable``), with in-place sparse optimizers, keyed initializers and
+checkpoint/SavedModel support. Importing this package loads the op library.
+"""
+
+from monolith_tf.specs import make_spec
+from monolith_tf.table import HashTable
+
+__all__ = ["HashTable", "make_spec"]
+__version__ = "0.1.0"

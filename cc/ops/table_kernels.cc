@@ -1,0 +1,331 @@
+// Kernels: validate inputs, call the core, turn its errors into Status.
+#include <string>
+
+#include "cc/ops/table_resource.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/resource_mgr.h"
+#include "tensorflow/core/framework/tensor.h"
+#include "tensorflow/core/framework/tensor_shape.h"
+#include "tensorflow/core/platform/threadpool.h"
+
+namespace monolith {
+namespace {
+
+using tensorflow::DEVICE_CPU;
+using tensorflow::OpKernel;
+using tensorflow::OpKernelConstruction;
+using tensorflow::OpKernelContext;
+using tensorflow::Tensor;
+using tensorflow::TensorShape;
+namespace errors = tensorflow::errors;
+
+// Runs the core's parallel loops on TF's intra-op thread pool.
+class TfRunner : public ParallelRunner {
+ public:
+  explicit TfRunner(OpKernelContext* ctx)
+      : pool_(ctx->device()->tensorflow_cpu_worker_threads()->workers) {}
+  void For(int64_t n, int64_t cost_per_item,
+           const std::function<void(int64_t, int64_t)>& fn) const override {
+    // Below a few thousand ids a thread hand-off costs more than it saves.
+    if (n < 4096 || pool_ == nullptr) {
+      if (n > 0) fn(0, n);
+      return;
+    }
+    pool_->ParallelFor(n, cost_per_item, fn);
+  }
+
+ private:
+  tensorflow::thread::ThreadPool* pool_;
+};
+
+// Base of every kernel that takes the table handle as input 0.
+class TableOpKernel : public OpKernel {
+ public:
+  using OpKernel::OpKernel;
+
+  void Compute(OpKernelContext* ctx) final {
+    tensorflow::core::RefCountPtr<HashTableResource> resource;
+    OP_REQUIRES_OK(ctx, LookupResource(ctx, HandleFromInput(ctx, 0), &resource));
+    ComputeWithTable(ctx, resource->table());
+  }
+
+ protected:
+  virtual void ComputeWithTable(OpKernelContext* ctx, EmbeddingTable& table) = 0;
+};
+
+std::string ShapeString(const Tensor& t) { return t.shape().DebugString(); }
+
+tensorflow::Status CheckRowsMatchIds(const Tensor& ids, const Tensor& rows,
+                                     int dim, const char* rows_name) {
+  TensorShape expected = ids.shape();
+  expected.AddDim(dim);
+  if (rows.shape() != expected) {
+    return errors::InvalidArgument(rows_name, " must have shape ids.shape + [dim] = ",
+                                   expected.DebugString(), ", got ", ShapeString(rows));
+  }
+  return tensorflow::OkStatus();
+}
+
+class CreateTableOp : public OpKernel {
+ public:
+  explicit CreateTableOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    tensorflow::int64 dim, seed, capacity_hint;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("dim", &dim));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("initializer", &config_.initializer));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("optimizer", &config_.optimizer));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("seed", &seed));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("capacity_hint", &capacity_hint));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("container", &container_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("shared_name", &shared_name_));
+    OP_REQUIRES(ctx, dim > 0 && dim <= (1 << 20),
+                errors::InvalidArgument("dim must be in [1, 2^20], got ", dim));
+    OP_REQUIRES(ctx, capacity_hint >= 0,
+                errors::InvalidArgument("capacity_hint must be >= 0, got ", capacity_hint));
+    config_.dim = static_cast<int>(dim);
+    config_.seed = static_cast<uint64_t>(seed);
+    config_.capacity_hint = capacity_hint;
+    // Reject bad specs when the graph is built, not at first use.
+    OP_REQUIRES_OK(ctx, CallCore([&] { EmbeddingTable probe(TableConfig{
+                                    config_.dim, config_.initializer,
+                                    config_.optimizer, config_.seed, 0}); }));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    Tensor* handle;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({}), &handle));
+    if (shared_name_.empty()) {
+      // Anonymous table: owned by its handles, freed with the last of them,
+      // so two tables (or two loads of one SavedModel) never alias.
+      HashTableResource* resource = nullptr;
+      OP_REQUIRES_OK(ctx, CallCore([&] { resource = new HashTableResource(config_); }));
+      handle->scalar<tensorflow::ResourceHandle>()() =
+          tensorflow::ResourceHandle::MakeRefCountingHandle<HashTableResource>(
+              resource, ctx->device()->name());
+      return;
+    }
+    const std::string container =
+        container_.empty() ? ctx->resource_manager()->default_container() : container_;
+    HashTableResource* resource = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->resource_manager()->LookupOrCreate<HashTableResource>(
+                            container, shared_name_, &resource,
+                            [this](HashTableResource** out) {
+                              return CallCore([&] { *out = new HashTableResource(config_); });
+                            }));
+    tensorflow::core::ScopedUnref unref(resource);
+    const TableConfig& existing = resource->table().config();
+    OP_REQUIRES(ctx,
+                existing.dim == config_.dim && existing.initializer == config_.initializer &&
+                    existing.optimizer == config_.optimizer,
+                errors::InvalidArgument("table '", shared_name_, "' already exists as ",
+                                        resource->DebugString(), "; asked for dim=",
+                                        config_.dim, ", initializer=", config_.initializer,
+                                        ", optimizer=", config_.optimizer));
+    handle->scalar<tensorflow::ResourceHandle>()() =
+        tensorflow::MakeResourceHandle<HashTableResource>(ctx, container, shared_name_);
+  }
+
+ private:
+  TableConfig config_;
+  std::string container_, shared_name_;
+};
+
+class LookupOp : public TableOpKernel {
+ public:
+  explicit LookupOp(OpKernelConstruction* ctx) : TableOpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("dim", &dim_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("insert_missing", &insert_missing_));
+  }
+
+ protected:
+  void ComputeWithTable(OpKernelContext* ctx, EmbeddingTable& table) override {
+    OP_REQUIRES(ctx, dim_ == table.dim(),
+                errors::InvalidArgument("lookup dim ", dim_, " does not match the table's dim ",
+                                        table.dim()));
+    const Tensor& ids = ctx->input(1);
+    TensorShape out_shape = ids.shape();
+    out_shape.AddDim(dim_);
+    Tensor* values;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, out_shape, &values));
+    const TfRunner runner(ctx);
+    OP_REQUIRES_OK(ctx, CallCore([&] {
+                     table.Lookup(ids.flat<int64_t>().data(), ids.NumElements(),
+                                  insert_missing_, values->flat<float>().data(), runner);
+                   }));
+  }
+
+ private:
+  tensorflow::int64 dim_;
+  bool insert_missing_;
+};
+
+class ApplyGradientsOp : public TableOpKernel {
+ public:
+  using TableOpKernel::TableOpKernel;
+
+ protected:
+  void ComputeWithTable(OpKernelContext* ctx, EmbeddingTable& table) override {
+    const Tensor& ids = ctx->input(1);
+    const Tensor& grads = ctx->input(2);
+    const Tensor& learning_rate = ctx->input(3);
+    const Tensor& timestamps = ctx->input(4);
+    OP_REQUIRES_OK(ctx, CheckRowsMatchIds(ids, grads, table.dim(), "grads"));
+    OP_REQUIRES(ctx, tensorflow::TensorShapeUtils::IsScalar(learning_rate.shape()),
+                errors::InvalidArgument("learning_rate must be a scalar, got shape ",
+                                        ShapeString(learning_rate)));
+    const bool per_key = !tensorflow::TensorShapeUtils::IsScalar(timestamps.shape());
+    OP_REQUIRES(ctx, !per_key || timestamps.shape() == ids.shape(),
+                errors::InvalidArgument("timestamps must be a scalar or have the shape of ids ",
+                                        ShapeString(ids), ", got ", ShapeString(timestamps)));
+    const TfRunner runner(ctx);
+    OP_REQUIRES_OK(ctx, CallCore([&] {
+                     table.ApplyGradients(ids.flat<int64_t>().data(), grads.flat<float>().data(),
+                                          ids.NumElements(), learning_rate.scalar<float>()(),
+                                          timestamps.flat<int64_t>().data(), per_key, runner);
+                   }));
+  }
+};
+
+class AssignOp : public TableOpKernel {
+ public:
+  using TableOpKernel::TableOpKernel;
+
+ protected:
+  void ComputeWithTable(OpKernelContext* ctx, EmbeddingTable& table) override {
+    const Tensor& ids = ctx->input(1);
+    const Tensor& values = ctx->input(2);
+    OP_REQUIRES_OK(ctx, CheckRowsMatchIds(ids, values, table.dim(), "values"));
+    OP_REQUIRES_OK(ctx, CallCore([&] {
+                     table.Assign(ids.flat<int64_t>().data(), values.flat<float>().data(),
+                                  ids.NumElements());
+                   }));
+  }
+};
+
+class RemoveOp : public TableOpKernel {
+ public:
+  using TableOpKernel::TableOpKernel;
+
+ protected:
+  void ComputeWithTable(OpKernelContext* ctx, EmbeddingTable& table) override {
+    const Tensor& ids = ctx->input(1);
+    int64_t removed = 0;
+    OP_REQUIRES_OK(ctx, CallCore([&] {
+                     removed = table.Remove(ids.flat<int64_t>().data(), ids.NumElements());
+                   }));
+    Tensor* out;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({}), &out));
+    out->scalar<int64_t>()() = removed;
+  }
+};
+
+class SizeOp : public TableOpKernel {
+ public:
+  using TableOpKernel::TableOpKernel;
+
+ protected:
+  void ComputeWithTable(OpKernelContext* ctx, EmbeddingTable& table) override {
+    Tensor* out;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({}), &out));
+    out->scalar<int64_t>()() = table.size();
+  }
+};
+
+class ExportOp : public TableOpKernel {
+ public:
+  explicit ExportOp(OpKernelConstruction* ctx) : TableOpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("dim", &dim_));
+  }
+
+ protected:
+  void ComputeWithTable(OpKernelContext* ctx, EmbeddingTable& table) override {
+    OP_REQUIRES(ctx, dim_ == table.dim(),
+                errors::InvalidArgument("export dim ", dim_, " does not match the table's dim ",
+                                        table.dim()));
+    const Tensor& chunk = ctx->input(1);
+    const Tensor& num_chunks = ctx->input(2);
+    OP_REQUIRES(ctx,
+                tensorflow::TensorShapeUtils::IsScalar(chunk.shape()) &&
+                    tensorflow::TensorShapeUtils::IsScalar(num_chunks.shape()),
+                errors::InvalidArgument("chunk and num_chunks must be scalars"));
+    tensorflow::Status alloc_status;
+    const tensorflow::Status status = CallCore([&] {
+      table.Export(chunk.scalar<int64_t>()(), num_chunks.scalar<int64_t>()(),
+                   [&](int64_t count) {
+                     Tensor* out[5];
+                     const TensorShape shapes[5] = {
+                         TensorShape({count}), TensorShape({count, dim_}),
+                         TensorShape({count, table.state_dim()}), TensorShape({count}),
+                         TensorShape({count})};
+                     for (int i = 0; i < 5; ++i) {
+                       alloc_status = ctx->allocate_output(i, shapes[i], &out[i]);
+                       if (!alloc_status.ok()) throw std::runtime_error("allocation failed");
+                     }
+                     RowBuffers buffers;
+                     buffers.keys = out[0]->flat<int64_t>().data();
+                     buffers.values = out[1]->flat<float>().data();
+                     buffers.state = out[2]->flat<float>().data();
+                     buffers.timestamps = out[3]->flat<int64_t>().data();
+                     buffers.counts = out[4]->flat<int64_t>().data();
+                     return buffers;
+                   });
+    });
+    OP_REQUIRES_OK(ctx, alloc_status);
+    OP_REQUIRES_OK(ctx, status);
+  }
+
+ private:
+  tensorflow::int64 dim_;
+};
+
+class ImportOp : public TableOpKernel {
+ public:
+  explicit ImportOp(OpKernelConstruction* ctx) : TableOpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("clear", &clear_));
+  }
+
+ protected:
+  void ComputeWithTable(OpKernelContext* ctx, EmbeddingTable& table) override {
+    const Tensor& keys = ctx->input(1);
+    const Tensor& values = ctx->input(2);
+    const Tensor& state = ctx->input(3);
+    const Tensor& timestamps = ctx->input(4);
+    const Tensor& counts = ctx->input(5);
+    OP_REQUIRES(ctx, keys.dims() == 1,
+                errors::InvalidArgument("keys must be 1-D, got shape ", ShapeString(keys)));
+    const int64_t n = keys.dim_size(0);
+    OP_REQUIRES(ctx, values.shape() == TensorShape({n, table.dim()}),
+                errors::InvalidArgument("values must have shape [", n, ", ", table.dim(),
+                                        "], got ", ShapeString(values)));
+    OP_REQUIRES(ctx, state.shape() == TensorShape({n, table.state_dim()}),
+                errors::InvalidArgument("state must have shape [", n, ", ", table.state_dim(),
+                                        "] for optimizer '", table.config().optimizer,
+                                        "', got ", ShapeString(state)));
+    OP_REQUIRES(ctx, timestamps.shape() == keys.shape() && counts.shape() == keys.shape(),
+                errors::InvalidArgument("timestamps and counts must have shape [", n,
+                                        "], got ", ShapeString(timestamps), " and ",
+                                        ShapeString(counts)));
+    RowsView rows;
+    rows.keys = keys.flat<int64_t>().data();
+    rows.values = values.flat<float>().data();
+    rows.state = state.flat<float>().data();
+    rows.timestamps = timestamps.flat<int64_t>().data();
+    rows.counts = counts.flat<int64_t>().data();
+    OP_REQUIRES_OK(ctx, CallCore([&] { table.Import(rows, n, clear_); }));
+  }
+
+ private:
+  bool clear_;
+};
+
+REGISTER_KERNEL_BUILDER(Name("MonolithHashTable").Device(DEVICE_CPU), CreateTableOp);
+REGISTER_KERNEL_BUILDER(Name("MonolithHashTableLookup").Device(DEVICE_CPU), LookupOp);
+REGISTER_KERNEL_BUILDER(Name("MonolithHashTableApplyGradients").Device(DEVICE_CPU),
+                        ApplyGradientsOp);
+REGISTER_KERNEL_BUILDER(Name("MonolithHashTableAssign").Device(DEVICE_CPU), AssignOp);
+REGISTER_KERNEL_BUILDER(Name("MonolithHashTableRemove").Device(DEVICE_CPU), RemoveOp);
+REGISTER_KERNEL_BUILDER(Name("MonolithHashTableSize").Device(DEVICE_CPU), SizeOp);
+REGISTER_KERNEL_BUILDER(Name("MonolithHashTableExport").Device(DEVICE_CPU), ExportOp);
+REGISTER_KERNEL_BUILDER(Name("MonolithHashTableImport").Device(DEVICE_CPU), ImportOp);
+
+}  // namespace
+}  // namespace monolith

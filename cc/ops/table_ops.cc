@@ -1,0 +1,179 @@
+// Op registrations with full shape functions (Keras 3 infers output specs from
+// them). Names are namespaced "Monolith*". Kernels are in table_kernels.cc.
+#include "tensorflow/core/framework/common_shape_fns.h"
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/shape_inference.h"
+
+namespace monolith {
+namespace {
+
+using tensorflow::Status;
+using tensorflow::shape_inference::DimensionHandle;
+using tensorflow::shape_inference::InferenceContext;
+using tensorflow::shape_inference::ShapeHandle;
+
+Status DimAttr(InferenceContext* c, int64_t* dim) {
+  TF_RETURN_IF_ERROR(c->GetAttr("dim", dim));
+  if (*dim <= 0) {
+    return tensorflow::errors::InvalidArgument("dim must be > 0, got ", *dim);
+  }
+  return tensorflow::OkStatus();
+}
+
+// Scalar, or the same shape as ids.
+Status CheckTimestamps(InferenceContext* c, ShapeHandle ids, ShapeHandle ts) {
+  if (c->RankKnown(ts) && c->Rank(ts) == 0) return tensorflow::OkStatus();
+  ShapeHandle unused;
+  return c->Merge(ids, ts, &unused);
+}
+
+}  // namespace
+
+REGISTER_OP("MonolithHashTable")
+    .Output("table_handle: resource")
+    .Attr("dim: int")
+    .Attr("initializer: string = 'uniform(minval=-0.05, maxval=0.05)'")
+    .Attr("optimizer: string = 'adagrad'")
+    .Attr("seed: int = 0")
+    .Attr("capacity_hint: int = 0")
+    .Attr("container: string = ''")
+    .Attr("shared_name: string = ''")
+    .SetIsStateful()
+    .SetShapeFn([](InferenceContext* c) {
+      int64_t dim;
+      TF_RETURN_IF_ERROR(DimAttr(c, &dim));
+      c->set_output(0, c->Scalar());
+      return tensorflow::OkStatus();
+    })
+    .Doc(R"doc(
+Creates (or finds, by container/shared_name) a cuckoo-hash embedding table.
+dim: floats per row. initializer, optimizer: specs such as
+"truncated_normal(stddev=0.02)" and "adam(beta1=0.9)". seed: seeds the
+hashes and the keyed initializers. capacity_hint: rows before the first growth.
+With an empty shared_name the table is anonymous: owned by its handles and
+freed with the last one. Otherwise it lives in the resource manager under
+container/shared_name until destroyed, and creators with that name share it.
+)doc");
+
+REGISTER_OP("MonolithHashTableLookup")
+    .Input("table_handle: resource")
+    .Input("ids: int64")
+    .Output("values: float32")
+    .Attr("dim: int")
+    .Attr("insert_missing: bool = false")
+    .SetIsStateful()
+    .SetShapeFn([](InferenceContext* c) {
+      int64_t dim;
+      TF_RETURN_IF_ERROR(DimAttr(c, &dim));
+      ShapeHandle out;
+      TF_RETURN_IF_ERROR(c->Concatenate(c->input(1), c->Vector(dim), &out));
+      c->set_output(0, out);
+      return tensorflow::OkStatus();
+    })
+    .Doc(R"doc(
+Rows of `ids` (any shape); values has shape ids.shape + [dim]. With
+insert_missing (training) a missing id is inserted with its initial value;
+without it (serving) a missing id reads as zeros and nothing is inserted.
+)doc");
+
+REGISTER_OP("MonolithHashTableApplyGradients")
+    .Input("table_handle: resource")
+    .Input("ids: int64")
+    .Input("grads: float32")
+    .Input("learning_rate: float32")
+    .Input("timestamps: int64")
+    .SetIsStateful()
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle expected, unused;
+      TF_RETURN_IF_ERROR(
+          c->Concatenate(c->input(1), c->Vector(InferenceContext::kUnknownDim), &expected));
+      TF_RETURN_IF_ERROR(c->Merge(c->input(2), expected, &unused));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(3), 0, &unused));
+      return CheckTimestamps(c, c->input(1), c->input(4));
+    })
+    .Doc(R"doc(
+One in-place optimizer step on the rows of `ids`: grads has shape
+ids.shape + [dim]; gradients of duplicate ids are summed first. timestamps
+(data time, seconds) is a scalar or one per id; each row keeps the largest.
+)doc");
+
+REGISTER_OP("MonolithHashTableAssign")
+    .Input("table_handle: resource")
+    .Input("ids: int64")
+    .Input("values: float32")
+    .SetIsStateful()
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle expected, unused;
+      TF_RETURN_IF_ERROR(
+          c->Concatenate(c->input(1), c->Vector(InferenceContext::kUnknownDim), &expected));
+      return c->Merge(c->input(2), expected, &unused);
+    })
+    .Doc("Inserts or overwrites the embeddings of `ids` (values: ids.shape + [dim]).");
+
+REGISTER_OP("MonolithHashTableRemove")
+    .Input("table_handle: resource")
+    .Input("ids: int64")
+    .Output("removed: int64")
+    .SetIsStateful()
+    .SetShapeFn(tensorflow::shape_inference::ScalarShape)
+    .Doc("Removes `ids`; returns how many were present.");
+
+REGISTER_OP("MonolithHashTableSize")
+    .Input("table_handle: resource")
+    .Output("size: int64")
+    .SetIsStateful()
+    .SetShapeFn(tensorflow::shape_inference::ScalarShape)
+    .Doc("Number of rows in the table.");
+
+REGISTER_OP("MonolithHashTableExport")
+    .Input("table_handle: resource")
+    .Input("chunk: int64")
+    .Input("num_chunks: int64")
+    .Output("keys: int64")
+    .Output("values: float32")
+    .Output("state: float32")
+    .Output("timestamps: int64")
+    .Output("counts: int64")
+    .Attr("dim: int")
+    .SetIsStateful()
+    .SetShapeFn([](InferenceContext* c) {
+      int64_t dim;
+      TF_RETURN_IF_ERROR(DimAttr(c, &dim));
+      ShapeHandle unused;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 0, &unused));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 0, &unused));
+      const DimensionHandle rows = c->UnknownDim();
+      c->set_output(0, c->Vector(rows));
+      c->set_output(1, c->Matrix(rows, dim));
+      c->set_output(2, c->Matrix(rows, InferenceContext::kUnknownDim));
+      c->set_output(3, c->Vector(rows));
+      c->set_output(4, c->Vector(rows));
+      return tensorflow::OkStatus();
+    })
+    .Doc(R"doc(
+Rows of chunk `chunk` of `num_chunks` (slices of the hash index): keys,
+embeddings, optimizer state, last-update data times and occurrence counts.
+)doc");
+
+REGISTER_OP("MonolithHashTableImport")
+    .Input("table_handle: resource")
+    .Input("keys: int64")
+    .Input("values: float32")
+    .Input("state: float32")
+    .Input("timestamps: int64")
+    .Input("counts: int64")
+    .Attr("clear: bool = false")
+    .SetIsStateful()
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle keys, unused;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 1, &keys));
+      const DimensionHandle rows = c->Dim(keys, 0);
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 2, &unused));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(3), 2, &unused));
+      TF_RETURN_IF_ERROR(c->Merge(c->input(4), c->Vector(rows), &unused));
+      TF_RETURN_IF_ERROR(c->Merge(c->input(5), c->Vector(rows), &unused));
+      return tensorflow::OkStatus();
+    })
+    .Doc("Upserts full rows (as Export returns them); `clear` empties the table first.");
+
+}  // namespace monolith

@@ -1,0 +1,56 @@
+// The bridge between TensorFlow and the TF-free core: one ResourceBase that
+// owns an EmbeddingTable, and the conversion of core exceptions to Status.
+#ifndef MONOLITH_TF_CC_OPS_TABLE_RESOURCE_H_
+#define MONOLITH_TF_CC_OPS_TABLE_RESOURCE_H_
+
+#include <new>
+#include <stdexcept>
+#include <string>
+
+#include "cc/table/embedding_table.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/resource_mgr.h"
+#include "tensorflow/core/lib/core/errors.h"
+
+namespace monolith {
+
+class HashTableResource : public tensorflow::ResourceBase {
+ public:
+  explicit HashTableResource(const TableConfig& config) : table_(config) {}
+
+  EmbeddingTable& table() { return table_; }
+
+  std::string DebugString() const override {
+    const TableConfig& c = table_.config();
+    return "MonolithHashTable(dim=" + std::to_string(c.dim) + ", initializer=" +
+           c.initializer + ", optimizer=" + c.optimizer + ")";
+  }
+  int64_t MemoryUsed() const override {
+    return static_cast<int64_t>(table_.memory_bytes());
+  }
+
+ private:
+  EmbeddingTable table_;
+};
+
+// Runs `fn`, turning core exceptions into a Status: bad input becomes
+// InvalidArgument, running out of memory or ids becomes ResourceExhausted.
+template <typename Fn>
+tensorflow::Status CallCore(Fn&& fn) {
+  try {
+    fn();
+  } catch (const std::invalid_argument& e) {
+    return tensorflow::errors::InvalidArgument(e.what());
+  } catch (const std::length_error& e) {
+    return tensorflow::errors::ResourceExhausted(e.what());
+  } catch (const std::bad_alloc&) {
+    return tensorflow::errors::ResourceExhausted("out of memory in MonolithHashTable");
+  } catch (const std::exception& e) {
+    return tensorflow::errors::Internal(e.what());
+  }
+  return tensorflow::OkStatus();
+}
+
+}  // namespace monolith
+
+#endif  // MONOLITH_TF_CC_OPS_TABLE_RESOURCE_H_

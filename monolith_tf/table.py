@@ -1,0 +1,187 @@
+"""HashTable: the collisionless embedding table as a TensorFlow resource.
+
+Each row holds an embedding (float32, ``dim``), the optimizer's state, the
+last-update data time (seconds) and an occurrence count. Rows are created on
+first training lookup, updated in place by the table's own optimizer and
+saved with ``tf.train.Checkpoint`` and SavedModel.
+"""
+
+import tensorflow as tf
+
+from monolith_tf.ops import table_ops
+from monolith_tf.specs import optimizer_state_dim
+
+_EXPORT_FIELDS = ("keys", "values", "state", "timestamps", "counts")
+
+
+def _invalid(message):
+    return tf.errors.InvalidArgumentError(None, None, message)
+
+
+def _as_int64(value, what):
+    """Converts ``value`` to an int64 tensor; int32 is widened, others fail."""
+    tensor = value if isinstance(value, (tf.Tensor, tf.Variable)) else None
+    if tensor is None:
+        try:
+            tensor = tf.convert_to_tensor(value)
+        except (TypeError, ValueError) as error:
+            raise _invalid(f"{what} must be int64, got {type(value).__name__}: {error}")
+    if tensor.dtype == tf.int64:
+        return tensor
+    if tensor.dtype in (tf.int32, tf.int16, tf.int8, tf.uint8, tf.uint16, tf.uint32):
+        return tf.cast(tensor, tf.int64)
+    raise _invalid(f"{what} must be int64, got {tensor.dtype.name}")
+
+
+def _as_float32(value, what):
+    tensor = tf.convert_to_tensor(value)
+    if tensor.dtype == tf.float32:
+        return tensor
+    if tensor.dtype in (tf.float16, tf.bfloat16, tf.float64):
+        return tf.cast(tensor, tf.float32)
+    raise _invalid(f"{what} must be float32, got {tensor.dtype.name}")
+
+
+class HashTable(tf.saved_model.experimental.TrackableResource):
+    """A cuckoo-hash embedding table with its own in-place optimizer.
+
+    Args:
+      dim: floats per embedding row (> 0).
+      initializer: spec of new rows' values, e.g. ``"zeros"`` or
+        ``"truncated_normal(stddev=0.02)"``. Random initializers are seeded by
+        ``(seed, id)``: a row's first value does not depend on insertion order.
+      optimizer: spec of the sparse optimizer applied by ``apply_gradients``:
+        ``sgd``, ``adagrad``, ``adam`` or ``ftrl`` (see ``monolith_tf.specs``).
+      seed: seeds the hash functions and the initializer.
+      capacity_hint: rows that fit before the table first grows (>= 0).
+      name: name of the table in checkpoints and graphs.
+      shared_name: if given, the table lives in TensorFlow's resource manager
+        under this name and is shared by every HashTable created with it;
+        otherwise it is private to this object and freed with it.
+    """
+
+    def __init__(self, dim, initializer="uniform(minval=-0.05, maxval=0.05)",
+                 optimizer="adagrad", seed=0, capacity_hint=0, name="hash_table",
+                 shared_name=None):
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0:
+            raise _invalid(f"dim must be a positive int, got {dim!r}")
+        if isinstance(capacity_hint, bool) or not isinstance(capacity_hint, int) \
+                or capacity_hint < 0:
+            raise _invalid(f"capacity_hint must be an int >= 0, got {capacity_hint!r}")
+        self._dim = dim
+        self._initializer = str(initializer)
+        self._optimizer = str(optimizer)
+        self._seed = int(seed)
+        self._capacity_hint = capacity_hint
+        self._name = name
+        self._shared_name = shared_name or ""
+        super().__init__()
+        # Created here, eagerly, so a table first touched inside a tf.function
+        # does not own a handle that dies with that function's graph.
+        with tf.init_scope():
+            self._resource_handle = self._create_resource()
+
+    @property
+    def dim(self):
+        """Floats per embedding row."""
+        return self._dim
+
+    @property
+    def state_dim(self):
+        """Floats of optimizer state per row."""
+        return optimizer_state_dim(self._optimizer, self._dim)
+
+    @property
+    def name(self):
+        return self._name
+
+    def get_config(self):
+        """The constructor arguments, for rebuilding an equal empty table."""
+        return {"dim": self._dim, "initializer": self._initializer,
+                "optimizer": self._optimizer, "seed": self._seed,
+                "capacity_hint": self._capacity_hint, "name": self._name}
+
+    def _create_resource(self):
+        return table_ops.monolith_hash_table(
+            dim=self._dim, initializer=self._initializer, optimizer=self._optimizer,
+            seed=self._seed, capacity_hint=self._capacity_hint,
+            shared_name=self._shared_name, name=self._name)
+
+    def _destroy_resource(self):
+        # Anonymous tables are freed with their last handle; shared ones are
+        # owned by the resource manager until destroyed explicitly.
+        if self._shared_name:
+            tf.raw_ops.DestroyResourceOp(resource=self.resource_handle,
+                                         ignore_lookup_error=True)
+
+    def lookup(self, ids, training=False):
+        """Rows of ``ids`` (any shape) as float32 of shape ``ids.shape + [dim]``.
+
+        With ``training=True`` a missing id is inserted with its initial value
+        (two lookups of a new id return the same row). With ``training=False``
+        (serving) a missing id reads as zeros and nothing is inserted.
+        """
+        ids = _as_int64(ids, "ids")
+        return table_ops.monolith_hash_table_lookup(
+            self.resource_handle, ids, dim=self._dim, insert_missing=bool(training))
+
+    def apply_gradients(self, ids, grads, learning_rate, timestamps=0):
+        """One optimizer step on the rows of ``ids``, in place.
+
+        ``grads`` has shape ``ids.shape + [dim]``; gradients of duplicate ids
+        are summed first. ``learning_rate`` is a float scalar (a tensor is
+        fine). ``timestamps`` is the data time in seconds, one scalar or one
+        per id; each row keeps the largest and counts its occurrences.
+        """
+        ids = _as_int64(ids, "ids")
+        return table_ops.monolith_hash_table_apply_gradients(
+            self.resource_handle, ids, _as_float32(grads, "grads"),
+            _as_float32(learning_rate, "learning_rate"),
+            _as_int64(timestamps, "timestamps"))
+
+    def assign(self, ids, values):
+        """Inserts or overwrites the embeddings of ``ids``; new rows get fresh
+        optimizer state, existing rows keep theirs."""
+        return table_ops.monolith_hash_table_assign(
+            self.resource_handle, _as_int64(ids, "ids"), _as_float32(values, "values"))
+
+    def remove(self, ids):
+        """Removes ``ids``; returns how many were present (int64 scalar)."""
+        return table_ops.monolith_hash_table_remove(self.resource_handle,
+                                                    _as_int64(ids, "ids"))
+
+    def size(self):
+        """Number of rows (int64 scalar)."""
+        return table_ops.monolith_hash_table_size(self.resource_handle)
+
+    def export(self, chunk=0, num_chunks=1):
+        """Rows of one chunk of the table as a dict of tensors.
+
+        Keys: ``keys`` [n] int64, ``values`` [n, dim], ``state`` [n, state_dim],
+        ``timestamps`` [n] int64 (seconds), ``counts`` [n] int64. Chunks tile
+        the table, so exporting chunks 0..num_chunks-1 in turn bounds the
+        memory of one copy; they agree with each other only while nothing
+        writes to the table.
+        """
+        outputs = table_ops.monolith_hash_table_export(
+            self.resource_handle, tf.constant(chunk, tf.int64),
+            tf.constant(num_chunks, tf.int64), dim=self._dim)
+        return dict(zip(_EXPORT_FIELDS, outputs))
+
+    def import_rows(self, keys, values, state, timestamps, counts, clear=False):
+        """Upserts full rows as ``export`` returns them; with ``clear=True``
+        the table is emptied first, so ``import_rows(**export(), clear=True)``
+        restores it exactly. Inputs are validated before anything changes."""
+        return table_ops.monolith_hash_table_import(
+            self.resource_handle, _as_int64(keys, "keys"), _as_float32(values, "values"),
+            _as_float32(state, "state"), _as_int64(timestamps, "timestamps"),
+            _as_int64(counts, "counts"), clear=clear)
+
+    # tf.train.Checkpoint and SavedModel: TensorFlow materializes these tensors
+    # at once, so a save holds one full export of the table in memory. The
+    # training worker's sparse checkpoints stream chunks instead.
+    def _serialize_to_tensors(self):
+        return self.export()
+
+    def _restore_from_tensors(self, restored_tensors):
+        return self.import_rows(**restored_tensors, clear=True)
