@@ -71,9 +71,7 @@ bool CuckooIndex::PlaceWithKicks(int64_t key, uint32_t id) {
 }
 
 void CuckooIndex::Insert(int64_t key, uint32_t id) {
-  if (size_ + 1 > kMaxLoadFactor * buckets_.size() * kSlotsPerBucket) {
-    Rebuild(buckets_.size() * 2, /*new_seeds=*/false);
-  }
+  if (size_ + 1 > kMaxLoadFactor * buckets_.size() * kSlotsPerBucket) Grow();
   ++size_;
   if (!PlaceWithKicks(key, id)) MaybeRebuildAfterStash();
 }
@@ -84,7 +82,7 @@ void CuckooIndex::MaybeRebuildAfterStash() {
   // load it means keys collide under these hashes, so pick new ones instead
   // of doubling memory for a handful of keys.
   if (load_factor() >= 0.5) {
-    Rebuild(buckets_.size() * 2, /*new_seeds=*/false);
+    Grow();
   } else {
     Rebuild(buckets_.size(), /*new_seeds=*/true);
   }
@@ -136,9 +134,39 @@ void CuckooIndex::Rebuild(size_t num_buckets, bool new_seeds) {
   for (const auto& kv : stashed) PlaceWithKicks(kv.first, kv.second);
 }
 
+void CuckooIndex::Grow() {
+  // Bucket numbers are the low bits of a hash, so a key resident in bucket b
+  // under hash h moves to h & new_mask, which is b or b + old_size. At most
+  // kSlotsPerBucket keys come from b, so each lands without a kick and the
+  // rebuild is two sequential streams instead of random probes.
+  const size_t old_size = buckets_.size();
+  std::vector<Bucket> grown(2 * old_size);
+  const uint64_t new_mask = 2 * old_size - 1;
+  for (size_t b = 0; b < 2 * old_size; ++b) {
+    std::fill(std::begin(grown[b].ids), std::end(grown[b].ids), kNoEntry);
+    grown[b].padding = 0;
+  }
+  for (size_t b = 0; b < old_size; ++b) {
+    const Bucket& bucket = buckets_[b];
+    for (int s = 0; s < kSlotsPerBucket; ++s) {
+      if (bucket.ids[s] == kNoEntry) continue;
+      const int64_t key = bucket.keys[s];
+      const uint64_t h1 = Hash1(key);
+      const uint64_t h = ((h1 & mask_) == b) ? h1 : Hash2(key);
+      PlaceInBucket(grown[h & new_mask], key, bucket.ids[s]);
+    }
+  }
+  buckets_.swap(grown);
+  mask_ = new_mask;
+  // Stashed keys may fit now that there is room.
+  std::vector<std::pair<int64_t, uint32_t>> stashed(stash_.begin(), stash_.end());
+  stash_.clear();
+  for (const auto& kv : stashed) PlaceWithKicks(kv.first, kv.second);
+}
+
 void CuckooIndex::Reserve(size_t capacity_hint) {
   const size_t wanted = BucketsFor(capacity_hint);
-  if (wanted > buckets_.size()) Rebuild(wanted, /*new_seeds=*/false);
+  while (buckets_.size() < wanted) Grow();
 }
 
 void CuckooIndex::Clear() {

@@ -27,7 +27,7 @@ class CuckooIndex {
  public:
   static constexpr int kSlotsPerBucket = 5;
   static constexpr uint32_t kNoEntry = 0xffffffffu;
-  static constexpr double kMaxLoadFactor = 0.92;
+  static constexpr double kMaxLoadFactor = 0.85;
 
   // `capacity_hint` keys fit without growing. `seed` picks the hash functions.
   CuckooIndex(size_t capacity_hint, uint64_t seed);
@@ -121,6 +121,8 @@ class CuckooIndex {
   // Places (key, id) without growing; returns false if it went to the stash.
   bool PlaceWithKicks(int64_t key, uint32_t id);
   void Rebuild(size_t num_buckets, bool new_seeds);
+  // Doubles the bucket array with the same hashes, streaming through it.
+  void Grow();
   void MaybeRebuildAfterStash();
 
   std::vector<Bucket> buckets_;

@@ -40,6 +40,9 @@ namespace {
 using SharedLock = std::shared_lock<EmbeddingTable::TableLock>;
 using ExclusiveLock = std::unique_lock<EmbeddingTable::TableLock>;
 
+// How many keys ahead serial loops prefetch their buckets.
+constexpr int64_t kPrefetchAhead = 8;
+
 const TableConfig& Validated(const TableConfig& config) {
   if (config.dim <= 0) {
     throw std::invalid_argument("dim must be > 0, got " +
@@ -214,10 +217,16 @@ int64_t EmbeddingTable::Lookup(const int64_t* keys, int64_t n,
     }
     return 0;
   }
+  std::vector<int64_t> todo;
+  todo.reserve(num_missing.load());
+  for (int64_t i = 0; i < n; ++i) {
+    if (missing[i]) todo.push_back(i);
+  }
   int64_t inserted = 0;
   ExclusiveLock lock(*lock_);
-  for (int64_t i = 0; i < n; ++i) {
-    if (!missing[i]) continue;
+  for (size_t j = 0; j < todo.size(); ++j) {
+    if (j + kPrefetchAhead < todo.size()) index_.Prefetch(keys[todo[j + kPrefetchAhead]]);
+    const int64_t i = todo[j];
     // Another thread, or an earlier duplicate in this batch, may have won.
     uint32_t id = index_.Find(keys[i]);
     if (id == CuckooIndex::kNoEntry) {
@@ -298,6 +307,7 @@ void EmbeddingTable::Assign(const int64_t* keys, const float* values, int64_t n)
   const int dim = config_.dim;
   ExclusiveLock lock(*lock_);
   for (int64_t i = 0; i < n; ++i) {
+    if (i + kPrefetchAhead < n) index_.Prefetch(keys[i + kPrefetchAhead]);
     uint32_t id = index_.Find(keys[i]);
     if (id == CuckooIndex::kNoEntry) id = InsertNew(keys[i]);
     std::memcpy(arena_.Floats(id), values + static_cast<size_t>(i) * dim,
@@ -375,6 +385,7 @@ void EmbeddingTable::Import(const RowsView& rows, int64_t n, bool clear) {
   }
   index_.Reserve(index_.size() + static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) {
+    if (i + kPrefetchAhead < n) index_.Prefetch(rows.keys[i + kPrefetchAhead]);
     uint32_t id = index_.Find(rows.keys[i]);
     if (id == CuckooIndex::kNoEntry) {
       id = arena_.Allocate();

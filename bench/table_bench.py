@@ -1,0 +1,207 @@
+"""Speed and memory of the hash table against stock TensorFlow, in one run.
+
+For each (keys, dim) it measures, each system in a fresh process:
+  insert   new keys/s: ours = training lookup of new ids (row + optimizer
+           state initialized); DenseHashTable = insert of embedding and
+           Adagrad accumulator rows (TFRA keeps slots in separate tables).
+  lookup   present keys/s, random ids from the table.
+  adagrad  rows/s of one fused Adagrad step: ours = apply_gradients;
+           DenseHashTable = lookup, compute, insert back (TFRA's round trip);
+           dense = ResourceSparseApplyAdagradV2 on a variable.
+  bytes/entry  RSS growth / keys after the insert, against the payload
+           (key 8 + embedding 4*dim + accumulator 4*dim + metadata 12).
+The dense tf.gather over a variable is the no-hash limit (ids 0..n-1).
+
+    python bench/table_bench.py                      # 1M and 10M keys, dim 8/32/64
+    python bench/table_bench.py --keys 1000000 --dims 32
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+BATCH = 65536
+SYSTEMS = ("monolith", "dense_hash_table", "dense_gather")
+
+
+def payload_bytes(dim):
+    return 8 + 4 * dim + 4 * dim + 12
+
+
+def rss_bytes():
+    import psutil
+    return psutil.Process().memory_info().rss
+
+
+def timed(fn, batches):
+    """Seconds per call of fn(batch) over `batches`, after one warm-up call."""
+    fn(batches[0])
+    start = time.perf_counter()
+    for batch in batches:
+        fn(batch)
+    return (time.perf_counter() - start) / len(batches)
+
+
+def run_system(system, num_keys, dim, batch, repeats):
+    import numpy as np
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    if system == "dense_gather":
+        keys = np.arange(num_keys, dtype=np.int64)
+    else:
+        keys = np.unique(rng.integers(1, 2**62, size=int(num_keys * 1.01), dtype=np.int64))
+        keys = rng.permutation(keys)[:num_keys]
+    insert_batches = [tf.constant(keys[i:i + batch]) for i in range(0, num_keys, batch)]
+    probe_batches = [tf.constant(rng.choice(keys, size=batch)) for _ in range(repeats)]
+    grads = tf.constant(rng.normal(size=(batch, dim)).astype(np.float32) * 0.01)
+    result = {}
+
+    if system == "monolith":
+        import monolith_tf as mt
+        for label, initializer in (("insert", "constant(value=0.01)"),
+                                   ("insert_random", "uniform(minval=-0.05, maxval=0.05)")):
+            table = mt.HashTable(dim, initializer=initializer, optimizer="adagrad")
+            insert = tf.function(lambda ids, t=table: t.lookup(ids, training=True))
+            insert(tf.constant([-1], tf.int64))
+            before = rss_bytes()
+            start = time.perf_counter()
+            for ids in insert_batches:
+                insert(ids)
+            result[label] = num_keys / (time.perf_counter() - start)
+            if label == "insert":
+                result["bytes_per_entry"] = (rss_bytes() - before) / num_keys
+                kept = table
+            else:
+                del table
+        lookup = tf.function(lambda ids: kept.lookup(ids, training=False))
+
+        @tf.function
+        def apply(ids):
+            kept.apply_gradients(ids, grads, 0.01)
+    elif system == "dense_hash_table":
+        def new_table():
+            return tf.lookup.experimental.DenseHashTable(
+                tf.int64, tf.float32, default_value=tf.zeros([dim]), empty_key=-1,
+                deleted_key=-2)
+        embedding, accumulator = new_table(), new_table()
+        init_rows = tf.fill([batch, dim], 0.01)
+        init_acc = tf.fill([batch, dim], 0.1)
+
+        @tf.function
+        def insert(ids):
+            n = tf.shape(ids)[0]
+            embedding.insert(ids, init_rows[:n])
+            accumulator.insert(ids, init_acc[:n])
+
+        insert(tf.constant([-3], tf.int64))
+        before = rss_bytes()
+        start = time.perf_counter()
+        for ids in insert_batches:
+            insert(ids)
+        result["insert"] = num_keys / (time.perf_counter() - start)
+        result["bytes_per_entry"] = (rss_bytes() - before) / num_keys
+        lookup = tf.function(lambda ids: embedding.lookup(ids))
+
+        @tf.function
+        def apply(ids):
+            unique, position = tf.unique(ids)
+            summed = tf.math.unsorted_segment_sum(grads, position, tf.shape(unique)[0])
+            acc = accumulator.lookup(unique) + summed * summed
+            rows = embedding.lookup(unique) - 0.01 * summed / (tf.sqrt(acc) + 1e-7)
+            accumulator.insert(unique, acc)
+            embedding.insert(unique, rows)
+    else:
+        before = rss_bytes()
+        variable = tf.Variable(tf.fill([num_keys, dim], 0.01))
+        accumulator = tf.Variable(tf.fill([num_keys, dim], 0.1))
+        result["bytes_per_entry"] = (rss_bytes() - before) / num_keys
+        lookup = tf.function(lambda ids: tf.gather(variable, ids))
+
+        @tf.function
+        def apply(ids):
+            tf.raw_ops.ResourceSparseApplyAdagradV2(
+                var=variable.handle, accum=accumulator.handle, lr=0.01, epsilon=1e-7,
+                grad=grads, indices=ids)
+
+    result["lookup"] = batch / timed(lookup, probe_batches)
+    result["adagrad"] = batch / timed(apply, probe_batches)
+    return result
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--keys", default="1000000,10000000")
+    parser.add_argument("--dims", default="8,32,64")
+    parser.add_argument("--batch", type=int, default=BATCH)
+    parser.add_argument("--repeats", type=int, default=30, help="batches per timed phase")
+    parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument("--json", help="also write the raw results here")
+    parser.add_argument("--worker", nargs=3, metavar=("SYSTEM", "KEYS", "DIM"),
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        system, keys, dim = args.worker[0], int(args.worker[1]), int(args.worker[2])
+        print("RESULT " + json.dumps(run_system(system, keys, dim, args.batch, args.repeats)))
+        return
+
+    rows = []
+    for num_keys in (int(k) for k in args.keys.split(",")):
+        for dim in (int(d) for d in args.dims.split(",")):
+            row = {"keys": num_keys, "dim": dim}
+            for system in args.systems.split(","):
+                command = [sys.executable, os.path.abspath(__file__), "--worker", system,
+                           str(num_keys), str(dim), "--batch", str(args.batch),
+                           "--repeats", str(args.repeats)]
+                env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+                out = subprocess.run(command, capture_output=True, text=True, env=env)
+                line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
+                if out.returncode != 0 or not line:
+                    sys.stderr.write(out.stderr[-3000:])
+                    raise SystemExit(f"{system} failed at keys={num_keys} dim={dim}")
+                row[system] = json.loads(line[0][len("RESULT "):])
+            rows.append(row)
+            print_row(row, header=len(rows) == 1)
+    if args.json:
+        with open(args.json + ".tmp", "w") as f:
+            json.dump(rows, f, indent=1)
+        os.replace(args.json + ".tmp", args.json)
+
+
+def print_row(row, header):
+    """One markdown row: our figure, the baselines, and our ratio to each."""
+    m = row.get("monolith", {})
+    d = row.get("dense_hash_table", {})
+    g = row.get("dense_gather", {})
+
+    def rate(x):
+        return f"{x / 1e6:.2f}" if x else "-"
+
+    def ratio(a, b):
+        return f"{a / b:.2f}x" if a and b else "-"
+
+    if header:
+        print("| keys | dim | insert M/s (ours / DHT) | insert random-init M/s | "
+              "lookup M/s (ours / DHT / gather) | lookup vs gather | "
+              "adagrad M rows/s (ours / DHT / dense) | adagrad vs dense | "
+              "bytes/entry (ours / DHT / dense) | ours / payload |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+    payload = payload_bytes(row["dim"])
+    print(f"| {row['keys']:,} | {row['dim']} "
+          f"| {rate(m.get('insert'))} / {rate(d.get('insert'))} "
+          f"| {rate(m.get('insert_random'))} "
+          f"| {rate(m.get('lookup'))} / {rate(d.get('lookup'))} / {rate(g.get('lookup'))} "
+          f"| {ratio(m.get('lookup'), g.get('lookup'))} "
+          f"| {rate(m.get('adagrad'))} / {rate(d.get('adagrad'))} / {rate(g.get('adagrad'))} "
+          f"| {ratio(m.get('adagrad'), g.get('adagrad'))} "
+          f"| {m.get('bytes_per_entry', 0):.0f} / {d.get('bytes_per_entry', 0):.0f} / "
+          f"{g.get('bytes_per_entry', 0):.0f} "
+          f"| {ratio(m.get('bytes_per_entry'), payload)} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
