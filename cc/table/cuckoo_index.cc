@@ -25,11 +25,7 @@ CuckooIndex::CuckooIndex(size_t capacity_hint, uint64_t seed)
       seed2_(Mix64(seed ^ 0xc2b2ae3d27d4eb4fULL)),
       rng_state_(Mix64(seed + 1)),
       stash_limit_(kMinStashLimit) {
-  Bucket empty;
-  std::fill(std::begin(empty.keys), std::end(empty.keys), 0);
-  std::fill(std::begin(empty.ids), std::end(empty.ids), kNoEntry);
-  empty.padding = 0;
-  buckets_.assign(BucketsFor(capacity_hint), empty);
+  BucketArray(BucketsFor(capacity_hint)).swap(buckets_);
   mask_ = buckets_.size() - 1;
 }
 
@@ -113,18 +109,14 @@ uint32_t CuckooIndex::Erase(int64_t key) {
 
 void CuckooIndex::Rebuild(size_t num_buckets, bool new_seeds) {
   std::vector<std::pair<int64_t, uint32_t>> stashed(stash_.begin(), stash_.end());
-  std::vector<Bucket> old;
+  BucketArray old;
   old.swap(buckets_);
   stash_.clear();
   if (new_seeds) {
     seed1_ = Mix64(seed1_ + NextRandom());
     seed2_ = Mix64(seed2_ + NextRandom());
   }
-  Bucket empty;
-  std::fill(std::begin(empty.keys), std::end(empty.keys), 0);
-  std::fill(std::begin(empty.ids), std::end(empty.ids), kNoEntry);
-  empty.padding = 0;
-  buckets_.assign(num_buckets, empty);
+  BucketArray(num_buckets).swap(buckets_);
   mask_ = num_buckets - 1;
   for (const Bucket& bucket : old) {
     for (int s = 0; s < kSlotsPerBucket; ++s) {
@@ -140,12 +132,8 @@ void CuckooIndex::Grow() {
   // kSlotsPerBucket keys come from b, so each lands without a kick and the
   // rebuild is two sequential streams instead of random probes.
   const size_t old_size = buckets_.size();
-  std::vector<Bucket> grown(2 * old_size);
+  BucketArray grown(2 * old_size);
   const uint64_t new_mask = 2 * old_size - 1;
-  for (size_t b = 0; b < 2 * old_size; ++b) {
-    std::fill(std::begin(grown[b].ids), std::end(grown[b].ids), kNoEntry);
-    grown[b].padding = 0;
-  }
   for (size_t b = 0; b < old_size; ++b) {
     const Bucket& bucket = buckets_[b];
     for (int s = 0; s < kSlotsPerBucket; ++s) {

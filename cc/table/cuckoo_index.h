@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "cc/table/hashing.h"
+#include "cc/table/huge_pages.h"
 
 namespace monolith {
 
@@ -45,8 +46,9 @@ class CuckooIndex {
 
   // Brings both candidate buckets of `key` towards the cache.
   void Prefetch(int64_t key) const {
-    __builtin_prefetch(&buckets_[Hash1(key) & mask_]);
-    __builtin_prefetch(&buckets_[Hash2(key) & mask_]);
+    const Bucket* base = buckets_.data();
+    PrefetchLine(base + (Hash1(key) & mask_));
+    PrefetchLine(base + (Hash2(key) & mask_));
   }
 
   // Maps `key` (which must be absent) to `id`.
@@ -100,6 +102,35 @@ class CuckooIndex {
   };
   static_assert(sizeof(Bucket) == 64, "a bucket must be one cache line");
 
+  // Fixed-size array of empty buckets on huge pages.
+  class BucketArray {
+   public:
+    BucketArray() = default;
+    explicit BucketArray(size_t n) : data_(MakeHugePageArray<Bucket>(n)), size_(n) {
+      for (size_t b = 0; b < n; ++b) {
+        for (int s = 0; s < kSlotsPerBucket; ++s) {
+          data_[b].keys[s] = 0;
+          data_[b].ids[s] = kNoEntry;
+        }
+        data_[b].padding = 0;
+      }
+    }
+    Bucket& operator[](size_t i) { return data_[i]; }
+    const Bucket& operator[](size_t i) const { return data_[i]; }
+    size_t size() const { return size_; }
+    const Bucket* data() const { return data_.get(); }
+    Bucket* begin() { return data_.get(); }
+    Bucket* end() { return data_.get() + size_; }
+    void swap(BucketArray& other) {
+      data_.swap(other.data_);
+      std::swap(size_, other.size_);
+    }
+
+   private:
+    HugePageArray<Bucket> data_;
+    size_t size_ = 0;
+  };
+
   static uint32_t FindInBucket(const Bucket& bucket, int64_t key) {
     for (int s = 0; s < kSlotsPerBucket; ++s) {
       if (bucket.keys[s] == key && bucket.ids[s] != kNoEntry) return bucket.ids[s];
@@ -125,7 +156,7 @@ class CuckooIndex {
   void Grow();
   void MaybeRebuildAfterStash();
 
-  std::vector<Bucket> buckets_;
+  BucketArray buckets_;
   uint64_t mask_ = 0;
   uint64_t seed1_, seed2_;
   uint64_t rng_state_;

@@ -41,7 +41,7 @@ using SharedLock = std::shared_lock<EmbeddingTable::TableLock>;
 using ExclusiveLock = std::unique_lock<EmbeddingTable::TableLock>;
 
 // How many keys ahead serial loops prefetch their buckets.
-constexpr int64_t kPrefetchAhead = 8;
+constexpr int64_t kPrefetchAhead = 32;
 
 const TableConfig& Validated(const TableConfig& config) {
   if (config.dim <= 0) {
@@ -62,13 +62,23 @@ void CheckCount(int64_t n, const char* what) {
   }
 }
 
-// Distinct keys of a gradient batch with their summed gradients, in order of
-// first occurrence, so sums run in the order a reference would add them.
+// Distinct keys of a gradient batch in order of first occurrence. Only keys
+// that repeat get a summed gradient (added in batch order, as a reference
+// would); the others point at their row of the input, so a batch without
+// duplicates copies no gradients.
 struct DedupedBatch {
   std::vector<int64_t> keys;
-  std::vector<float> grads;
+  std::vector<int64_t> first_row;     // row of the key's first occurrence
+  std::vector<int32_t> summed_slot;   // -1, or the key's row in `summed`
+  std::vector<float> summed;
   std::vector<uint32_t> occurrences;
   std::vector<int64_t> timestamps;
+
+  const float* Gradient(const float* grads, int64_t u, int dim) const {
+    const int32_t slot = summed_slot[u];
+    return slot < 0 ? grads + static_cast<size_t>(first_row[u]) * dim
+                    : summed.data() + static_cast<size_t>(slot) * dim;
+  }
 };
 
 DedupedBatch Dedup(const int64_t* keys, const float* grads, int64_t n, int dim,
@@ -79,7 +89,8 @@ DedupedBatch Dedup(const int64_t* keys, const float* grads, int64_t n, int dim,
   const size_t mask = slots - 1;
   std::vector<int32_t> slot_to_unique(slots, -1);
   out.keys.reserve(n);
-  out.grads.reserve(static_cast<size_t>(n) * dim);
+  out.first_row.reserve(n);
+  out.summed_slot.reserve(n);
   out.occurrences.reserve(n);
   out.timestamps.reserve(n);
   for (int64_t i = 0; i < n; ++i) {
@@ -89,20 +100,26 @@ DedupedBatch Dedup(const int64_t* keys, const float* grads, int64_t n, int dim,
     while (slot_to_unique[slot] >= 0 && out.keys[slot_to_unique[slot]] != key) {
       slot = (slot + 1) & mask;
     }
-    const float* g = grads + static_cast<size_t>(i) * dim;
     if (slot_to_unique[slot] < 0) {
       slot_to_unique[slot] = static_cast<int32_t>(out.keys.size());
       out.keys.push_back(key);
-      out.grads.insert(out.grads.end(), g, g + dim);
+      out.first_row.push_back(i);
+      out.summed_slot.push_back(-1);
       out.occurrences.push_back(1);
       out.timestamps.push_back(ts);
-    } else {
-      const size_t u = slot_to_unique[slot];
-      float* sum = out.grads.data() + u * dim;
-      for (int d = 0; d < dim; ++d) sum[d] += g[d];
-      ++out.occurrences[u];
-      out.timestamps[u] = std::max(out.timestamps[u], ts);
+      continue;
     }
+    const size_t u = slot_to_unique[slot];
+    if (out.summed_slot[u] < 0) {
+      out.summed_slot[u] = static_cast<int32_t>(out.summed.size() / dim);
+      const float* first = grads + static_cast<size_t>(out.first_row[u]) * dim;
+      out.summed.insert(out.summed.end(), first, first + dim);
+    }
+    float* sum = out.summed.data() + static_cast<size_t>(out.summed_slot[u]) * dim;
+    const float* g = grads + static_cast<size_t>(i) * dim;
+    for (int d = 0; d < dim; ++d) sum[d] += g[d];
+    ++out.occurrences[u];
+    out.timestamps[u] = std::max(out.timestamps[u], ts);
   }
   return out;
 }
@@ -165,7 +182,7 @@ void ForEachResolved(const CuckooIndex& index, const EntryArena& arena,
     ring[j % kRowAhead] = id;
     if (id != CuckooIndex::kNoEntry) {
       const char* row = reinterpret_cast<const char*>(arena.Header(id));
-      for (size_t off = 0; off < row_bytes; off += 64) __builtin_prefetch(row + off);
+      for (size_t off = 0; off < row_bytes; off += 64) PrefetchLine(row + off);
     }
   };
   for (int64_t j = begin; j < std::min(begin + kBucketAhead, end); ++j) {
@@ -265,8 +282,7 @@ void EmbeddingTable::ApplyGradients(const int64_t* keys, const float* grads,
     EntryHeader* header = arena_.Header(id);
     float* weights = arena_.Floats(id);
     EntryWriteLock row_lock(header);
-    optimizer_->Apply(weights, weights + dim,
-                      batch.grads.data() + static_cast<size_t>(u) * dim, dim,
+    optimizer_->Apply(weights, weights + dim, batch.Gradient(grads, u, dim), dim,
                       learning_rate);
     const uint64_t count = uint64_t{header->count} + batch.occurrences[u];
     header->count = static_cast<uint32_t>(
@@ -274,28 +290,32 @@ void EmbeddingTable::ApplyGradients(const int64_t* keys, const float* grads,
     header->timestamp = std::max(header->timestamp, batch.timestamps[u]);
   };
 
-  std::atomic<bool> any_missing{false};
+  // Present rows are updated in parallel under the shared lock; missing ones
+  // (never looked up, or removed since) are inserted and updated afterwards
+  // under the exclusive lock. Every distinct id is updated exactly once.
+  std::vector<int64_t> missing;
+  std::mutex missing_mutex;
   {
     SharedLock lock(*lock_);
-    // First pass only checks presence, so a batch with a missing id changes
-    // nothing until it holds the exclusive lock.
-    runner.For(unique, 40, [&](int64_t begin, int64_t end) {
-      for (int64_t u = begin; u < end && !any_missing.load(std::memory_order_relaxed); ++u) {
-        if (index_.Find(batch.keys[u]) == CuckooIndex::kNoEntry) any_missing = true;
+    runner.For(unique, 150, [&](int64_t begin, int64_t end) {
+      std::vector<int64_t> local_missing;
+      ForEachResolved(index_, arena_, batch.keys.data(), begin, end, row_bytes,
+                      [&](int64_t u, uint32_t id) {
+                        if (id == CuckooIndex::kNoEntry) {
+                          local_missing.push_back(u);
+                        } else {
+                          update(u, id);
+                        }
+                      });
+      if (!local_missing.empty()) {
+        std::lock_guard<std::mutex> guard(missing_mutex);
+        missing.insert(missing.end(), local_missing.begin(), local_missing.end());
       }
     });
-    if (!any_missing.load()) {
-      runner.For(unique, 150, [&](int64_t begin, int64_t end) {
-        ForEachResolved(index_, arena_, batch.keys.data(), begin, end, row_bytes,
-                        update);
-      });
-      return;
-    }
   }
-  // Rare path (ids never looked up, or removed since): insert, then update,
-  // all under the exclusive lock so no row can vanish in between.
+  if (missing.empty()) return;
   ExclusiveLock lock(*lock_);
-  for (int64_t u = 0; u < unique; ++u) {
+  for (int64_t u : missing) {
     uint32_t id = index_.Find(batch.keys[u]);
     if (id == CuckooIndex::kNoEntry) id = InsertNew(batch.keys[u]);
     update(u, id);

@@ -21,7 +21,7 @@ uint32_t EntryArena::Allocate() {
     }
     id = next_id_++;
     if ((id >> kChunkBits) >= chunks_.size()) {
-      chunks_.emplace_back(new char[entry_bytes_ << kChunkBits]);
+      chunks_.push_back(MakeHugePageArray<char>(entry_bytes_ << kChunkBits));
     }
   }
   EntryHeader* header = new (chunks_[id >> kChunkBits].get() +

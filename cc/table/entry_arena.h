@@ -13,6 +13,8 @@
 #include <memory>
 #include <vector>
 
+#include "cc/table/huge_pages.h"
+
 namespace monolith {
 
 struct EntryHeader {
@@ -50,12 +52,12 @@ class EntryArena {
   size_t memory_bytes() const;
 
  private:
-  static constexpr int kChunkBits = 14;
+  static constexpr int kChunkBits = 16;
   static constexpr uint32_t kChunkMask = (1u << kChunkBits) - 1;
 
   size_t entry_bytes_;
   // Chunks are allocated uninitialized, so untouched pages cost no memory.
-  std::vector<std::unique_ptr<char[]>> chunks_;
+  std::vector<HugePageArray<char>> chunks_;
   uint32_t next_id_ = 0;
   std::vector<uint32_t> free_ids_;
 };
