@@ -157,11 +157,15 @@ size_t EmbeddingTable::num_buckets() const {
   return index_.num_buckets();
 }
 
-uint32_t EmbeddingTable::InsertNew(int64_t key) {
-  const uint32_t id = arena_.Allocate();
+void EmbeddingTable::InitRow(int64_t key, uint32_t id) {
   float* floats = arena_.Floats(id);
   initializer_->Fill(key, floats, config_.dim);
   optimizer_->InitState(floats + config_.dim, config_.dim);
+}
+
+uint32_t EmbeddingTable::InsertNew(int64_t key) {
+  const uint32_t id = arena_.Allocate();
+  InitRow(key, id);
   index_.Insert(key, id);
   return id;
 }
@@ -239,20 +243,35 @@ int64_t EmbeddingTable::Lookup(const int64_t* keys, int64_t n,
   for (int64_t i = 0; i < n; ++i) {
     if (missing[i]) todo.push_back(i);
   }
-  int64_t inserted = 0;
+  // Under the exclusive lock: claim ids and index them serially, then fill
+  // the new rows and copy the results out in parallel. No reader can see a
+  // row before it is initialized, because readers need the shared lock.
+  std::vector<uint32_t> ids(todo.size());
+  std::vector<size_t> fresh;  // positions in `todo` that got a new row
   ExclusiveLock lock(*lock_);
   for (size_t j = 0; j < todo.size(); ++j) {
     if (j + kPrefetchAhead < todo.size()) index_.Prefetch(keys[todo[j + kPrefetchAhead]]);
-    const int64_t i = todo[j];
     // Another thread, or an earlier duplicate in this batch, may have won.
-    uint32_t id = index_.Find(keys[i]);
+    uint32_t id = index_.Find(keys[todo[j]]);
     if (id == CuckooIndex::kNoEntry) {
-      id = InsertNew(keys[i]);
-      ++inserted;
+      id = arena_.Allocate();
+      index_.Insert(keys[todo[j]], id);
+      fresh.push_back(j);
     }
-    std::memcpy(out + static_cast<size_t>(i) * dim, arena_.Floats(id),
-                sizeof(float) * dim);
+    ids[j] = id;
   }
+  runner.For(static_cast<int64_t>(fresh.size()), 100, [&](int64_t begin, int64_t end) {
+    for (int64_t f = begin; f < end; ++f) {
+      InitRow(keys[todo[fresh[f]]], ids[fresh[f]]);
+    }
+  });
+  runner.For(static_cast<int64_t>(todo.size()), 20, [&](int64_t begin, int64_t end) {
+    for (int64_t j = begin; j < end; ++j) {
+      std::memcpy(out + static_cast<size_t>(todo[j]) * dim, arena_.Floats(ids[j]),
+                  sizeof(float) * dim);
+    }
+  });
+  const int64_t inserted = static_cast<int64_t>(fresh.size());
   return inserted;
 }
 

@@ -120,6 +120,8 @@ class EmbeddingTable {
  private:
   // Inserts `key` (absent, exclusive lock held) with its initial value.
   uint32_t InsertNew(int64_t key);
+  // Writes the initial embedding and optimizer state of entry `id`.
+  void InitRow(int64_t key, uint32_t id);
 
   TableConfig config_;
   std::unique_ptr<Initializer> initializer_;
