@@ -23,7 +23,7 @@ def _as_int64(value, what):
     tensor = value if isinstance(value, (tf.Tensor, tf.Variable)) else None
     if tensor is None:
         try:
-            tensor = tf.convert_to_tensor(value)
+            tensor = tf.convert_to_tensor(value, dtype_hint=tf.int64)
         except (TypeError, ValueError) as error:
             raise _invalid(f"{what} must be int64, got {type(value).__name__}: {error}")
     if tensor.dtype == tf.int64:
@@ -34,7 +34,11 @@ def _as_int64(value, what):
 
 
 def _as_float32(value, what):
-    tensor = tf.convert_to_tensor(value)
+    """Converts ``value`` to float32; other float types are cast, others fail."""
+    try:
+        tensor = tf.convert_to_tensor(value, dtype_hint=tf.float32)
+    except (TypeError, ValueError) as error:
+        raise _invalid(f"{what} must be float32, got {type(value).__name__}: {error}")
     if tensor.dtype == tf.float32:
         return tensor
     if tensor.dtype in (tf.float16, tf.bfloat16, tf.float64):
