@@ -20,6 +20,10 @@ OPS_OBJS := $(patsubst cc/%.cc,$(BUILD)/obj/%.o,$(OPS_SRCS))
 OPS_LIB := monolith_tf/libmonolith_ops.so
 CORE_EXT_STAMP := $(BUILD)/core_ext.stamp
 PYTEST_FLAGS ?=
+# USE_VENV=0 builds with the given PY as is (setup.py does this inside pip).
+USE_VENV ?= 1
+DEPS_STAMP := $(if $(filter 1,$(USE_VENV)),$(VENV)/.deps-stamp,)
+MAKEFLAGS += -j2
 
 .PHONY: all deps native demo test test-fast asan bench clean
 
@@ -34,7 +38,7 @@ $(VENV)/.deps-stamp: requirements.txt
 
 deps: $(VENV)/.deps-stamp
 
-$(BUILD)/flags.stamp: $(VENV)/.deps-stamp
+$(BUILD)/flags.stamp: $(DEPS_STAMP)
 	mkdir -p $(BUILD)
 	$(PY) -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))" > $(EXT_SUFFIX_FILE)
 	$(PY) -c "import tensorflow as tf; print(' '.join(tf.sysconfig.get_compile_flags()))" > $(TF_CFLAGS_FILE) 2>/dev/null
@@ -63,7 +67,7 @@ $(CORE_EXT_STAMP): cc/pybind/core_bindings.cc $(CORE_OBJS) $(CORE_HDRS)
 native: $(OPS_LIB) $(CORE_EXT_STAMP)
 
 demo: native
-	$(PY) examples/table_quickstart.py
+	PYTHONPATH=$(CURDIR) $(PY) examples/table_quickstart.py
 
 # The whole suite, slow cases and the AddressSanitizer run of the core included.
 test: native asan
@@ -83,11 +87,11 @@ asan: $(BUILD)/flags.stamp
 	  $(CORE_SRCS) cc/pybind/core_bindings.cc -o $(ASAN_DIR)/monolith_tf/_core$$(cat $(EXT_SUFFIX_FILE))
 	cd $(ASAN_DIR) && LD_PRELOAD="$$($(CXX) -print-file-name=libasan.so) $$($(CXX) -print-file-name=libubsan.so)" \
 	  ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-	  MONOLITH_ASAN=1 PYTHONPATH=$(CURDIR)/$(ASAN_DIR) $(CURDIR)/$(VENV)/bin/pytest \
+	  MONOLITH_ASAN=1 PYTHONPATH=$(CURDIR)/$(ASAN_DIR):$(CURDIR)/tests $(CURDIR)/$(VENV)/bin/pytest \
 	  -q -p no:cacheprovider --rootdir=$(CURDIR)/$(ASAN_DIR) $(CURDIR)/tests/core
 
 bench: native
-	$(PY) bench/table_bench.py
+	PYTHONPATH=$(CURDIR) $(PY) bench/table_bench.py
 
 clean:
 	rm -rf $(BUILD) $(OPS_LIB) monolith_tf/_core*.so
