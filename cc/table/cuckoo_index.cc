@@ -67,7 +67,7 @@ bool CuckooIndex::PlaceWithKicks(int64_t key, uint32_t id) {
 }
 
 void CuckooIndex::Insert(int64_t key, uint32_t id) {
-  if (size_ + 1 > kMaxLoadFactor * buckets_.size() * kSlotsPerBucket) Grow();
+  if (NeedsGrowth()) Grow();
   ++size_;
   if (!PlaceWithKicks(key, id)) MaybeRebuildAfterStash();
 }

@@ -54,6 +54,47 @@ class CuckooIndex {
   // Maps `key` (which must be absent) to `id`.
   void Insert(int64_t key, uint32_t id);
 
+  // Returns the id of `key`; when absent, maps it to make_id() first and sets
+  // *inserted. One pass over the two buckets serves both the probe and the
+  // placement.
+  template <typename MakeId>
+  uint32_t FindOrInsert(int64_t key, MakeId&& make_id, bool* inserted) {
+    *inserted = false;
+    Bucket& first = buckets_[Hash1(key) & mask_];
+    Bucket& second = buckets_[Hash2(key) & mask_];
+    int free_first = -1, free_second = -1;
+    for (int s = 0; s < kSlotsPerBucket; ++s) {
+      if (first.ids[s] == kNoEntry) {
+        if (free_first < 0) free_first = s;
+      } else if (first.keys[s] == key) {
+        return first.ids[s];
+      }
+    }
+    for (int s = 0; s < kSlotsPerBucket; ++s) {
+      if (second.ids[s] == kNoEntry) {
+        if (free_second < 0) free_second = s;
+      } else if (second.keys[s] == key) {
+        return second.ids[s];
+      }
+    }
+    if (!stash_.empty()) {
+      auto it = stash_.find(key);
+      if (it != stash_.end()) return it->second;
+    }
+    const uint32_t id = make_id();
+    *inserted = true;
+    if (NeedsGrowth() || (free_first < 0 && free_second < 0)) {
+      Insert(key, id);
+      return id;
+    }
+    Bucket& target = free_first >= 0 ? first : second;
+    const int slot = free_first >= 0 ? free_first : free_second;
+    target.keys[slot] = key;
+    target.ids[slot] = id;
+    ++size_;
+    return id;
+  }
+
   // Removes `key`; returns its entry id or kNoEntry when absent.
   uint32_t Erase(int64_t key);
 
@@ -148,6 +189,9 @@ class CuckooIndex {
     return (h >> 32) | (h << 32);
   }
   uint64_t NextRandom();
+  bool NeedsGrowth() const {
+    return size_ + 1 > kMaxLoadFactor * buckets_.size() * kSlotsPerBucket;
+  }
 
   // Places (key, id) without growing; returns false if it went to the stash.
   bool PlaceWithKicks(int64_t key, uint32_t id);

@@ -158,6 +158,7 @@ size_t EmbeddingTable::num_buckets() const {
 }
 
 void EmbeddingTable::InitRow(int64_t key, uint32_t id) {
+  arena_.InitHeader(id);
   float* floats = arena_.Floats(id);
   initializer_->Fill(key, floats, config_.dim);
   optimizer_->InitState(floats + config_.dim, config_.dim);
@@ -252,13 +253,9 @@ int64_t EmbeddingTable::Lookup(const int64_t* keys, int64_t n,
   for (size_t j = 0; j < todo.size(); ++j) {
     if (j + kPrefetchAhead < todo.size()) index_.Prefetch(keys[todo[j + kPrefetchAhead]]);
     // Another thread, or an earlier duplicate in this batch, may have won.
-    uint32_t id = index_.Find(keys[todo[j]]);
-    if (id == CuckooIndex::kNoEntry) {
-      id = arena_.Allocate();
-      index_.Insert(keys[todo[j]], id);
-      fresh.push_back(j);
-    }
-    ids[j] = id;
+    bool inserted;
+    ids[j] = index_.FindOrInsert(keys[todo[j]], [&] { return arena_.Allocate(); }, &inserted);
+    if (inserted) fresh.push_back(j);
   }
   runner.For(static_cast<int64_t>(fresh.size()), 100, [&](int64_t begin, int64_t end) {
     for (int64_t f = begin; f < end; ++f) {
@@ -428,6 +425,7 @@ void EmbeddingTable::Import(const RowsView& rows, int64_t n, bool clear) {
     uint32_t id = index_.Find(rows.keys[i]);
     if (id == CuckooIndex::kNoEntry) {
       id = arena_.Allocate();
+      arena_.InitHeader(id);
       index_.Insert(rows.keys[i], id);
     }
     EntryHeader* header = arena_.Header(id);

@@ -24,11 +24,6 @@ uint32_t EntryArena::Allocate() {
       chunks_.push_back(MakeHugePageArray<char>(entry_bytes_ << kChunkBits));
     }
   }
-  EntryHeader* header = new (chunks_[id >> kChunkBits].get() +
-                             (id & kChunkMask) * entry_bytes_) EntryHeader;
-  header->version.store(0, std::memory_order_relaxed);
-  header->count = 0;
-  header->timestamp = 0;
   return id;
 }
 

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <new>
 #include <vector>
 
 #include "cc/table/huge_pages.h"
@@ -32,9 +33,16 @@ class EntryArena {
   // `floats_per_entry` = embedding dim + optimizer state dim.
   explicit EntryArena(int floats_per_entry);
 
-  // Returns the id of an entry with an initialized (unlocked) header; the
-  // floats are left for the caller to fill.
+  // Returns the id of a free entry. Its memory is not touched here: the
+  // caller must InitHeader() it (possibly on another thread) before use.
   uint32_t Allocate();
+  // Resets the header of entry `id`: unlocked, count 0, timestamp 0.
+  void InitHeader(uint32_t id) const {
+    EntryHeader* header = new (Header(id)) EntryHeader;
+    header->version.store(0, std::memory_order_relaxed);
+    header->count = 0;
+    header->timestamp = 0;
+  }
   void Free(uint32_t id);
   // Drops every entry but keeps the chunks for reuse.
   void Reset();
