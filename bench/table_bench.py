@@ -54,11 +54,12 @@ def timed(fn, batches):
     return (time.perf_counter() - start) / len(batches)
 
 
-def run_system(system, num_keys, dim, batch, repeats):
+def run_system(system, num_keys, dim, batch, repeats, warm_bytes):
     import numpy as np
     import tensorflow as tf
 
-    warm_memory(min(3 * num_keys * payload_bytes(dim), 12 << 30))
+    if warm_bytes:
+        warm_memory(warm_bytes)
     rng = np.random.default_rng(0)
     if system == "dense_gather":
         keys = np.arange(num_keys, dtype=np.int64)
@@ -151,12 +152,18 @@ def main():
     parser.add_argument("--repeats", type=int, default=30, help="batches per timed phase")
     parser.add_argument("--systems", default=",".join(SYSTEMS))
     parser.add_argument("--json", help="also write the raw results here")
+    parser.add_argument("--warm-bytes", type=int, default=-1,
+                        help="memory touched before each run (default: 3x the payload, "
+                             "at most 12 GiB; 0 skips)")
     parser.add_argument("--worker", nargs=3, metavar=("SYSTEM", "KEYS", "DIM"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         system, keys, dim = args.worker[0], int(args.worker[1]), int(args.worker[2])
-        print("RESULT " + json.dumps(run_system(system, keys, dim, args.batch, args.repeats)))
+        warm = args.warm_bytes if args.warm_bytes >= 0 else min(3 * keys * payload_bytes(dim),
+                                                               12 << 30)
+        print("RESULT " + json.dumps(run_system(system, keys, dim, args.batch, args.repeats,
+                                                warm)))
         return
 
     rows = []
@@ -166,7 +173,7 @@ def main():
             for system in args.systems.split(","):
                 command = [sys.executable, os.path.abspath(__file__), "--worker", system,
                            str(num_keys), str(dim), "--batch", str(args.batch),
-                           "--repeats", str(args.repeats)]
+                           "--repeats", str(args.repeats), "--warm-bytes", str(args.warm_bytes)]
                 env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
                 out = subprocess.run(command, capture_output=True, text=True, env=env)
                 line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]

@@ -109,14 +109,13 @@ uint32_t CuckooIndex::Erase(int64_t key) {
 
 void CuckooIndex::Rebuild(size_t num_buckets, bool new_seeds) {
   std::vector<std::pair<int64_t, uint32_t>> stashed(stash_.begin(), stash_.end());
-  BucketArray old;
+  BucketArray old(num_buckets);  // allocated first: a failure changes nothing
   old.swap(buckets_);
   stash_.clear();
   if (new_seeds) {
     seed1_ = Mix64(seed1_ + NextRandom());
     seed2_ = Mix64(seed2_ + NextRandom());
   }
-  BucketArray(num_buckets).swap(buckets_);
   mask_ = num_buckets - 1;
   for (const Bucket& bucket : old) {
     for (int s = 0; s < kSlotsPerBucket; ++s) {

@@ -250,12 +250,19 @@ int64_t EmbeddingTable::Lookup(const int64_t* keys, int64_t n,
   std::vector<uint32_t> ids(todo.size());
   std::vector<size_t> fresh;  // positions in `todo` that got a new row
   ExclusiveLock lock(*lock_);
-  for (size_t j = 0; j < todo.size(); ++j) {
-    if (j + kPrefetchAhead < todo.size()) index_.Prefetch(keys[todo[j + kPrefetchAhead]]);
-    // Another thread, or an earlier duplicate in this batch, may have won.
-    bool inserted;
-    ids[j] = index_.FindOrInsert(keys[todo[j]], [&] { return arena_.Allocate(); }, &inserted);
-    if (inserted) fresh.push_back(j);
+  try {
+    for (size_t j = 0; j < todo.size(); ++j) {
+      if (j + kPrefetchAhead < todo.size()) index_.Prefetch(keys[todo[j + kPrefetchAhead]]);
+      // Another thread, or an earlier duplicate in this batch, may have won.
+      bool inserted;
+      ids[j] = index_.FindOrInsert(keys[todo[j]], [&] { return arena_.Allocate(); },
+                                   &inserted);
+      if (inserted) fresh.push_back(j);
+    }
+  } catch (...) {
+    // Out of memory or ids: rows already indexed must still be valid.
+    for (size_t f : fresh) InitRow(keys[todo[f]], ids[f]);
+    throw;
   }
   runner.For(static_cast<int64_t>(fresh.size()), 100, [&](int64_t begin, int64_t end) {
     for (int64_t f = begin; f < end; ++f) {

@@ -2,28 +2,41 @@
 
 #include <sys/mman.h>
 
-#include <cstdlib>
+#include <cstdint>
 #include <new>
 
 namespace monolith {
 namespace {
+
 constexpr size_t kHugePageBytes = size_t{2} << 20;
+constexpr size_t kPageBytes = 4096;
+
+size_t RoundUp(size_t n, size_t to) { return (n + to - 1) / to * to; }
+
 }  // namespace
 
-void* AllocateHugePageBuffer(size_t bytes) {
-  if (bytes == 0) bytes = 1;
-  void* p = nullptr;
-  const size_t alignment = bytes >= kHugePageBytes ? kHugePageBytes : 64;
-  if (posix_memalign(&p, alignment, bytes) != 0) throw std::bad_alloc();
+void* MapHugePageBuffer(size_t bytes) {
+  const size_t length = RoundUp(bytes == 0 ? 1 : bytes, kPageBytes);
+  const bool huge = length >= kHugePageBytes;
+  // Over-map by one huge page, then trim both ends to a 2 MiB-aligned start.
+  const size_t mapped = huge ? length + kHugePageBytes : length;
+  void* raw = mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (raw == MAP_FAILED) throw std::bad_alloc();
+  if (!huge) return raw;
+  const uintptr_t start = reinterpret_cast<uintptr_t>(raw);
+  const uintptr_t aligned = RoundUp(start, kHugePageBytes);
+  if (aligned > start) munmap(raw, aligned - start);
+  const uintptr_t end = start + mapped, used_end = aligned + length;
+  if (end > used_end) munmap(reinterpret_cast<void*>(used_end), end - used_end);
 #ifdef MADV_HUGEPAGE
-  if (bytes >= kHugePageBytes) {
-    // Advice only: without THP the buffer still works with small pages.
-    madvise(p, bytes & ~(kHugePageBytes - 1), MADV_HUGEPAGE);
-  }
+  // Advice only: without THP the buffer works with small pages.
+  madvise(reinterpret_cast<void*>(aligned), length & ~(kHugePageBytes - 1), MADV_HUGEPAGE);
 #endif
-  return p;
+  return reinterpret_cast<void*>(aligned);
 }
 
-void HugePageFree::operator()(void* p) const { std::free(p); }
+void UnmapHugePageBuffer(void* p, size_t bytes) {
+  if (p != nullptr) munmap(p, RoundUp(bytes == 0 ? 1 : bytes, kPageBytes));
+}
 
 }  // namespace monolith

@@ -1,6 +1,7 @@
-// Large zero-initialized-on-demand buffers backed by transparent huge pages
-// where the kernel allows: random probes into hundreds of MB of table would
-// otherwise miss the TLB on nearly every access.
+// Large buffers mapped straight from the kernel, 2 MiB-aligned and advised to
+// use transparent huge pages: random probes into hundreds of MB of table
+// would otherwise miss the TLB on nearly every access. Freed buffers go back
+// to the kernel at once (malloc would keep them in its heap and inflate RSS).
 #ifndef MONOLITH_TF_CC_TABLE_HUGE_PAGES_H_
 #define MONOLITH_TF_CC_TABLE_HUGE_PAGES_H_
 
@@ -9,21 +10,23 @@
 
 namespace monolith {
 
-struct HugePageFree {
-  void operator()(void* p) const;
+// Maps `bytes` of zeroed memory, 2 MiB-aligned when at least that large.
+// Pages are committed on first touch. Throws std::bad_alloc on failure.
+void* MapHugePageBuffer(size_t bytes);
+void UnmapHugePageBuffer(void* p, size_t bytes);
+
+struct HugePageUnmap {
+  size_t bytes = 0;
+  void operator()(void* p) const { UnmapHugePageBuffer(p, bytes); }
 };
 
-// Allocates `bytes` aligned to 2 MiB and asks for huge pages. Pages are
-// committed on first touch, so untouched tails cost no memory. Throws
-// std::bad_alloc on failure.
-void* AllocateHugePageBuffer(size_t bytes);
-
 template <typename T>
-using HugePageArray = std::unique_ptr<T[], HugePageFree>;
+using HugePageArray = std::unique_ptr<T[], HugePageUnmap>;
 
 template <typename T>
 HugePageArray<T> MakeHugePageArray(size_t count) {
-  return HugePageArray<T>(static_cast<T*>(AllocateHugePageBuffer(count * sizeof(T))));
+  const size_t bytes = count * sizeof(T);
+  return HugePageArray<T>(static_cast<T*>(MapHugePageBuffer(bytes)), HugePageUnmap{bytes});
 }
 
 }  // namespace monolith

@@ -1,0 +1,30 @@
+"""The benchmark script runs end to end on tiny sizes (its figures are not
+checked here: speed targets live in bench/RESULTS.md, not in tests)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.slow
+def test_table_bench_runs(tmp_path):
+    out = tmp_path / "bench.json"
+    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "bench", "table_bench.py"), "--keys", "20000",
+         "--dims", "8", "--batch", "4096", "--repeats", "2", "--warm-bytes", "0",
+         "--json", str(out)],
+        capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    assert len(rows) == 1
+    for system in ("monolith", "dense_hash_table", "dense_gather"):
+        assert rows[0][system]["lookup"] > 0
+        assert rows[0][system]["adagrad"] > 0
+    assert rows[0]["monolith"]["insert"] > 0
+    assert "| 20,000 | 8 |" in result.stdout
