@@ -18,32 +18,30 @@ def _invalid(message):
     return tf.errors.InvalidArgumentError(None, None, message)
 
 
-def _as_int64(value, what):
-    """Converts ``value`` to an int64 tensor; int32 is widened, others fail."""
-    tensor = value if isinstance(value, (tf.Tensor, tf.Variable)) else None
-    if tensor is None:
-        try:
-            tensor = tf.convert_to_tensor(value, dtype_hint=tf.int64)
-        except (TypeError, ValueError) as error:
-            raise _invalid(f"{what} must be int64, got {type(value).__name__}: {error}")
-    if tensor.dtype == tf.int64:
+def _convert(value, what, dtype, widened_from):
+    """``value`` as a ``dtype`` tensor: types in ``widened_from`` are cast,
+    anything else is an InvalidArgumentError naming ``what``."""
+    try:
+        tensor = tf.convert_to_tensor(value, dtype_hint=dtype)
+    except (TypeError, ValueError) as error:
+        raise _invalid(f"{what} must be {dtype.name}, got {type(value).__name__}: {error}")
+    if tensor.dtype == dtype:
         return tensor
-    if tensor.dtype in (tf.int32, tf.int16, tf.int8, tf.uint8, tf.uint16, tf.uint32):
-        return tf.cast(tensor, tf.int64)
-    raise _invalid(f"{what} must be int64, got {tensor.dtype.name}")
+    if tensor.dtype in widened_from:
+        return tf.cast(tensor, dtype)
+    raise _invalid(f"{what} must be {dtype.name}, got {tensor.dtype.name}")
+
+
+_INT_TYPES = (tf.int32, tf.int16, tf.int8, tf.uint8, tf.uint16, tf.uint32)
+_FLOAT_TYPES = (tf.float16, tf.bfloat16, tf.float64)
+
+
+def _as_int64(value, what):
+    return _convert(value, what, tf.int64, _INT_TYPES)
 
 
 def _as_float32(value, what):
-    """Converts ``value`` to float32; other float types are cast, others fail."""
-    try:
-        tensor = tf.convert_to_tensor(value, dtype_hint=tf.float32)
-    except (TypeError, ValueError) as error:
-        raise _invalid(f"{what} must be float32, got {type(value).__name__}: {error}")
-    if tensor.dtype == tf.float32:
-        return tensor
-    if tensor.dtype in (tf.float16, tf.bfloat16, tf.float64):
-        return tf.cast(tensor, tf.float32)
-    raise _invalid(f"{what} must be float32, got {tensor.dtype.name}")
+    return _convert(value, what, tf.float32, _FLOAT_TYPES)
 
 
 class HashTable(tf.saved_model.experimental.TrackableResource):

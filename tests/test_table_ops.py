@@ -167,3 +167,23 @@ def test_concurrent_lookups_and_updates_through_ops():
     assert not errors
     np.testing.assert_array_equal(table.lookup(keys).numpy(), 100.0)
     assert int(table.size()) == 1000 + 50_000
+
+
+def test_keras3_infers_output_specs_from_the_shape_functions():
+    import keras
+
+    table = mt.HashTable(4)
+
+    class Lookup(keras.layers.Layer):
+        def __init__(self, hash_table, **kwargs):
+            super().__init__(**kwargs)
+            self._hash_table = hash_table
+
+        def call(self, ids):
+            return self._hash_table.lookup(ids)
+
+    inputs = keras.Input(shape=(3,), dtype="int64")
+    outputs = Lookup(table)(inputs)
+    assert tuple(outputs.shape) == (None, 3, 4)
+    model = keras.Model(inputs, outputs)
+    assert model.predict(tf.constant([[1, 2, 3]], tf.int64), verbose=0).shape == (1, 3, 4)

@@ -53,6 +53,26 @@ class TableOpKernel : public OpKernel {
   virtual void ComputeWithTable(OpKernelContext* ctx, EmbeddingTable& table) = 0;
 };
 
+// Base of kernels whose op carries a `dim` attr for its shape function: the
+// attr must match the table it runs on.
+class DimAttrTableOpKernel : public TableOpKernel {
+ public:
+  explicit DimAttrTableOpKernel(OpKernelConstruction* ctx) : TableOpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("dim", &dim_));
+  }
+
+ protected:
+  void ComputeWithTable(OpKernelContext* ctx, EmbeddingTable& table) final {
+    OP_REQUIRES(ctx, dim_ == table.dim(),
+                errors::InvalidArgument(type_string(), " dim attr ", dim_,
+                                        " does not match the table's dim ", table.dim()));
+    ComputeWithCheckedTable(ctx, table);
+  }
+  virtual void ComputeWithCheckedTable(OpKernelContext* ctx, EmbeddingTable& table) = 0;
+
+  tensorflow::int64 dim_;
+};
+
 std::string ShapeString(const Tensor& t) { return t.shape().DebugString(); }
 
 tensorflow::Status CheckRowsMatchIds(const Tensor& ids, const Tensor& rows,
@@ -129,18 +149,14 @@ class CreateTableOp : public OpKernel {
   std::string container_, shared_name_;
 };
 
-class LookupOp : public TableOpKernel {
+class LookupOp : public DimAttrTableOpKernel {
  public:
-  explicit LookupOp(OpKernelConstruction* ctx) : TableOpKernel(ctx) {
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("dim", &dim_));
+  explicit LookupOp(OpKernelConstruction* ctx) : DimAttrTableOpKernel(ctx) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("insert_missing", &insert_missing_));
   }
 
  protected:
-  void ComputeWithTable(OpKernelContext* ctx, EmbeddingTable& table) override {
-    OP_REQUIRES(ctx, dim_ == table.dim(),
-                errors::InvalidArgument("lookup dim ", dim_, " does not match the table's dim ",
-                                        table.dim()));
+  void ComputeWithCheckedTable(OpKernelContext* ctx, EmbeddingTable& table) override {
     const Tensor& ids = ctx->input(1);
     TensorShape out_shape = ids.shape();
     out_shape.AddDim(dim_);
@@ -154,7 +170,6 @@ class LookupOp : public TableOpKernel {
   }
 
  private:
-  tensorflow::int64 dim_;
   bool insert_missing_;
 };
 
@@ -230,17 +245,12 @@ class SizeOp : public TableOpKernel {
   }
 };
 
-class ExportOp : public TableOpKernel {
+class ExportOp : public DimAttrTableOpKernel {
  public:
-  explicit ExportOp(OpKernelConstruction* ctx) : TableOpKernel(ctx) {
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("dim", &dim_));
-  }
+  using DimAttrTableOpKernel::DimAttrTableOpKernel;
 
  protected:
-  void ComputeWithTable(OpKernelContext* ctx, EmbeddingTable& table) override {
-    OP_REQUIRES(ctx, dim_ == table.dim(),
-                errors::InvalidArgument("export dim ", dim_, " does not match the table's dim ",
-                                        table.dim()));
+  void ComputeWithCheckedTable(OpKernelContext* ctx, EmbeddingTable& table) override {
     const Tensor& chunk = ctx->input(1);
     const Tensor& num_chunks = ctx->input(2);
     OP_REQUIRES(ctx,
@@ -272,9 +282,6 @@ class ExportOp : public TableOpKernel {
     OP_REQUIRES_OK(ctx, alloc_status);
     OP_REQUIRES_OK(ctx, status);
   }
-
- private:
-  tensorflow::int64 dim_;
 };
 
 class ImportOp : public TableOpKernel {
