@@ -10,6 +10,10 @@ For each (keys, dim) it measures, each system in a fresh process:
            dense = ResourceSparseApplyAdagradV2 on a variable.
   bytes/entry  RSS growth / keys after the insert, against the payload
            (key 8 + embedding 4*dim + accumulator 4*dim + metadata 12).
+  insert is also run into reused memory (ids removed, new ids inserted: the
+  steady state with expiry) and with the seeded random initializer; the
+  first-touch column is this VM's speed at committing fresh pages, which
+  bounds inserts into fresh memory.
 The dense tf.gather over a variable is the no-hash limit (ids 0..n-1).
 
     python bench/table_bench.py                      # 1M and 10M keys, dim 8/32/64
@@ -43,6 +47,17 @@ def warm_memory(num_bytes):
     import numpy as np
     block = np.ones(num_bytes, np.uint8)
     del block
+
+
+def first_touch_gb_per_s(num_bytes=256 << 20):
+    """How fast this machine commits never-touched memory right now (GB/s):
+    the ceiling of inserting new ids into fresh memory."""
+    import numpy as np
+    start = time.perf_counter()
+    block = np.ones(num_bytes, np.uint8)
+    seconds = time.perf_counter() - start
+    del block
+    return num_bytes / seconds / 1e9
 
 
 def timed(fn, batches, rounds=5):
@@ -92,6 +107,7 @@ def run_system(system, num_keys, dim, batch, repeats, warm_bytes):
         result["insert_random"] = insert_all(insert_random, insert_batches)
         del random_table, insert_random
 
+        result["first_touch_gb_s"] = first_touch_gb_per_s()
         table = mt.HashTable(dim, initializer="constant(value=0.01)", optimizer="adagrad")
         insert = tf.function(lambda ids: table.lookup(ids, training=True))
         insert(tf.constant([-1], tf.int64))
@@ -225,8 +241,8 @@ def print_row(row, header):
         print("| keys | dim | insert M/s (ours / DHT) | ours: random init / reused memory | "
               "lookup M/s (ours / DHT / gather) | lookup vs gather | "
               "adagrad M rows/s (ours / DHT / dense) | adagrad vs dense | "
-              "bytes/entry (ours / DHT / dense) | ours / payload |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
+              "bytes/entry (ours / DHT / dense) | ours / payload | first-touch GB/s |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
     payload = payload_bytes(row["dim"])
     print(f"| {row['keys']:,} | {row['dim']} "
           f"| {rate(m.get('insert'))} / {rate(d.get('insert'))} "
@@ -237,7 +253,8 @@ def print_row(row, header):
           f"| {ratio(m.get('adagrad'), g.get('adagrad'))} "
           f"| {m.get('bytes_per_entry', 0):.0f} / {d.get('bytes_per_entry', 0):.0f} / "
           f"{g.get('bytes_per_entry', 0):.0f} "
-          f"| {ratio(m.get('bytes_per_entry'), payload)} |", flush=True)
+          f"| {ratio(m.get('bytes_per_entry'), payload)} "
+          f"| {m.get('first_touch_gb_s', 0):.1f} |", flush=True)
 
 
 if __name__ == "__main__":
