@@ -187,3 +187,28 @@ class HashTable(tf.saved_model.experimental.TrackableResource):
 
     def _restore_from_tensors(self, restored_tensors):
         return self.import_rows(**restored_tensors, clear=True)
+
+
+def lookup_many(tables, ids_list, training=False):
+    """Rows of several tables in one op call: ``tables[i].lookup(ids_list[i])``
+    for every i, with the same ``training`` mode. Returns a list of float32
+    tensors of shape ``ids_list[i].shape + [tables[i].dim]``."""
+    return table_ops.monolith_hash_table_lookup_multi(
+        [t.resource_handle for t in tables], [_as_int64(ids, "ids") for ids in ids_list],
+        dims=[t.dim for t in tables], insert_missing=bool(training))
+
+
+def apply_gradients_many(tables, ids_list, grads_list, learning_rates, timestamps_list=None):
+    """One optimizer step on several tables in one op call.
+
+    ``learning_rates`` holds one float per table; ``timestamps_list`` one data
+    time (seconds) per table, a scalar or one per id (default 0). Returns the
+    number of distinct rows updated (int64 scalar).
+    """
+    if timestamps_list is None:
+        timestamps_list = [0] * len(tables)
+    return table_ops.monolith_hash_table_apply_gradients_multi(
+        [t.resource_handle for t in tables], [_as_int64(ids, "ids") for ids in ids_list],
+        [_as_float32(g, "grads") for g in grads_list],
+        _as_float32(learning_rates, "learning_rates"),
+        [_as_int64(ts, "timestamps") for ts in timestamps_list])

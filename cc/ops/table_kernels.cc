@@ -324,7 +324,142 @@ class ImportOp : public TableOpKernel {
   bool clear_;
 };
 
+// Shared by the fused kernels: resolves `n` handles (inputs 0..n-1) and runs
+// fn(i, table) for each, across TF's pool when there are several tables (each
+// table's work then runs inline) or inside the one table otherwise. Errors
+// from any table fail the op.
+class MultiTableOpKernel : public OpKernel {
+ public:
+  using OpKernel::OpKernel;
+
+ protected:
+  tensorflow::Status ResolveTables(
+      OpKernelContext* ctx, int n,
+      std::vector<tensorflow::core::RefCountPtr<HashTableResource>>* tables) {
+    tables->resize(n);
+    for (int i = 0; i < n; ++i) {
+      TF_RETURN_IF_ERROR(LookupResource(ctx, HandleFromInput(ctx, i), &(*tables)[i]));
+    }
+    return tensorflow::OkStatus();
+  }
+
+  // fn(i, runner) returns the Status of table i's work.
+  void ForEachTable(OpKernelContext* ctx, int n, int64_t cost_per_table,
+                    const std::function<tensorflow::Status(int, const ParallelRunner&)>& fn) {
+    std::vector<tensorflow::Status> status(n);
+    if (n == 1) {
+      status[0] = fn(0, TfRunner(ctx));
+    } else {
+      const ParallelRunner inline_runner;
+      ctx->device()->tensorflow_cpu_worker_threads()->workers->ParallelFor(
+          n, cost_per_table, [&](int64_t begin, int64_t end) {
+            for (int64_t i = begin; i < end; ++i) status[i] = fn(i, inline_runner);
+          });
+    }
+    for (int i = 0; i < n; ++i) {
+      OP_REQUIRES_OK(ctx, status[i]);
+    }
+  }
+};
+
+class LookupMultiOp : public MultiTableOpKernel {
+ public:
+  explicit LookupMultiOp(OpKernelConstruction* ctx) : MultiTableOpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("N", &n_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("dims", &dims_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("insert_missing", &insert_missing_));
+    OP_REQUIRES(ctx, static_cast<int>(dims_.size()) == n_,
+                errors::InvalidArgument("dims has ", dims_.size(), " entries for ", n_,
+                                        " tables"));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    std::vector<tensorflow::core::RefCountPtr<HashTableResource>> tables;
+    OP_REQUIRES_OK(ctx, ResolveTables(ctx, n_, &tables));
+    std::vector<Tensor*> outputs(n_);
+    int64_t total_ids = 0;
+    for (int i = 0; i < n_; ++i) {
+      OP_REQUIRES(ctx, dims_[i] == tables[i]->table().dim(),
+                  errors::InvalidArgument("dims[", i, "] = ", dims_[i],
+                                          " does not match table ", i, "'s dim ",
+                                          tables[i]->table().dim()));
+      const Tensor& ids = ctx->input(n_ + i);
+      TensorShape shape = ids.shape();
+      shape.AddDim(dims_[i]);
+      OP_REQUIRES_OK(ctx, ctx->allocate_output(i, shape, &outputs[i]));
+      total_ids += ids.NumElements();
+    }
+    ForEachTable(ctx, n_, 60 * (total_ids / n_ + 1), [&](int i, const ParallelRunner& runner) {
+      const Tensor& ids = ctx->input(n_ + i);
+      return CallCore([&] {
+        tables[i]->table().Lookup(ids.flat<int64_t>().data(), ids.NumElements(),
+                                  insert_missing_, outputs[i]->flat<float>().data(), runner);
+      });
+    });
+  }
+
+ private:
+  int n_;
+  std::vector<int64_t> dims_;
+  bool insert_missing_;
+};
+
+class ApplyGradientsMultiOp : public MultiTableOpKernel {
+ public:
+  explicit ApplyGradientsMultiOp(OpKernelConstruction* ctx) : MultiTableOpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("N", &n_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    std::vector<tensorflow::core::RefCountPtr<HashTableResource>> tables;
+    OP_REQUIRES_OK(ctx, ResolveTables(ctx, n_, &tables));
+    const Tensor& rates = ctx->input(3 * n_);
+    OP_REQUIRES(ctx, rates.shape() == TensorShape({n_}),
+                errors::InvalidArgument("learning_rates must have shape [", n_, "], got ",
+                                        ShapeString(rates)));
+    int64_t total_ids = 0;
+    for (int i = 0; i < n_; ++i) {
+      const Tensor& ids = ctx->input(n_ + i);
+      const Tensor& timestamps = ctx->input(3 * n_ + 1 + i);
+      OP_REQUIRES_OK(ctx, CheckRowsMatchIds(ids, ctx->input(2 * n_ + i),
+                                            tables[i]->table().dim(), "grads"));
+      OP_REQUIRES(ctx,
+                  tensorflow::TensorShapeUtils::IsScalar(timestamps.shape()) ||
+                      timestamps.shape() == ids.shape(),
+                  errors::InvalidArgument("timestamps[", i, "] must be a scalar or have the "
+                                          "shape of ids ", ShapeString(ids), ", got ",
+                                          ShapeString(timestamps)));
+      total_ids += ids.NumElements();
+    }
+    const auto rate = rates.flat<float>();
+    std::vector<int64_t> updated(n_, 0);
+    ForEachTable(ctx, n_, 150 * (total_ids / n_ + 1), [&](int i, const ParallelRunner& runner) {
+      const Tensor& ids = ctx->input(n_ + i);
+      const Tensor& grads = ctx->input(2 * n_ + i);
+      const Tensor& timestamps = ctx->input(3 * n_ + 1 + i);
+      const bool per_key = !tensorflow::TensorShapeUtils::IsScalar(timestamps.shape());
+      return CallCore([&] {
+        updated[i] = tables[i]->table().ApplyGradients(
+            ids.flat<int64_t>().data(), grads.flat<float>().data(), ids.NumElements(), rate(i),
+            timestamps.flat<int64_t>().data(), per_key, runner);
+      });
+    });
+    if (!ctx->status().ok()) return;
+    Tensor* out;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({}), &out));
+    int64_t total = 0;
+    for (int64_t u : updated) total += u;
+    out->scalar<int64_t>()() = total;
+  }
+
+ private:
+  int n_;
+};
+
 REGISTER_KERNEL_BUILDER(Name("MonolithHashTable").Device(DEVICE_CPU), CreateTableOp);
+REGISTER_KERNEL_BUILDER(Name("MonolithHashTableLookupMulti").Device(DEVICE_CPU), LookupMultiOp);
+REGISTER_KERNEL_BUILDER(Name("MonolithHashTableApplyGradientsMulti").Device(DEVICE_CPU),
+                        ApplyGradientsMultiOp);
 REGISTER_KERNEL_BUILDER(Name("MonolithHashTableLookup").Device(DEVICE_CPU), LookupOp);
 REGISTER_KERNEL_BUILDER(Name("MonolithHashTableApplyGradients").Device(DEVICE_CPU),
                         ApplyGradientsOp);

@@ -177,3 +177,71 @@ REGISTER_OP("MonolithHashTableImport")
     .Doc("Upserts full rows (as Export returns them); `clear` empties the table first.");
 
 }  // namespace monolith
+
+namespace monolith {
+
+// Fused forms for many features: one op call per step for all of a model's
+// tables, instead of one per feature.
+REGISTER_OP("MonolithHashTableLookupMulti")
+    .Input("table_handles: N * resource")
+    .Input("ids: N * int64")
+    .Output("values: N * float32")
+    .Attr("N: int >= 1")
+    .Attr("dims: list(int)")
+    .Attr("insert_missing: bool = false")
+    .SetIsStateful()
+    .SetShapeFn([](InferenceContext* c) {
+      std::vector<int64_t> dims;
+      TF_RETURN_IF_ERROR(c->GetAttr("dims", &dims));
+      const int n = c->num_outputs();
+      if (static_cast<int>(dims.size()) != n) {
+        return tensorflow::errors::InvalidArgument("dims has ", dims.size(),
+                                                   " entries for ", n, " tables");
+      }
+      for (int i = 0; i < n; ++i) {
+        if (dims[i] <= 0) {
+          return tensorflow::errors::InvalidArgument("dims[", i, "] must be > 0, got ",
+                                                     dims[i]);
+        }
+        ShapeHandle out;
+        TF_RETURN_IF_ERROR(c->Concatenate(c->input(n + i), c->Vector(dims[i]), &out));
+        c->set_output(i, out);
+      }
+      return tensorflow::OkStatus();
+    })
+    .Doc("MonolithHashTableLookup over N (table, ids) pairs in one call.");
+
+REGISTER_OP("MonolithHashTableApplyGradientsMulti")
+    .Input("table_handles: N * resource")
+    .Input("ids: N * int64")
+    .Input("grads: N * float32")
+    .Input("learning_rates: float32")
+    .Input("timestamps: N * int64")
+    .Output("updated_rows: int64")
+    .Attr("N: int >= 1")
+    .SetIsStateful()
+    .SetShapeFn([](InferenceContext* c) {
+      int n;
+      TF_RETURN_IF_ERROR(c->GetAttr("N", &n));
+      ShapeHandle rates;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(3 * n), 1, &rates));
+      DimensionHandle unused_dim;
+      TF_RETURN_IF_ERROR(c->WithValue(c->Dim(rates, 0), n, &unused_dim));
+      for (int i = 0; i < n; ++i) {
+        ShapeHandle expected, unused;
+        TF_RETURN_IF_ERROR(c->Concatenate(
+            c->input(n + i), c->Vector(InferenceContext::kUnknownDim), &expected));
+        TF_RETURN_IF_ERROR(c->Merge(c->input(2 * n + i), expected, &unused));
+        TF_RETURN_IF_ERROR(CheckTimestamps(c, c->input(n + i), c->input(3 * n + 1 + i)));
+      }
+      c->set_output(0, c->Scalar());
+      return tensorflow::OkStatus();
+    })
+    .Doc(R"doc(
+MonolithHashTableApplyGradients over N (table, ids, grads) triples in one
+call; learning_rates holds one rate per table, timestamps one tensor per table.
+updated_rows counts the distinct rows updated; consuming it (rather than a
+control dependency) keeps the update alive in gradient functions.
+)doc");
+
+}  // namespace monolith

@@ -279,7 +279,7 @@ int64_t EmbeddingTable::Lookup(const int64_t* keys, int64_t n,
   return inserted;
 }
 
-void EmbeddingTable::ApplyGradients(const int64_t* keys, const float* grads,
+int64_t EmbeddingTable::ApplyGradients(const int64_t* keys, const float* grads,
                                     int64_t n, float learning_rate,
                                     const int64_t* timestamps,
                                     bool per_key_timestamps,
@@ -293,7 +293,7 @@ void EmbeddingTable::ApplyGradients(const int64_t* keys, const float* grads,
         " for optimizer '" + config_.optimizer + "', got " +
         std::to_string(learning_rate));
   }
-  if (n == 0) return;
+  if (n == 0) return 0;
   const int dim = config_.dim;
   const DedupedBatch batch =
       Dedup(keys, grads, n, dim, timestamps, per_key_timestamps);
@@ -336,13 +336,15 @@ void EmbeddingTable::ApplyGradients(const int64_t* keys, const float* grads,
       }
     });
   }
-  if (missing.empty()) return;
+  if (missing.empty()) return unique;
   ExclusiveLock lock(*lock_);
   for (int64_t u : missing) {
     uint32_t id = index_.Find(batch.keys[u]);
     if (id == CuckooIndex::kNoEntry) id = InsertNew(batch.keys[u]);
     update(u, id);
   }
+  return unique;
+  return unique;
 }
 
 void EmbeddingTable::Assign(const int64_t* keys, const float* values, int64_t n) {

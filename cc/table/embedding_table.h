@@ -88,10 +88,11 @@ class EmbeddingTable {
   // each distinct row is updated in place under its lock. Missing keys are
   // inserted first. `timestamps` holds n data times (seconds) or, when
   // `per_key_timestamps` is false, one for all; each row keeps the largest.
-  void ApplyGradients(const int64_t* keys, const float* grads, int64_t n,
-                      float learning_rate, const int64_t* timestamps,
-                      bool per_key_timestamps,
-                      const ParallelRunner& runner = ParallelRunner());
+  // Returns the number of distinct rows updated.
+  int64_t ApplyGradients(const int64_t* keys, const float* grads, int64_t n,
+                         float learning_rate, const int64_t* timestamps,
+                         bool per_key_timestamps,
+                         const ParallelRunner& runner = ParallelRunner());
 
   // Sets the embeddings of keys[0..n) (later duplicates win). New rows get
   // initial optimizer state; existing rows keep theirs.
