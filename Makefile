@@ -69,9 +69,14 @@ native: $(OPS_LIB) $(CORE_EXT_STAMP)
 demo: native
 	PYTHONPATH=$(CURDIR) $(PY) examples/table_quickstart.py
 
-# The whole suite, slow cases and the AddressSanitizer run of the core included.
+# Tests that run again under tf_keras (TF_USE_LEGACY_KERAS=1, needed by TFRS).
+LEGACY_KERAS_TESTS := tests/test_layers.py
+
+# The whole suite, slow cases and the AddressSanitizer run of the core included;
+# the Keras layer tests run under Keras 3 and again under tf_keras.
 test: native asan
 	$(PY) -m pytest tests -q $(PYTEST_FLAGS)
+	TF_USE_LEGACY_KERAS=1 $(PY) -m pytest $(LEGACY_KERAS_TESTS) -q $(PYTEST_FLAGS)
 
 test-fast: native
 	$(PY) -m pytest tests -q -m "not slow" $(PYTEST_FLAGS)

@@ -2,7 +2,8 @@
 
 A collisionless cuckoo-hash embedding table exposed as a TensorFlow resource
 (``HashTable``), with in-place sparse optimizers, keyed initializers and
-checkpoint/SavedModel support. Importing this package loads the op library.
+checkpoint/SavedModel support, and Keras layers over it
+(``monolith_tf.layers``). Importing this package loads the op library.
 """
 
 from monolith_tf.specs import make_spec

@@ -84,43 +84,67 @@ class _FeatureSpec:
         return tf.constant(self.learning_rate, tf.float32)
 
 
-def _flatten(ids, feature):
-    """(flat int64 ids, a function rebuilding the combined output)."""
+def _flatten(ids, feature, combiner):
+    """(flat int64 ids, combine) where combine(rows) gives the layer output
+    from the rows of the flat ids."""
     if isinstance(ids, tf.SparseTensor):
-        if ids.shape.rank is not None and ids.shape.rank != 2:
-            raise _invalid(f"{feature}: a SparseTensor of ids must be 2-D, got rank "
-                           f"{ids.shape.rank}")
-        ids = tf.RaggedTensor.from_sparse(ids)
+        return _flatten_sparse(ids, feature, combiner)
     if isinstance(ids, tf.RaggedTensor):
         if ids.ragged_rank != 1 or ids.flat_values.shape.rank != 1:
             raise _invalid(f"{feature}: ragged ids must be [batch, (n)]")
         ragged = ids
-        flat = ids_to_int64(ragged.flat_values, feature)
-        return flat, lambda rows: ragged.with_flat_values(rows)
+
+        def combine_ragged(rows):
+            rows = ragged.with_flat_values(rows)
+            if combiner is None:
+                return rows
+            count = tf.cast(rows.row_lengths(), rows.dtype)[:, None]
+            return _reduce(tf.reduce_sum(rows, axis=1), count, combiner)
+
+        return ids_to_int64(ragged.flat_values, feature), combine_ragged
     ids = tf.convert_to_tensor(ids)
     if ids.shape.rank is not None and ids.shape.rank not in (1, 2):
         raise _invalid(f"{feature}: dense ids must be [batch] or [batch, n], got rank "
                        f"{ids.shape.rank}")
-    return ids_to_int64(ids, feature), None
+
+    def combine_dense(rows):
+        if combiner is None or rows.shape.rank == 2:
+            return rows  # no combiner, or one id per example
+        count = tf.cast(tf.shape(rows)[1], rows.dtype)
+        return _reduce(tf.reduce_sum(rows, axis=1), count, combiner)
+
+    return ids_to_int64(ids, feature), combine_dense
 
 
-def _combine(rows, rebuild, combiner):
-    """Applies the combiner over the id axis of dense [batch, n, dim] or
-    ragged [batch, (n), dim] rows; None keeps the sequence."""
-    if rebuild is not None:
-        rows = rebuild(rows)
+def _flatten_sparse(ids, feature, combiner):
+    if ids.shape.rank is not None and ids.shape.rank != 2:
+        raise _invalid(f"{feature}: a SparseTensor of ids must be 2-D, got rank {ids.shape.rank}")
     if combiner is None:
-        return rows
-    if rebuild is None and rows.shape.rank == 2:
-        return rows  # one id per example: nothing to combine
-    total = tf.reduce_sum(rows, axis=1)
+        raise _invalid(f"{feature}: SparseTensor ids need a combiner (sum, mean or sqrtn)")
+    checks = [
+        tf.debugging.assert_non_negative(
+            ids.indices, message=f"{feature}: SparseTensor indices must be >= 0"),
+        tf.debugging.assert_less(
+            ids.indices, ids.dense_shape[None, :],
+            message=f"{feature}: SparseTensor indices must lie inside dense_shape"),
+    ]
+    with tf.control_dependencies(checks):
+        rows_of_ids = tf.identity(ids.indices[:, 0])
+    batch = ids.dense_shape[0]
+
+    def combine_sparse(rows):
+        total = tf.math.unsorted_segment_sum(rows, rows_of_ids, batch)
+        count = tf.math.unsorted_segment_sum(tf.ones_like(rows[:, :1]), rows_of_ids, batch)
+        return _reduce(total, count, combiner)
+
+    return ids_to_int64(ids.values, feature), combine_sparse
+
+
+def _reduce(total, count, combiner):
+    """Sum, mean or sqrtn from the summed rows and the id count per example;
+    empty examples give zeros, as tf.nn.safe_embedding_lookup_sparse does."""
     if combiner == "sum":
         return total
-    if rebuild is not None:
-        count = tf.cast(rows.row_lengths(), rows.dtype)[:, None]
-    else:
-        count = tf.cast(tf.shape(rows)[1], rows.dtype)
-    # Empty rows combine to zeros, as tf.nn.safe_embedding_lookup_sparse does.
     if combiner == "mean":
         return tf.math.divide_no_nan(total, count)
     return tf.math.divide_no_nan(total, tf.sqrt(count))
@@ -162,14 +186,13 @@ class _HashEmbeddingBase(keras.layers.Layer):
         return trained_lookup(tf.convert_to_tensor(self.update_trigger))
 
     def _embed(self, specs, inputs, training):
-        flat, rebuilds = [], []
+        flat, combines = [], []
         for spec, ids in zip(specs, inputs):
-            ids_flat, rebuild = _flatten(ids, spec.name)
+            ids_flat, combine = _flatten(ids, spec.name, spec.combiner)
             flat.append(ids_flat)
-            rebuilds.append(rebuild)
+            combines.append(combine)
         rows = self._lookup(specs, flat, bool(training))
-        return [_combine(r, rebuild, spec.combiner)
-                for r, rebuild, spec in zip(rows, rebuilds, specs)]
+        return [combine(r) for r, combine in zip(rows, combines)]
 
     # Keras 3 (and tf_keras' .keras format) save weights through these hooks;
     # the table is not a Keras variable, so its rows ride along here.
