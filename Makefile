@@ -25,7 +25,7 @@ USE_VENV ?= 1
 DEPS_STAMP := $(if $(filter 1,$(USE_VENV)),$(VENV)/.deps-stamp,)
 MAKEFLAGS += -j2
 
-.PHONY: all deps native demo test test-fast asan bench clean
+.PHONY: all deps native data demo test test-fast asan bench clean
 
 all: native
 
@@ -66,20 +66,30 @@ $(CORE_EXT_STAMP): cc/pybind/core_bindings.cc $(CORE_OBJS) $(CORE_HDRS)
 
 native: $(OPS_LIB) $(CORE_EXT_STAMP)
 
-demo: native
-	PYTHONPATH=$(CURDIR) $(PY) examples/table_quickstart.py
+# MovieLens 100k, extracted from the recbole wheel (never committed: the
+# MovieLens licence forbids redistribution).
+ML100K := data/ml-100k/u.data
+$(ML100K): $(DEPS_STAMP)
+	$(PY) tools/fetch_ml100k.py --out $@
 
-# Tests that run again under tf_keras (TF_USE_LEGACY_KERAS=1, needed by TFRS).
-LEGACY_KERAS_TESTS := tests/test_layers.py
+data: $(ML100K)
+
+demo: native data
+	PYTHONPATH=$(CURDIR) $(PY) examples/table_quickstart.py
+	PYTHONPATH=$(CURDIR) $(PY) examples/movielens_quickstart.py
+
+# Tests that run under tf_keras (TF_USE_LEGACY_KERAS=1): the layer tests a
+# second time, and tests/legacy_keras (TFRS, which needs tf_keras) only there.
+LEGACY_KERAS_TESTS := tests/test_layers.py tests/legacy_keras
 
 # The whole suite, slow cases and the AddressSanitizer run of the core included;
 # the Keras layer tests run under Keras 3 and again under tf_keras.
-test: native asan
-	$(PY) -m pytest tests -q $(PYTEST_FLAGS)
-	TF_USE_LEGACY_KERAS=1 $(PY) -m pytest $(LEGACY_KERAS_TESTS) -q $(PYTEST_FLAGS)
+test: native asan data
+	$(PY) -m pytest tests -q --ignore=tests/legacy_keras $(PYTEST_FLAGS)
+	TF_USE_LEGACY_KERAS=1 PYTHONPATH=$(CURDIR) $(PY) -m pytest $(LEGACY_KERAS_TESTS) -q $(PYTEST_FLAGS)
 
-test-fast: native
-	$(PY) -m pytest tests -q -m "not slow" $(PYTEST_FLAGS)
+test-fast: native data
+	$(PY) -m pytest tests -q -m "not slow" --ignore=tests/legacy_keras $(PYTEST_FLAGS)
 
 # The core and its bindings built with AddressSanitizer, run against the core
 # tests in a package holding only the core (TensorFlow is not loaded).

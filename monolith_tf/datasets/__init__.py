@@ -1,0 +1,1 @@
+"""Dataset loaders into tf.data."""
