@@ -28,3 +28,14 @@ def test_table_bench_runs(tmp_path):
         assert rows[0][system]["adagrad"] > 0
     assert rows[0]["monolith"]["insert"] > 0
     assert "| 20,000 | 8 |" in result.stdout
+
+
+@pytest.mark.slow
+def test_train_bench_runs():
+    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "bench", "train_bench.py"), "--steps", "4",
+         "--mlps", "8,8"], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    row = [line for line in result.stdout.splitlines() if line.startswith("| 8,8 |")]
+    assert len(row) == 1 and row[0].count("x |") == 2
