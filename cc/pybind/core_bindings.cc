@@ -65,18 +65,49 @@ PYBIND11_MODULE(_core, m) {
   py::class_<EmbeddingTable>(m, "EmbeddingTable")
       .def(py::init([](int dim, const std::string& initializer,
                        const std::string& optimizer, uint64_t seed,
-                       int64_t capacity_hint) {
+                       int64_t capacity_hint, int occurrence_threshold,
+                       const std::string& admission_filter, int64_t expire_after,
+                       int64_t evict_every) {
              TableConfig config;
              config.dim = dim;
              config.initializer = initializer;
              config.optimizer = optimizer;
              config.seed = seed;
              config.capacity_hint = capacity_hint;
+             config.occurrence_threshold = occurrence_threshold;
+             config.admission_filter = admission_filter;
+             config.expire_after = expire_after;
+             config.evict_every = evict_every;
              return new EmbeddingTable(config);
            }),
            py::arg("dim"), py::arg("initializer") = "zeros",
            py::arg("optimizer") = "sgd", py::arg("seed") = 0,
-           py::arg("capacity_hint") = 0)
+           py::arg("capacity_hint") = 0, py::arg("occurrence_threshold") = 0,
+           py::arg("admission_filter") = "counting", py::arg("expire_after") = 0,
+           py::arg("evict_every") = 0)
+      .def("evict_expired", [](EmbeddingTable& t) {
+        py::gil_scoped_release release;
+        return t.EvictExpired();
+      })
+      .def("stats", [](const EmbeddingTable& t) {
+        const monolith::TableStats s = t.Stats();
+        py::dict d;
+        d["size"] = s.size;
+        d["admitted"] = s.admitted;
+        d["rejected"] = s.rejected;
+        d["evicted"] = s.evicted;
+        d["memory_bytes"] = s.memory_bytes;
+        d["now"] = s.now;
+        return d;
+      })
+      .def("save_filter_state", [](const EmbeddingTable& t) {
+        const std::vector<uint8_t> state = t.SaveFilterState();
+        return py::bytes(reinterpret_cast<const char*>(state.data()), state.size());
+      })
+      .def("restore_filter_state", [](EmbeddingTable& t, const py::bytes& state, int64_t now) {
+        const std::string data = state;
+        t.RestoreFilterState(reinterpret_cast<const uint8_t*>(data.data()), data.size(), now);
+      })
       .def_property_readonly("dim", &EmbeddingTable::dim)
       .def_property_readonly("state_dim", &EmbeddingTable::state_dim)
       .def_property_readonly("entry_bytes", &EmbeddingTable::entry_bytes)

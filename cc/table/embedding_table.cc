@@ -52,6 +52,18 @@ const TableConfig& Validated(const TableConfig& config) {
     throw std::invalid_argument("capacity_hint must be >= 0, got " +
                                 std::to_string(config.capacity_hint));
   }
+  if (config.occurrence_threshold < 0) {
+    throw std::invalid_argument("occurrence_threshold must be >= 0, got " +
+                                std::to_string(config.occurrence_threshold));
+  }
+  if (config.expire_after < 0) {
+    throw std::invalid_argument("expire_after must be >= 0 seconds, got " +
+                                std::to_string(config.expire_after));
+  }
+  if (config.evict_every < 0) {
+    throw std::invalid_argument("evict_every must be >= 0, got " +
+                                std::to_string(config.evict_every));
+  }
   return config;
 }
 
@@ -133,7 +145,11 @@ EmbeddingTable::EmbeddingTable(const TableConfig& config)
       state_dim_(optimizer_->StateDim(config.dim)),
       lock_(new TableLock),
       index_(static_cast<size_t>(config.capacity_hint), config.seed),
-      arena_(config.dim + state_dim_) {}
+      arena_(config.dim + state_dim_),
+      filter_(config.occurrence_threshold > 0
+                  ? MakeAdmissionFilter(config.admission_filter, config.occurrence_threshold,
+                                        config.seed)
+                  : nullptr) {}
 
 EmbeddingTable::~EmbeddingTable() = default;
 
@@ -159,6 +175,8 @@ size_t EmbeddingTable::num_buckets() const {
 
 void EmbeddingTable::InitRow(int64_t key, uint32_t id) {
   arena_.InitHeader(id);
+  // A new entry counts as updated now, so expiry measures its inactivity.
+  arena_.Header(id)->timestamp = now_.load(std::memory_order_relaxed);
   float* floats = arena_.Floats(id);
   initializer_->Fill(key, floats, config_.dim);
   optimizer_->InitState(floats + config_.dim, config_.dim);
@@ -253,10 +271,23 @@ int64_t EmbeddingTable::Lookup(const int64_t* keys, int64_t n,
   try {
     for (size_t j = 0; j < todo.size(); ++j) {
       if (j + kPrefetchAhead < todo.size()) index_.Prefetch(keys[todo[j + kPrefetchAhead]]);
-      // Another thread, or an earlier duplicate in this batch, may have won.
-      bool inserted;
-      ids[j] = index_.FindOrInsert(keys[todo[j]], [&] { return arena_.Allocate(); },
-                                   &inserted);
+      const int64_t key = keys[todo[j]];
+      bool inserted = false;
+      if (filter_ == nullptr) {
+        // Another thread, or an earlier duplicate in this batch, may have won.
+        ids[j] = index_.FindOrInsert(key, [&] { return arena_.Allocate(); }, &inserted);
+      } else {
+        ids[j] = index_.Find(key);
+        if (ids[j] == CuckooIndex::kNoEntry) {
+          if (filter_->Observe(key)) {
+            ids[j] = arena_.Allocate();
+            index_.Insert(key, ids[j]);
+            inserted = true;
+          } else {
+            ++rejected_;
+          }
+        }
+      }
       if (inserted) fresh.push_back(j);
     }
   } catch (...) {
@@ -264,6 +295,7 @@ int64_t EmbeddingTable::Lookup(const int64_t* keys, int64_t n,
     for (size_t f : fresh) InitRow(keys[todo[f]], ids[f]);
     throw;
   }
+  admitted_ += static_cast<int64_t>(fresh.size());
   runner.For(static_cast<int64_t>(fresh.size()), 100, [&](int64_t begin, int64_t end) {
     for (int64_t f = begin; f < end; ++f) {
       InitRow(keys[todo[fresh[f]]], ids[fresh[f]]);
@@ -271,8 +303,12 @@ int64_t EmbeddingTable::Lookup(const int64_t* keys, int64_t n,
   });
   runner.For(static_cast<int64_t>(todo.size()), 20, [&](int64_t begin, int64_t end) {
     for (int64_t j = begin; j < end; ++j) {
-      std::memcpy(out + static_cast<size_t>(todo[j]) * dim, arena_.Floats(ids[j]),
-                  sizeof(float) * dim);
+      float* dst = out + static_cast<size_t>(todo[j]) * dim;
+      if (ids[j] == CuckooIndex::kNoEntry) {
+        std::fill(dst, dst + dim, 0.f);  // not admitted yet: the default row
+      } else {
+        std::memcpy(dst, arena_.Floats(ids[j]), sizeof(float) * dim);
+      }
     }
   });
   const int64_t inserted = static_cast<int64_t>(fresh.size());
@@ -300,6 +336,7 @@ int64_t EmbeddingTable::ApplyGradients(const int64_t* keys, const float* grads,
   const int64_t unique = static_cast<int64_t>(batch.keys.size());
   const size_t row_bytes =
       sizeof(EntryHeader) + sizeof(float) * (dim + state_dim_);
+
 
   auto update = [&](int64_t u, uint32_t id) {
     EntryHeader* header = arena_.Header(id);
@@ -336,15 +373,77 @@ int64_t EmbeddingTable::ApplyGradients(const int64_t* keys, const float* grads,
       }
     });
   }
-  if (missing.empty()) return unique;
-  ExclusiveLock lock(*lock_);
-  for (int64_t u : missing) {
-    uint32_t id = index_.Find(batch.keys[u]);
-    if (id == CuckooIndex::kNoEntry) id = InsertNew(batch.keys[u]);
-    update(u, id);
+  int64_t updated = unique;
+  if (!missing.empty()) {
+    ExclusiveLock lock(*lock_);
+    for (int64_t u : missing) {
+      uint32_t id = index_.Find(batch.keys[u]);
+      if (id == CuckooIndex::kNoEntry) {
+        // With an admission filter, ids without an entry were not admitted
+        // (or were evicted): their gradients are dropped.
+        if (filter_ != nullptr) {
+          --updated;
+          continue;
+        }
+        id = InsertNew(batch.keys[u]);
+        ++admitted_;
+        // Created by this update: its own data time, not the table's newest.
+        arena_.Header(id)->timestamp = batch.timestamps[u];
+      }
+      update(u, id);
+    }
   }
-  return unique;
-  return unique;
+  const int64_t newest = *std::max_element(batch.timestamps.begin(), batch.timestamps.end());
+  for (int64_t seen = now_.load(); newest > seen && !now_.compare_exchange_weak(seen, newest);) {
+  }
+  if (config_.evict_every > 0 && ++applies_ % config_.evict_every == 0) EvictExpired();
+  return updated;
+}
+
+int64_t EmbeddingTable::EvictExpired() {
+  if (config_.expire_after <= 0) return 0;
+  ExclusiveLock lock(*lock_);
+  const int64_t oldest_kept = now_.load() - config_.expire_after;
+  std::vector<int64_t> expired;
+  index_.ForEachInRange(0, index_.num_buckets(), [&](int64_t key, uint32_t id) {
+    if (arena_.Header(id)->timestamp < oldest_kept) expired.push_back(key);
+  });
+  for (int64_t key : expired) arena_.Free(index_.Erase(key));
+  evicted_ += static_cast<int64_t>(expired.size());
+  return static_cast<int64_t>(expired.size());
+}
+
+TableStats EmbeddingTable::Stats() const {
+  TableStats stats;
+  {
+    SharedLock lock(*lock_);
+    stats.size = static_cast<int64_t>(index_.size());
+    stats.memory_bytes = static_cast<int64_t>(
+        index_.memory_bytes() + arena_.memory_bytes() +
+        (filter_ != nullptr ? filter_->memory_bytes() : 0));
+  }
+  stats.admitted = admitted_.load();
+  stats.rejected = rejected_.load();
+  stats.evicted = evicted_.load();
+  stats.now = now_.load();
+  return stats;
+}
+
+std::vector<uint8_t> EmbeddingTable::SaveFilterState() const {
+  ExclusiveLock lock(*lock_);  // Observe runs under the exclusive lock
+  return filter_ != nullptr ? filter_->SaveState() : std::vector<uint8_t>();
+}
+
+void EmbeddingTable::RestoreFilterState(const uint8_t* data, size_t size, int64_t now) {
+  ExclusiveLock lock(*lock_);
+  if (filter_ == nullptr) {
+    if (size != 0) {
+      throw std::invalid_argument("filter state given for a table without admission filter");
+    }
+  } else {
+    filter_->RestoreState(data, size);
+  }
+  now_.store(now);
 }
 
 void EmbeddingTable::Assign(const int64_t* keys, const float* values, int64_t n) {

@@ -11,11 +11,13 @@
 
 #include <pthread.h>
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
 
+#include "cc/table/admission_filter.h"
 #include "cc/table/cuckoo_index.h"
 #include "cc/table/entry_arena.h"
 #include "cc/table/initializer.h"
@@ -30,6 +32,26 @@ struct TableConfig {
   uint64_t seed = 0;
   // Rows that fit before the index first grows.
   int64_t capacity_hint = 0;
+  // Memory control. An id gets an entry at its occurrence_threshold-th
+  // training lookup (0: at the first); until then it reads as zeros and its
+  // gradients are dropped. admission_filter is a spec (admission_filter.h).
+  int occurrence_threshold = 0;
+  std::string admission_filter = "counting";
+  // Entries whose last update is more than expire_after seconds of data time
+  // older than the newest data time seen are evicted by EvictExpired (0: off),
+  // automatically after every evict_every-th gradient apply (0: never).
+  int64_t expire_after = 0;
+  int64_t evict_every = 0;
+};
+
+// Counters of one table (ids, bytes, seconds of data time).
+struct TableStats {
+  int64_t size = 0;
+  int64_t admitted = 0;   // entries created by training lookups and applies
+  int64_t rejected = 0;   // occurrences the admission filter turned away
+  int64_t evicted = 0;    // entries removed by expiry
+  int64_t memory_bytes = 0;
+  int64_t now = 0;        // newest data time seen
 };
 
 // Splits [0, n) into ranges for fn(begin, end), possibly on several threads.
@@ -111,6 +133,16 @@ class EmbeddingTable {
   // first, so that import(export()) restores a table exactly.
   void Import(const RowsView& rows, int64_t n, bool clear);
 
+  // Removes entries not updated within expire_after seconds of data time
+  // before the newest data time seen; returns how many. Their memory is reused.
+  int64_t EvictExpired();
+
+  TableStats Stats() const;
+
+  // Admission filter state and the newest data time, for checkpoints.
+  std::vector<uint8_t> SaveFilterState() const;
+  void RestoreFilterState(const uint8_t* data, size_t size, int64_t now);
+
   // Candidate buckets of `key` and the bucket count, for collision tests.
   std::pair<uint64_t, uint64_t> CandidateBuckets(int64_t key) const;
   size_t num_buckets() const;
@@ -131,6 +163,9 @@ class EmbeddingTable {
   std::unique_ptr<TableLock> lock_;
   CuckooIndex index_;
   EntryArena arena_;
+  std::unique_ptr<AdmissionFilter> filter_;  // null: admit at first sight
+  std::atomic<int64_t> now_{0};
+  std::atomic<int64_t> admitted_{0}, rejected_{0}, evicted_{0}, applies_{0};
 };
 
 }  // namespace monolith
