@@ -25,6 +25,9 @@ COMBINERS = (None, "sum", "mean", "sqrtn")
 # Strings become ids through TF's 64-bit fingerprint, kept non-negative.
 _STRING_ID_BUCKETS = 2**63 - 1
 _EXPORT_FIELDS = ("keys", "values", "state", "timestamps", "counts")
+# Memory control options of each table (see HashTable).
+MEMORY_CONTROL_DEFAULTS = {"occurrence_threshold": 0, "admission_filter": "counting",
+                           "expire_after": None, "evict_every": None, "evict_on_save": False}
 
 
 def _invalid(message):
@@ -62,7 +65,7 @@ class _FeatureSpec:
     """One feature's table and how its rows are combined."""
 
     def __init__(self, name, dim, initializer, optimizer, learning_rate, combiner,
-                 capacity_hint, seed):
+                 capacity_hint, seed, memory_control=None):
         if combiner not in COMBINERS:
             raise ValueError(f"{name}: combiner must be one of {COMBINERS}, got {combiner!r}")
         if isinstance(learning_rate, (int, float)) and not learning_rate >= 0:
@@ -70,12 +73,18 @@ class _FeatureSpec:
         self.name = name
         self.combiner = combiner
         self.learning_rate = learning_rate
+        memory_control = dict(memory_control or {})
+        unknown = set(memory_control) - set(MEMORY_CONTROL_DEFAULTS)
+        if unknown:
+            raise ValueError(f"{name}: unknown arguments {sorted(unknown)}")
+        memory_control = {**MEMORY_CONTROL_DEFAULTS, **memory_control}
         self.config = {"dim": dim, "initializer": initializer, "optimizer": optimizer,
                        "learning_rate": _serialize_learning_rate(learning_rate),
-                       "combiner": combiner, "capacity_hint": capacity_hint, "seed": seed}
+                       "combiner": combiner, "capacity_hint": capacity_hint, "seed": seed,
+                       **memory_control}
         self.table = table_lib.HashTable(dim, initializer=initializer, optimizer=optimizer,
                                          seed=seed, capacity_hint=capacity_hint,
-                                         name=f"{name}_table")
+                                         name=f"{name}_table", **memory_control)
 
     def rate(self, step):
         """Learning rate (float32 scalar) at update ``step``."""
@@ -202,6 +211,9 @@ class _HashEmbeddingBase(keras.layers.Layer):
         for spec in self._specs():
             for field, value in spec.table.export().items():
                 store[f"{spec.name}/{field}"] = value.numpy()
+            state, now = spec.table.save_filter_state()
+            store[f"{spec.name}/filter_state"] = state.numpy()
+            store[f"{spec.name}/now"] = now.numpy()
 
     def load_own_variables(self, store):
         for i, weight in enumerate(self.weights):
@@ -209,6 +221,8 @@ class _HashEmbeddingBase(keras.layers.Layer):
         for spec in self._specs():
             spec.table.import_rows(**{f: store[f"{spec.name}/{f}"][...] for f in _EXPORT_FIELDS},
                                    clear=True)
+            spec.table.restore_filter_state(store[f"{spec.name}/filter_state"][...],
+                                            store[f"{spec.name}/now"][...])
 
     def _specs(self):
         raise NotImplementedError
@@ -229,6 +243,8 @@ class HashEmbedding(_HashEmbeddingBase):
         ``"sum"``, ``"mean"``, ``"sqrtn"``, or None to keep one row per id.
       capacity_hint: rows before the table first grows.
       seed: seeds the hashes and the keyed initializer.
+      **memory_control: ``occurrence_threshold``, ``admission_filter``,
+        ``expire_after``, ``evict_every``, ``evict_on_save`` (see HashTable).
 
     Input: int64/int32/string ids, ``[batch]`` or ``[batch, n]`` dense,
     ``tf.RaggedTensor`` or ``tf.SparseTensor``. Output: ``ids.shape + [dim]``,
@@ -239,10 +255,11 @@ class HashEmbedding(_HashEmbeddingBase):
     def __init__(self, dim, initializer="uniform(minval=-0.05, maxval=0.05)",
                  optimizer="adagrad", learning_rate=0.01, combiner=None, capacity_hint=0,
                  seed=0, **kwargs):
+        memory_control = {k: kwargs.pop(k) for k in list(kwargs) if k in MEMORY_CONTROL_DEFAULTS}
         super().__init__(**kwargs)
         self.dim = int(dim)
         self._spec = _FeatureSpec(self.name, self.dim, initializer, optimizer, learning_rate,
-                                  combiner, capacity_hint, seed)
+                                  combiner, capacity_hint, seed, memory_control)
         self.table = self._spec.table
         self._make_update_weights()
 
@@ -296,9 +313,8 @@ class HashEmbeddingCollection(_HashEmbeddingBase):
                 args.pop("initializer", "uniform(minval=-0.05, maxval=0.05)"),
                 args.pop("optimizer", "adagrad"),
                 _deserialize_learning_rate(args.pop("learning_rate", 0.01)),
-                args.pop("combiner", None), args.pop("capacity_hint", 0), args.pop("seed", 0))
-            if args:
-                raise ValueError(f"{feature}: unknown arguments {sorted(args)}")
+                args.pop("combiner", None), args.pop("capacity_hint", 0), args.pop("seed", 0),
+                memory_control=args)
             self.features[feature] = spec.config
             self._feature_specs.append(spec)
         self.tables = {spec.name: spec.table for spec in self._feature_specs}

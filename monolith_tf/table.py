@@ -12,6 +12,7 @@ from monolith_tf.ops import table_ops
 from monolith_tf.specs import optimizer_state_dim
 
 _EXPORT_FIELDS = ("keys", "values", "state", "timestamps", "counts")
+STATS_FIELDS = ("size", "admitted", "rejected", "evicted", "memory_bytes", "now")
 
 
 def _invalid(message):
@@ -57,6 +58,17 @@ class HashTable(tf.saved_model.experimental.TrackableResource):
       seed: seeds the hash functions and the initializer.
       capacity_hint: rows that fit before the table first grows (>= 0).
       name: name of the table in checkpoints and graphs.
+      occurrence_threshold: an id gets an entry only at its k-th training
+        lookup (0: at the first); before that it reads as zeros and its
+        gradients are dropped.
+      admission_filter: ``"counting(width=1048576, depth=4)"`` (count-min
+        sketch, never admits early unless ids collide in every row) or
+        ``"probabilistic(admit_probability=0.95)"`` (no per-id state).
+      expire_after: seconds of data time after which an entry not updated is
+        evicted by ``evict_expired`` (None: never). "Now" is the newest data
+        time the table has seen, so replayed old data expires correctly.
+      evict_every: evict automatically after every n-th gradient apply (None: off).
+      evict_on_save: evict expired entries before each checkpoint.
       shared_name: if given, the table lives in TensorFlow's resource manager
         under this name and is shared by every HashTable created with it;
         otherwise it is private to this object and freed with it.
@@ -64,12 +76,26 @@ class HashTable(tf.saved_model.experimental.TrackableResource):
 
     def __init__(self, dim, initializer="uniform(minval=-0.05, maxval=0.05)",
                  optimizer="adagrad", seed=0, capacity_hint=0, name="hash_table",
-                 shared_name=None):
+                 occurrence_threshold=0, admission_filter="counting", expire_after=None,
+                 evict_every=None, evict_on_save=False, shared_name=None):
         if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0:
             raise _invalid(f"dim must be a positive int, got {dim!r}")
         if isinstance(capacity_hint, bool) or not isinstance(capacity_hint, int) \
                 or capacity_hint < 0:
             raise _invalid(f"capacity_hint must be an int >= 0, got {capacity_hint!r}")
+        if isinstance(occurrence_threshold, bool) or not isinstance(occurrence_threshold, int) \
+                or occurrence_threshold < 0:
+            raise _invalid(f"occurrence_threshold must be an int >= 0 (0: off), got "
+                           f"{occurrence_threshold!r}")
+        for option, value in (("expire_after", expire_after), ("evict_every", evict_every)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value <= 0):
+                raise _invalid(f"{option} must be a positive int or None (off), got {value!r}")
+        self._memory_control = {"occurrence_threshold": occurrence_threshold,
+                                "admission_filter": str(admission_filter),
+                                "expire_after": expire_after or 0,
+                                "evict_every": evict_every or 0}
+        self._evict_on_save = bool(evict_on_save)
         self._dim = dim
         self._initializer = str(initializer)
         self._optimizer = str(optimizer)
@@ -101,13 +127,14 @@ class HashTable(tf.saved_model.experimental.TrackableResource):
         """The constructor arguments, for rebuilding an equal empty table."""
         return {"dim": self._dim, "initializer": self._initializer,
                 "optimizer": self._optimizer, "seed": self._seed,
-                "capacity_hint": self._capacity_hint, "name": self._name}
+                "capacity_hint": self._capacity_hint, "name": self._name,
+                **self._memory_control, "evict_on_save": self._evict_on_save}
 
     def _create_resource(self):
         return table_ops.monolith_hash_table(
             dim=self._dim, initializer=self._initializer, optimizer=self._optimizer,
             seed=self._seed, capacity_hint=self._capacity_hint,
-            shared_name=self._shared_name, name=self._name)
+            shared_name=self._shared_name, name=self._name, **self._memory_control)
 
     def _destroy_resource(self):
         # Anonymous tables are freed with their last handle; shared ones are
@@ -156,6 +183,18 @@ class HashTable(tf.saved_model.experimental.TrackableResource):
         """Number of rows (int64 scalar)."""
         return table_ops.monolith_hash_table_size(self.resource_handle)
 
+    def evict_expired(self):
+        """Removes entries idle for more than ``expire_after`` seconds of data
+        time; returns how many (int64 scalar). Their memory is reused."""
+        return table_ops.monolith_hash_table_evict_expired(self.resource_handle)
+
+    def stats(self):
+        """Counters as a dict of int64 scalars: size, admitted (entries
+        created), rejected (occurrences the filter turned away), evicted,
+        memory_bytes and now (newest data time, seconds)."""
+        values = table_ops.monolith_hash_table_stats(self.resource_handle)
+        return dict(zip(STATS_FIELDS, tf.unstack(values)))
+
     def export(self, chunk=0, num_chunks=1):
         """Rows of one chunk of the table as a dict of tensors.
 
@@ -182,11 +221,31 @@ class HashTable(tf.saved_model.experimental.TrackableResource):
     # tf.train.Checkpoint and SavedModel: TensorFlow materializes these tensors
     # at once, so a save holds one full export of the table in memory. The
     # training worker's sparse checkpoints stream chunks instead.
+    def save_filter_state(self):
+        """(admission filter state as uint8 [n] — empty without a filter —,
+        newest data time as an int64 scalar), for checkpoints."""
+        return table_ops.monolith_hash_table_save_filter(self.resource_handle)
+
+    def restore_filter_state(self, state, now):
+        """Restores what ``save_filter_state`` returned."""
+        return table_ops.monolith_hash_table_restore_filter(
+            self.resource_handle, tf.convert_to_tensor(state, tf.uint8),
+            _as_int64(now, "now"))
+
     def _serialize_to_tensors(self):
-        return self.export()
+        deps = [self.evict_expired()] if self._evict_on_save else []
+        with tf.control_dependencies(deps):
+            tensors = self.export()
+            tensors["filter_state"], tensors["now"] = self.save_filter_state()
+        return tensors
 
     def _restore_from_tensors(self, restored_tensors):
-        return self.import_rows(**restored_tensors, clear=True)
+        rows = {k: restored_tensors[k] for k in _EXPORT_FIELDS}
+        imported = self.import_rows(**rows, clear=True)
+        deps = [imported] if imported is not None else []
+        with tf.control_dependencies(deps):
+            return self.restore_filter_state(restored_tensors["filter_state"],
+                                             restored_tensors["now"])
 
 
 def lookup_many(tables, ids_list, training=False):

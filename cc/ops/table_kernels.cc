@@ -95,6 +95,17 @@ class CreateTableOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("optimizer", &config_.optimizer));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("seed", &seed));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("capacity_hint", &capacity_hint));
+    tensorflow::int64 occurrence_threshold, expire_after, evict_every;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("occurrence_threshold", &occurrence_threshold));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("admission_filter", &config_.admission_filter));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("expire_after", &expire_after));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("evict_every", &evict_every));
+    OP_REQUIRES(ctx, occurrence_threshold >= 0 && occurrence_threshold <= (1 << 30),
+                errors::InvalidArgument("occurrence_threshold must be >= 0, got ",
+                                        occurrence_threshold));
+    config_.occurrence_threshold = static_cast<int>(occurrence_threshold);
+    config_.expire_after = expire_after;
+    config_.evict_every = evict_every;
     OP_REQUIRES_OK(ctx, ctx->GetAttr("container", &container_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("shared_name", &shared_name_));
     OP_REQUIRES(ctx, dim > 0 && dim <= (1 << 20),
@@ -104,10 +115,16 @@ class CreateTableOp : public OpKernel {
     config_.dim = static_cast<int>(dim);
     config_.seed = static_cast<uint64_t>(seed);
     config_.capacity_hint = capacity_hint;
-    // Reject bad specs when the graph is built, not at first use.
-    OP_REQUIRES_OK(ctx, CallCore([&] { EmbeddingTable probe(TableConfig{
-                                    config_.dim, config_.initializer,
-                                    config_.optimizer, config_.seed, 0}); }));
+    // Reject bad specs when the graph is built, not at first use (a probe
+    // table with a small filter, so validation costs little memory).
+    OP_REQUIRES_OK(ctx, CallCore([&] {
+                     TableConfig probe = config_;
+                     probe.capacity_hint = 0;
+                     if (probe.occurrence_threshold > 0) MakeAdmissionFilter(
+                         probe.admission_filter, probe.occurrence_threshold, probe.seed);
+                     probe.occurrence_threshold = 0;
+                     EmbeddingTable check(probe);
+                   }));
   }
 
   void Compute(OpKernelContext* ctx) override {
@@ -242,6 +259,75 @@ class SizeOp : public TableOpKernel {
     Tensor* out;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({}), &out));
     out->scalar<int64_t>()() = table.size();
+  }
+};
+
+class EvictExpiredOp : public TableOpKernel {
+ public:
+  using TableOpKernel::TableOpKernel;
+
+ protected:
+  void ComputeWithTable(OpKernelContext* ctx, EmbeddingTable& table) override {
+    int64_t evicted = 0;
+    OP_REQUIRES_OK(ctx, CallCore([&] { evicted = table.EvictExpired(); }));
+    Tensor* out;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({}), &out));
+    out->scalar<int64_t>()() = evicted;
+  }
+};
+
+class StatsOp : public TableOpKernel {
+ public:
+  using TableOpKernel::TableOpKernel;
+
+ protected:
+  void ComputeWithTable(OpKernelContext* ctx, EmbeddingTable& table) override {
+    const TableStats stats = table.Stats();
+    Tensor* out;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({6}), &out));
+    auto v = out->vec<int64_t>();
+    v(0) = stats.size;
+    v(1) = stats.admitted;
+    v(2) = stats.rejected;
+    v(3) = stats.evicted;
+    v(4) = stats.memory_bytes;
+    v(5) = stats.now;
+  }
+};
+
+class SaveFilterOp : public TableOpKernel {
+ public:
+  using TableOpKernel::TableOpKernel;
+
+ protected:
+  void ComputeWithTable(OpKernelContext* ctx, EmbeddingTable& table) override {
+    std::vector<uint8_t> state;
+    OP_REQUIRES_OK(ctx, CallCore([&] { state = table.SaveFilterState(); }));
+    Tensor* out;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(
+                            0, TensorShape({static_cast<int64_t>(state.size())}), &out));
+    std::copy(state.begin(), state.end(), out->flat<uint8_t>().data());
+    Tensor* now;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({}), &now));
+    now->scalar<int64_t>()() = table.Stats().now;
+  }
+};
+
+class RestoreFilterOp : public TableOpKernel {
+ public:
+  using TableOpKernel::TableOpKernel;
+
+ protected:
+  void ComputeWithTable(OpKernelContext* ctx, EmbeddingTable& table) override {
+    const Tensor& state = ctx->input(1);
+    const Tensor& now = ctx->input(2);
+    OP_REQUIRES(ctx, state.dims() == 1 && tensorflow::TensorShapeUtils::IsScalar(now.shape()),
+                errors::InvalidArgument("state must be 1-D and now a scalar, got ",
+                                        ShapeString(state), " and ", ShapeString(now)));
+    OP_REQUIRES_OK(ctx, CallCore([&] {
+                     table.RestoreFilterState(state.flat<uint8_t>().data(), state.NumElements(),
+                                              now.scalar<int64_t>()());
+                   }));
   }
 };
 
@@ -467,6 +553,11 @@ REGISTER_KERNEL_BUILDER(Name("MonolithHashTableAssign").Device(DEVICE_CPU), Assi
 REGISTER_KERNEL_BUILDER(Name("MonolithHashTableRemove").Device(DEVICE_CPU), RemoveOp);
 REGISTER_KERNEL_BUILDER(Name("MonolithHashTableSize").Device(DEVICE_CPU), SizeOp);
 REGISTER_KERNEL_BUILDER(Name("MonolithHashTableExport").Device(DEVICE_CPU), ExportOp);
+REGISTER_KERNEL_BUILDER(Name("MonolithHashTableEvictExpired").Device(DEVICE_CPU), EvictExpiredOp);
+REGISTER_KERNEL_BUILDER(Name("MonolithHashTableStats").Device(DEVICE_CPU), StatsOp);
+REGISTER_KERNEL_BUILDER(Name("MonolithHashTableSaveFilter").Device(DEVICE_CPU), SaveFilterOp);
+REGISTER_KERNEL_BUILDER(Name("MonolithHashTableRestoreFilter").Device(DEVICE_CPU),
+                        RestoreFilterOp);
 REGISTER_KERNEL_BUILDER(Name("MonolithHashTableImport").Device(DEVICE_CPU), ImportOp);
 
 }  // namespace

@@ -36,6 +36,10 @@ REGISTER_OP("MonolithHashTable")
     .Attr("optimizer: string = 'adagrad'")
     .Attr("seed: int = 0")
     .Attr("capacity_hint: int = 0")
+    .Attr("occurrence_threshold: int = 0")
+    .Attr("admission_filter: string = 'counting'")
+    .Attr("expire_after: int = 0")
+    .Attr("evict_every: int = 0")
     .Attr("container: string = ''")
     .Attr("shared_name: string = ''")
     .SetIsStateful()
@@ -50,6 +54,9 @@ Creates (or finds, by container/shared_name) a cuckoo-hash embedding table.
 dim: floats per row. initializer, optimizer: specs such as
 "truncated_normal(stddev=0.02)" and "adam(beta1=0.9)". seed: seeds the
 hashes and the keyed initializers. capacity_hint: rows before the first growth.
+occurrence_threshold, admission_filter: an id gets an entry at its k-th
+training lookup (0: first). expire_after (seconds of data time), evict_every
+(applies): expiry of inactive entries.
 With an empty shared_name the table is anonymous: owned by its handles and
 freed with the last one. Otherwise it lives in the resource manager under
 container/shared_name until destroyed, and creators with that name share it.
@@ -124,6 +131,47 @@ REGISTER_OP("MonolithHashTableSize")
     .SetIsStateful()
     .SetShapeFn(tensorflow::shape_inference::ScalarShape)
     .Doc("Number of rows in the table.");
+
+REGISTER_OP("MonolithHashTableEvictExpired")
+    .Input("table_handle: resource")
+    .Output("evicted: int64")
+    .SetIsStateful()
+    .SetShapeFn(tensorflow::shape_inference::ScalarShape)
+    .Doc("Removes entries idle for more than expire_after seconds of data time.");
+
+REGISTER_OP("MonolithHashTableStats")
+    .Input("table_handle: resource")
+    .Output("stats: int64")
+    .SetIsStateful()
+    .SetShapeFn([](InferenceContext* c) {
+      c->set_output(0, c->Vector(6));
+      return tensorflow::OkStatus();
+    })
+    .Doc("[size, admitted, rejected, evicted, memory_bytes, now (data time)].");
+
+REGISTER_OP("MonolithHashTableSaveFilter")
+    .Input("table_handle: resource")
+    .Output("state: uint8")
+    .Output("now: int64")
+    .SetIsStateful()
+    .SetShapeFn([](InferenceContext* c) {
+      c->set_output(0, c->Vector(InferenceContext::kUnknownDim));
+      c->set_output(1, c->Scalar());
+      return tensorflow::OkStatus();
+    })
+    .Doc("Admission filter state (empty without a filter) and the newest data time.");
+
+REGISTER_OP("MonolithHashTableRestoreFilter")
+    .Input("table_handle: resource")
+    .Input("state: uint8")
+    .Input("now: int64")
+    .SetIsStateful()
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle unused;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 1, &unused));
+      return c->WithRank(c->input(2), 0, &unused);
+    })
+    .Doc("Restores what MonolithHashTableSaveFilter returned.");
 
 REGISTER_OP("MonolithHashTableExport")
     .Input("table_handle: resource")
