@@ -170,7 +170,7 @@ class _HashEmbeddingBase(keras.layers.Layer):
         self.update_steps = self.add_weight(
             name="update_steps", shape=(), dtype="int64", initializer="zeros", trainable=False)
 
-    def _lookup(self, specs, flat_ids, training):
+    def _lookup(self, specs, flat_ids, training, timestamp=None):
         tables = [spec.table for spec in specs]
         if not training:
             return table_lib.lookup_many(tables, flat_ids, training=False)
@@ -185,7 +185,9 @@ class _HashEmbeddingBase(keras.layers.Layer):
                              for r, g in zip(rows, row_grads)]
                 step = steps.assign_add(1)
                 rates = tf.stack([spec.rate(step) for spec in specs])
-                updated = table_lib.apply_gradients_many(tables, flat_ids, row_grads, rates)
+                times = None if timestamp is None else [timestamp] * len(tables)
+                updated = table_lib.apply_gradients_many(tables, flat_ids, row_grads, rates,
+                                                         times)
                 # A data dependency, not a control one: gradient functions
                 # prune ops whose outputs nobody reads (seen with Keras 3 fit).
                 return tf.zeros_like(trigger) * tf.cast(updated, trigger.dtype)
@@ -194,13 +196,17 @@ class _HashEmbeddingBase(keras.layers.Layer):
 
         return trained_lookup(tf.convert_to_tensor(self.update_trigger))
 
-    def _embed(self, specs, inputs, training):
+    def _embed(self, specs, inputs, training, timestamps=None):
         flat, combines = [], []
         for spec, ids in zip(specs, inputs):
             ids_flat, combine = _flatten(ids, spec.name, spec.combiner)
             flat.append(ids_flat)
             combines.append(combine)
-        rows = self._lookup(specs, flat, bool(training))
+        # Data time of the batch (seconds): the newest example's, as a scalar.
+        timestamp = None
+        if timestamps is not None:
+            timestamp = tf.reduce_max(ids_to_int64(tf.convert_to_tensor(timestamps), "timestamps"))
+        rows = self._lookup(specs, flat, bool(training), timestamp)
         return [combine(r) for r, combine in zip(rows, combines)]
 
     # Keras 3 (and tf_keras' .keras format) save weights through these hooks;
@@ -266,8 +272,10 @@ class HashEmbedding(_HashEmbeddingBase):
     def _specs(self):
         return [self._spec]
 
-    def call(self, inputs, training=None):
-        return self._embed([self._spec], [inputs], training)[0]
+    def call(self, inputs, training=None, timestamps=None):
+        """``timestamps``: optional data time (seconds) of the examples; the
+        batch's newest one stamps the updated rows (for expiry)."""
+        return self._embed([self._spec], [inputs], training, timestamps)[0]
 
     def compute_output_shape(self, input_shape):
         input_shape = tuple(input_shape)
@@ -296,12 +304,15 @@ class HashEmbeddingCollection(_HashEmbeddingBase):
       features: ``{feature name: HashEmbedding arguments}``, e.g.
         ``{"user": {"dim": 16}, "tags": {"dim": 8, "combiner": "mean"}}``.
 
-    Input: a dict of ids per feature (as for ``HashEmbedding``). Output: a
-    dict of embeddings with the same keys.
+    Input: a dict of ids per feature (as for ``HashEmbedding``), plus
+    optionally ``timestamp_feature`` (default ``"timestamp"``): the examples'
+    data time in seconds, which stamps the updated rows (for expiry). Output:
+    a dict of embeddings, one per feature.
     """
 
-    def __init__(self, features, **kwargs):
+    def __init__(self, features, timestamp_feature="timestamp", **kwargs):
         super().__init__(**kwargs)
+        self.timestamp_feature = timestamp_feature
         if not features:
             raise ValueError("features must name at least one feature")
         self.features = {}
@@ -328,12 +339,13 @@ class HashEmbeddingCollection(_HashEmbeddingBase):
         if missing:
             raise _invalid(f"inputs lack features {missing}")
         outputs = self._embed(self._feature_specs,
-                              [inputs[s.name] for s in self._feature_specs], training)
+                              [inputs[s.name] for s in self._feature_specs], training,
+                              inputs.get(self.timestamp_feature))
         return {spec.name: out for spec, out in zip(self._feature_specs, outputs)}
 
     def compute_output_shape(self, input_shape):
         shapes = {}
-        for spec in self._feature_specs:
+        for spec in self._feature_specs:  # the timestamp feature has no output
             shape = tuple(input_shape[spec.name])
             dim = spec.config["dim"]
             if spec.combiner is not None and len(shape) == 2:
@@ -345,4 +357,5 @@ class HashEmbeddingCollection(_HashEmbeddingBase):
     def get_config(self):
         config = super().get_config()
         config["features"] = {name: dict(cfg) for name, cfg in self.features.items()}
+        config["timestamp_feature"] = self.timestamp_feature
         return config

@@ -39,3 +39,18 @@ def test_train_bench_runs():
     assert result.returncode == 0, result.stderr[-3000:]
     row = [line for line in result.stdout.splitlines() if line.startswith("| 8,8 |")]
     assert len(row) == 1 and row[0].count("x |") == 2
+
+
+@pytest.mark.slow
+def test_memory_bench_runs(tmp_path):
+    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3")
+    plot = tmp_path / "memory.png"
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "bench", "memory_bench.py"), "--steps", "12",
+         "--thresholds", "0,2", "--plot", str(plot)],
+        capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| 0 |")
+            or line.startswith("| 2 |")]
+    assert len(rows) == 4
+    assert plot.stat().st_size > 1000

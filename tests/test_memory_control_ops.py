@@ -94,3 +94,22 @@ def test_timestamps_of_the_wrong_shape():
         table.apply_gradients([1, 2], tf.ones([2, 2]), 0.1, timestamps=[1, 2, 3])
     with pytest.raises(Invalid, match="timestamps must be int64"):
         table.apply_gradients([1, 2], tf.ones([2, 2]), 0.1, timestamps=[1.5, 2.5])
+
+
+def test_collection_timestamps_stamp_rows_and_drive_expiry():
+    from monolith_tf.layers import HashEmbeddingCollection
+
+    collection = HashEmbeddingCollection(
+        {"user": {"dim": 2, "optimizer": "sgd", "expire_after": 10}})
+    for ids, now in (([1, 2], 100), ([2], 150)):
+        with tf.GradientTape() as tape:
+            rows = collection({"user": tf.constant(ids, tf.int64),
+                               "timestamp": tf.constant([now] * len(ids), tf.int64)},
+                              training=True)
+            loss = tf.reduce_sum(rows["user"])
+        tape.gradient(loss, collection.trainable_weights)
+    table = collection.tables["user"]
+    exported = table.export()
+    stamps = dict(zip(exported["keys"].numpy(), exported["timestamps"].numpy()))
+    assert stamps == {1: 100, 2: 150}
+    assert int(table.evict_expired()) == 1 and int(table.size()) == 1

@@ -329,7 +329,15 @@ int64_t EmbeddingTable::ApplyGradients(const int64_t* keys, const float* grads,
         " for optimizer '" + config_.optimizer + "', got " +
         std::to_string(learning_rate));
   }
-  if (n == 0) return 0;
+  if (n == 0) {
+    // No rows, but the batch still tells the table how late the data is.
+    if (!per_key_timestamps) {
+      for (int64_t seen = now_.load();
+           timestamps[0] > seen && !now_.compare_exchange_weak(seen, timestamps[0]);) {
+      }
+    }
+    return 0;
+  }
   const int dim = config_.dim;
   const DedupedBatch batch =
       Dedup(keys, grads, n, dim, timestamps, per_key_timestamps);
