@@ -182,3 +182,24 @@ def test_rotating_stream_keeps_size_and_memory_bounded_with_expiry():
     assert rss_end - rss_half < 0.05 * rss_half, results
     no_expiry_final = results[0][1]
     assert no_expiry_final > 3 * bound, results
+
+
+def test_counting_filter_false_admission_rate_matches_its_bound():
+    """With n distinct ids in a sketch of width w and depth d, a never-seen id
+    is wrongly admitted at threshold 2 only if all d of its counters were hit:
+    about (1 - exp(-n / w))^d. The filter is approximate in that direction
+    only; it never admits before the threshold for ids it has counted."""
+    width, depth, seen = 4096, 4, 2000
+    table = _core.EmbeddingTable(dim=1, occurrence_threshold=2,
+                                 admission_filter=f"counting(width={width}, depth={depth})")
+    bound = (1 - np.exp(-seen / width)) ** depth
+    table.lookup(np.arange(seen, dtype=np.int64))  # each seen once
+    early = table.size()  # ids whose counters earlier ids had already raised
+    assert early < 2 * bound * seen + 5
+    fresh = np.arange(10**9, 10**9 + 2_000, dtype=np.int64)
+    table.lookup(fresh)  # first sighting: any admission is a false one
+    rate = (table.size() - early) / len(fresh)
+    # The fresh ids themselves keep filling the sketch, so allow up to the
+    # bound at the final fill.
+    final_bound = (1 - np.exp(-(seen + len(fresh)) / width)) ** depth
+    assert bound / 2 < rate < final_bound, (rate, bound, final_bound)
