@@ -14,10 +14,9 @@ off and on (expire_after 30 steps, evicting every 10 applies).
 """
 
 import argparse
-import json
 import os
-import subprocess
-import sys
+
+import workers
 
 BATCH, DIM = 4096, 8
 
@@ -92,7 +91,7 @@ def main():
     parser.add_argument("--worker", nargs=2, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print("RESULT " + json.dumps(run_worker(args.worker[0], args.worker[1], args.steps)))
+        workers.emit(run_worker(args.worker[0], args.worker[1], args.steps))
         return
     results = []
     print("| threshold | expiry | rows | memory MB | rejected occurrences | evicted | "
@@ -100,15 +99,8 @@ def main():
     print("|---|---|---|---|---|---|---|")
     for threshold in (int(t) for t in args.thresholds.split(",")):
         for expire in (0, 1):
-            command = [sys.executable, os.path.abspath(__file__), "--steps", str(args.steps),
-                       "--worker", str(threshold), str(expire)]
-            env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-            out = subprocess.run(command, capture_output=True, text=True, env=env)
-            line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
-            if out.returncode != 0 or not line:
-                sys.stderr.write(out.stderr[-3000:])
-                raise SystemExit(f"threshold {threshold} expiry {expire} failed")
-            r = json.loads(line[0][len("RESULT "):])
+            r = workers.run(__file__, ["--steps", args.steps, "--worker", threshold, expire],
+                            f"threshold {threshold} expiry {expire}")
             results.append((threshold, expire, r))
             print(f"| {threshold} | {'on' if expire else 'off'} | {r['rows']:,} | "
                   f"{r['memory_bytes'] / 2**20:.1f} | {r['rejected']:,} | {r['evicted']:,} | "

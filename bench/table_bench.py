@@ -23,9 +23,9 @@ The dense tf.gather over a variable is the no-hash limit (ids 0..n-1).
 import argparse
 import json
 import os
-import subprocess
-import sys
 import time
+
+import workers
 
 BATCH = 65536
 SYSTEMS = ("monolith", "dense_hash_table", "dense_gather")
@@ -198,8 +198,7 @@ def main():
         system, keys, dim = args.worker[0], int(args.worker[1]), int(args.worker[2])
         warm = args.warm_bytes if args.warm_bytes >= 0 else min(3 * keys * payload_bytes(dim),
                                                                12 << 30)
-        print("RESULT " + json.dumps(run_system(system, keys, dim, args.batch, args.repeats,
-                                                warm)))
+        workers.emit(run_system(system, keys, dim, args.batch, args.repeats, warm))
         return
 
     rows = []
@@ -207,16 +206,10 @@ def main():
         for dim in (int(d) for d in args.dims.split(",")):
             row = {"keys": num_keys, "dim": dim}
             for system in args.systems.split(","):
-                command = [sys.executable, os.path.abspath(__file__), "--worker", system,
-                           str(num_keys), str(dim), "--batch", str(args.batch),
-                           "--repeats", str(args.repeats), "--warm-bytes", str(args.warm_bytes)]
-                env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-                out = subprocess.run(command, capture_output=True, text=True, env=env)
-                line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
-                if out.returncode != 0 or not line:
-                    sys.stderr.write(out.stderr[-3000:])
-                    raise SystemExit(f"{system} failed at keys={num_keys} dim={dim}")
-                row[system] = json.loads(line[0][len("RESULT "):])
+                row[system] = workers.run(
+                    __file__, ["--worker", system, num_keys, dim, "--batch", args.batch,
+                               "--repeats", args.repeats, "--warm-bytes", args.warm_bytes],
+                    f"{system} at keys={num_keys} dim={dim}")
             rows.append(row)
             print_row(row, header=len(rows) == 1)
     if args.json:

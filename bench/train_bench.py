@@ -15,10 +15,9 @@ the limit for dense tables). Each (model, MLP) runs in a fresh process.
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import time
+
+import workers
 
 NUM_SPARSE, NUM_DENSE, DIM, BATCH = 26, 13, 16, 4096
 IDS_PER_FEATURE = 200_000
@@ -109,16 +108,9 @@ def run_worker(kind, mlp, steps, rows_per_feature):
 
 
 def spawn(kind, mlp, steps, rows):
-    command = [sys.executable, os.path.abspath(__file__), "--worker", kind,
-               "--mlps", ",".join(map(str, mlp)), "--steps", str(steps),
-               "--rows", json.dumps(rows)]
-    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="3")
-    out = subprocess.run(command, capture_output=True, text=True, env=env)
-    line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
-    if out.returncode != 0 or not line:
-        sys.stderr.write(out.stderr[-3000:])
-        raise SystemExit(f"{kind} {mlp} failed")
-    return json.loads(line[0][len("RESULT "):])
+    return workers.run(__file__, ["--worker", kind, "--mlps", ",".join(map(str, mlp)),
+                                  "--steps", steps, "--rows", json.dumps(rows)],
+                       f"{kind} {mlp}", env={"TF_USE_LEGACY_KERAS": "1"})
 
 
 def main():
@@ -132,7 +124,7 @@ def main():
     if args.worker:
         mlp = [int(w) for w in args.mlps[0].split(",")]
         result = run_worker(args.worker, mlp, args.steps, json.loads(args.rows))
-        print("RESULT " + json.dumps(result))
+        workers.emit(result)
         return
     print("| MLP | ours (HashEmbeddingCollection) ex/s | dense Embedding+Hashing ex/s | "
           "ours / dense | dense Embedding on remapped ids ex/s | ours / remapped | "

@@ -1,0 +1,29 @@
+"""Runs a benchmark's measurements in fresh worker processes (so each system
+starts with clean memory and its own TensorFlow) and reads back one JSON
+result line each."""
+
+import json
+import os
+import subprocess
+import sys
+
+_PREFIX = "RESULT "
+
+
+def emit(result):
+    """Worker side: prints the result dict on the line the parent reads."""
+    print(_PREFIX + json.dumps(result), flush=True)
+
+
+def run(script, args, what, env=None):
+    """Parent side: runs ``script`` with ``args`` in a new Python process and
+    returns its result dict; on failure prints the worker's stderr tail and
+    exits naming ``what``."""
+    command = [sys.executable, os.path.abspath(script)] + [str(a) for a in args]
+    environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env or {}))
+    out = subprocess.run(command, capture_output=True, text=True, env=environment)
+    lines = [line for line in out.stdout.splitlines() if line.startswith(_PREFIX)]
+    if out.returncode != 0 or not lines:
+        sys.stderr.write(out.stderr[-3000:])
+        raise SystemExit(f"{what} failed")
+    return json.loads(lines[-1][len(_PREFIX):])
