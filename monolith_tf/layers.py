@@ -73,6 +73,8 @@ class _FeatureSpec:
         self.name = name
         self.combiner = combiner
         self.learning_rate = learning_rate
+        # Set only while monolith_tf.export traces a serving graph.
+        self.serving_table = None
         memory_control = dict(memory_control or {})
         unknown = set(memory_control) - set(MEMORY_CONTROL_DEFAULTS)
         if unknown:
@@ -173,6 +175,12 @@ class _HashEmbeddingBase(keras.layers.Layer):
     def _lookup(self, specs, flat_ids, training, timestamp=None):
         tables = [spec.table for spec in specs]
         if not training:
+            if all(spec.serving_table is not None for spec in specs):
+                # Traced by export_saved_model: stock tables, no custom op. Their
+                # lookup has no shape function for the value width; state it.
+                return [tf.ensure_shape(spec.serving_table.lookup(ids),
+                                        ids.shape.concatenate([spec.config["dim"]]))
+                        for spec, ids in zip(specs, flat_ids)]
             return table_lib.lookup_many(tables, flat_ids, training=False)
         steps = self.update_steps
 
@@ -232,6 +240,10 @@ class _HashEmbeddingBase(keras.layers.Layer):
 
     def _specs(self):
         raise NotImplementedError
+
+    def feature_tables(self):
+        """``{feature name: (HashTable, _FeatureSpec)}`` of this layer."""
+        return {spec.name: (spec.table, spec) for spec in self._specs()}
 
 
 @keras.utils.register_keras_serializable(package="monolith_tf")

@@ -1,0 +1,105 @@
+"""Serving export: a SavedModel of stock ops only, checked in a fresh process
+that never imports monolith_tf."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import monolith_tf as mt
+from monolith_tf.layers import HashEmbedding, HashEmbeddingCollection
+
+keras = tf.keras
+PROBE = {"user": [1, 5, 10**12], "tags": [[1, 2], [3, 40], [7, 7]]}
+
+FRESH_PROCESS = r"""
+import json, sys
+import numpy as np
+import tensorflow as tf
+assert "monolith_tf" not in sys.modules
+path, probe = sys.argv[1], json.loads(sys.argv[2])
+loaded = tf.saved_model.load(path)
+serve = loaded.signatures["serving_default"]
+inputs = {k: tf.constant(v, tf.int64) for k, v in probe.items()}
+before = serve(**inputs)["output"].numpy().ravel().tolist()
+op_types = sorted({node.op for f in [serve] + [loaded.signatures["upsert"]]
+                   for node in f.graph.as_graph_def().node} |
+                  {node.op for f in serve.graph.as_graph_def().library.function
+                   for node in f.node_def})
+rows = loaded.signatures["upsert"](table=tf.constant("collection/user"),
+                                   ids=tf.constant([1], tf.int64),
+                                   values=tf.ones([1, 4]) * 3.0)["rows"].numpy()
+after = serve(**inputs)["output"].numpy().ravel().tolist()
+print(json.dumps({"before": before, "after": after, "rows": int(rows), "ops": op_types}))
+"""
+
+
+def trained_model():
+    collection = HashEmbeddingCollection({
+        "user": {"dim": 4, "initializer": "normal(stddev=0.5)"},
+        "tags": {"dim": 3, "combiner": "mean", "initializer": "normal(stddev=0.5)"}},
+        name="collection")
+    user = keras.Input(shape=(), dtype="int64", name="user")
+    tags = keras.Input(shape=(2,), dtype="int64", name="tags")
+    rows = collection({"user": user, "tags": tags})
+    out = keras.layers.Dense(1, kernel_initializer="ones")(
+        keras.layers.Concatenate()([rows["user"], rows["tags"]]))
+    model = keras.Model({"user": user, "tags": tags}, out)
+    model.compile(optimizer="adam", loss="mse")
+    rng = np.random.default_rng(0)
+    model.fit({"user": rng.integers(0, 20, 64), "tags": rng.integers(0, 50, (64, 2))},
+              rng.random((64, 1)), batch_size=16, verbose=0)
+    return model
+
+
+@pytest.mark.slow
+def test_export_loads_without_the_op_library_and_upserts(tmp_path):
+    model = trained_model()
+    path = str(tmp_path / "serving")
+    assert sorted(mt.export_saved_model(model, path)) == ["collection/tags", "collection/user"]
+    expected = model.predict({k: np.array(v) for k, v in PROBE.items()}, verbose=0).ravel()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    result = subprocess.run([sys.executable, "-c", FRESH_PROCESS, path, json.dumps(PROBE)],
+                            capture_output=True, text=True, env=env, cwd=str(tmp_path),
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    answer = json.loads(result.stdout.strip().splitlines()[-1])
+    np.testing.assert_allclose(answer["before"], expected, rtol=1e-6, atol=1e-6)
+    assert not [op for op in answer["ops"] if op.startswith("Monolith")], answer["ops"]
+    assert answer["rows"] == 1
+    # User 1's row became [3, 3, 3, 3]; the Dense kernel started at ones.
+    assert answer["after"][0] != pytest.approx(answer["before"][0])
+    assert answer["after"][1:] == pytest.approx(answer["before"][1:])
+
+    cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    run = subprocess.run(
+        [cli, "run", "--dir", path, "--tag_set", "serve", "--signature_def", "serving_default",
+         "--input_exprs", "user=[1, 5, 1000000000000];tags=[[1, 2], [3, 40], [7, 7]]"],
+        capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "output" in run.stdout
+
+
+def test_export_needs_hash_tables(tmp_path):
+    inputs = keras.Input(shape=(2,))
+    model = keras.Model(inputs, keras.layers.Dense(1)(inputs))
+    with pytest.raises(ValueError, match="no HashEmbedding"):
+        mt.export_saved_model(model, str(tmp_path / "x"))
+
+
+def test_single_input_model_exports(tmp_path):
+    emb = HashEmbedding(2, initializer="ones")
+    inputs = keras.Input(shape=(), dtype="int64")
+    model = keras.Model(inputs, keras.layers.Dense(1, kernel_initializer="ones")(emb(inputs)))
+    emb(tf.constant([4], tf.int64), training=True)
+    path = str(tmp_path / "single")
+    mt.export_saved_model(model, path)
+    loaded = tf.saved_model.load(path)
+    out = list(loaded.signatures["serving_default"](tf.constant([4, 5], tf.int64)).values())[0]
+    np.testing.assert_allclose(out.numpy().ravel(),
+                               model.predict(np.array([4, 5]), verbose=0).ravel(), rtol=1e-6)
