@@ -41,7 +41,12 @@ def load_ratings(path, fmt=None):
 
     def parse(line):
         fields = tf.strings.split(line, separator)
-        tf.debugging.assert_equal(tf.size(fields), 4, message=f"{path}: expected 4 fields")
+        # The check must run before any field is indexed, or a short line
+        # fails on the slice instead, with a less helpful message.
+        check = tf.debugging.assert_equal(tf.size(fields), 4,
+                                          message=f"{path}: expected 4 fields")
+        with tf.control_dependencies([check]):
+            fields = tf.identity(fields)
         return {
             "user_id": tf.strings.to_number(fields[0], tf.int64),
             "movie_id": tf.strings.to_number(fields[1], tf.int64),
