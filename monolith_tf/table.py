@@ -183,6 +183,11 @@ class HashTable(tf.saved_model.experimental.TrackableResource):
         """Number of rows (int64 scalar)."""
         return table_ops.monolith_hash_table_size(self.resource_handle)
 
+    def take_removed(self):
+        """Keys removed or evicted since the previous call (int64 [n]); the
+        first call starts the record (for delta checkpoints)."""
+        return table_ops.monolith_hash_table_take_removed(self.resource_handle)
+
     def evict_expired(self):
         """Removes entries idle for more than ``expire_after`` seconds of data
         time; returns how many (int64 scalar). Their memory is reused."""
@@ -195,18 +200,21 @@ class HashTable(tf.saved_model.experimental.TrackableResource):
         values = table_ops.monolith_hash_table_stats(self.resource_handle)
         return dict(zip(STATS_FIELDS, tf.unstack(values)))
 
-    def export(self, chunk=0, num_chunks=1):
+    def export(self, chunk=0, num_chunks=1, only_dirty=False, clear_dirty=False):
         """Rows of one chunk of the table as a dict of tensors.
 
         Keys: ``keys`` [n] int64, ``values`` [n, dim], ``state`` [n, state_dim],
         ``timestamps`` [n] int64 (seconds), ``counts`` [n] int64. Chunks tile
         the table, so exporting chunks 0..num_chunks-1 in turn bounds the
         memory of one copy; they agree with each other only while nothing
-        writes to the table.
+        writes to the table. ``only_dirty`` keeps the rows changed since they
+        were last exported with ``clear_dirty`` (the rows of a delta
+        checkpoint); ``clear_dirty`` marks the exported rows clean.
         """
         outputs = table_ops.monolith_hash_table_export(
             self.resource_handle, tf.constant(chunk, tf.int64),
-            tf.constant(num_chunks, tf.int64), dim=self._dim)
+            tf.constant(num_chunks, tf.int64), dim=self._dim, only_dirty=bool(only_dirty),
+            clear_dirty=bool(clear_dirty))
         return dict(zip(_EXPORT_FIELDS, outputs))
 
     def import_rows(self, keys, values, state, timestamps, counts, clear=False):

@@ -333,7 +333,10 @@ class RestoreFilterOp : public TableOpKernel {
 
 class ExportOp : public DimAttrTableOpKernel {
  public:
-  using DimAttrTableOpKernel::DimAttrTableOpKernel;
+  explicit ExportOp(OpKernelConstruction* ctx) : DimAttrTableOpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("only_dirty", &only_dirty_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("clear_dirty", &clear_dirty_));
+  }
 
  protected:
   void ComputeWithCheckedTable(OpKernelContext* ctx, EmbeddingTable& table) override {
@@ -363,10 +366,28 @@ class ExportOp : public DimAttrTableOpKernel {
                      buffers.timestamps = out[3]->flat<int64_t>().data();
                      buffers.counts = out[4]->flat<int64_t>().data();
                      return buffers;
-                   });
+                   }, only_dirty_, clear_dirty_);
     });
     OP_REQUIRES_OK(ctx, alloc_status);
     OP_REQUIRES_OK(ctx, status);
+  }
+
+ private:
+  bool only_dirty_, clear_dirty_;
+};
+
+class TakeRemovedOp : public TableOpKernel {
+ public:
+  using TableOpKernel::TableOpKernel;
+
+ protected:
+  void ComputeWithTable(OpKernelContext* ctx, EmbeddingTable& table) override {
+    std::vector<int64_t> removed;
+    OP_REQUIRES_OK(ctx, CallCore([&] { removed = table.TakeRemoved(); }));
+    Tensor* out;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(
+                            0, TensorShape({static_cast<int64_t>(removed.size())}), &out));
+    std::copy(removed.begin(), removed.end(), out->flat<int64_t>().data());
   }
 };
 
@@ -554,6 +575,7 @@ REGISTER_KERNEL_BUILDER(Name("MonolithHashTableRemove").Device(DEVICE_CPU), Remo
 REGISTER_KERNEL_BUILDER(Name("MonolithHashTableSize").Device(DEVICE_CPU), SizeOp);
 REGISTER_KERNEL_BUILDER(Name("MonolithHashTableExport").Device(DEVICE_CPU), ExportOp);
 REGISTER_KERNEL_BUILDER(Name("MonolithHashTableEvictExpired").Device(DEVICE_CPU), EvictExpiredOp);
+REGISTER_KERNEL_BUILDER(Name("MonolithHashTableTakeRemoved").Device(DEVICE_CPU), TakeRemovedOp);
 REGISTER_KERNEL_BUILDER(Name("MonolithHashTableStats").Device(DEVICE_CPU), StatsOp);
 REGISTER_KERNEL_BUILDER(Name("MonolithHashTableSaveFilter").Device(DEVICE_CPU), SaveFilterOp);
 REGISTER_KERNEL_BUILDER(Name("MonolithHashTableRestoreFilter").Device(DEVICE_CPU),

@@ -183,6 +183,8 @@ REGISTER_OP("MonolithHashTableExport")
     .Output("timestamps: int64")
     .Output("counts: int64")
     .Attr("dim: int")
+    .Attr("only_dirty: bool = false")
+    .Attr("clear_dirty: bool = false")
     .SetIsStateful()
     .SetShapeFn([](InferenceContext* c) {
       int64_t dim;
@@ -201,7 +203,18 @@ REGISTER_OP("MonolithHashTableExport")
     .Doc(R"doc(
 Rows of chunk `chunk` of `num_chunks` (slices of the hash index): keys,
 embeddings, optimizer state, last-update data times and occurrence counts.
+only_dirty keeps rows changed since their last clear_dirty export (deltas).
 )doc");
+
+REGISTER_OP("MonolithHashTableTakeRemoved")
+    .Input("table_handle: resource")
+    .Output("keys: int64")
+    .SetIsStateful()
+    .SetShapeFn([](InferenceContext* c) {
+      c->set_output(0, c->Vector(InferenceContext::kUnknownDim));
+      return tensorflow::OkStatus();
+    })
+    .Doc("Keys removed or evicted since the previous call (for delta checkpoints).");
 
 REGISTER_OP("MonolithHashTableImport")
     .Input("table_handle: resource")

@@ -161,8 +161,15 @@ PYBIND11_MODULE(_core, m) {
              py::gil_scoped_release release;
              return t.Remove(k, n);
            })
+      .def("take_removed", [](EmbeddingTable& t) {
+        const std::vector<int64_t> removed = t.TakeRemoved();
+        py::array_t<int64_t> out(static_cast<py::ssize_t>(removed.size()));
+        std::copy(removed.begin(), removed.end(), out.mutable_data());
+        return out;
+      })
       .def("export",
-           [](const EmbeddingTable& t, int64_t chunk, int64_t num_chunks) {
+           [](EmbeddingTable& t, int64_t chunk, int64_t num_chunks, bool only_dirty,
+              bool clear_dirty) {
              py::array_t<int64_t> keys, timestamps, counts;
              py::array_t<float> values, state;
              const int64_t dim = t.dim(), state_dim = t.state_dim();
@@ -179,7 +186,7 @@ PYBIND11_MODULE(_core, m) {
                out.timestamps = timestamps.mutable_data();
                out.counts = counts.mutable_data();
                return out;
-             });
+             }, only_dirty, clear_dirty);
              py::dict d;
              d["keys"] = keys;
              d["values"] = values;
@@ -188,7 +195,8 @@ PYBIND11_MODULE(_core, m) {
              d["counts"] = counts;
              return d;
            },
-           py::arg("chunk") = 0, py::arg("num_chunks") = 1)
+           py::arg("chunk") = 0, py::arg("num_chunks") = 1, py::arg("only_dirty") = false,
+           py::arg("clear_dirty") = false)
       .def("import_rows",
            [](EmbeddingTable& t, const CArray<int64_t>& keys, const CArray<float>& values,
               const CArray<float>& state, const CArray<int64_t>& timestamps,

@@ -175,8 +175,10 @@ size_t EmbeddingTable::num_buckets() const {
 
 void EmbeddingTable::InitRow(int64_t key, uint32_t id) {
   arena_.InitHeader(id);
-  // A new entry counts as updated now, so expiry measures its inactivity.
+  // A new entry counts as updated now, so expiry measures its inactivity,
+  // and belongs in the next delta.
   arena_.Header(id)->timestamp = now_.load(std::memory_order_relaxed);
+  arena_.Header(id)->count = kDirtyBit;
   float* floats = arena_.Floats(id);
   initializer_->Fill(key, floats, config_.dim);
   optimizer_->InitState(floats + config_.dim, config_.dim);
@@ -352,9 +354,8 @@ int64_t EmbeddingTable::ApplyGradients(const int64_t* keys, const float* grads,
     EntryWriteLock row_lock(header);
     optimizer_->Apply(weights, weights + dim, batch.Gradient(grads, u, dim), dim,
                       learning_rate);
-    const uint64_t count = uint64_t{header->count} + batch.occurrences[u];
-    header->count = static_cast<uint32_t>(
-        std::min<uint64_t>(count, std::numeric_limits<uint32_t>::max()));
+    const uint64_t count = uint64_t{header->count & kCountMask} + batch.occurrences[u];
+    header->count = static_cast<uint32_t>(std::min<uint64_t>(count, kCountMask)) | kDirtyBit;
     header->timestamp = std::max(header->timestamp, batch.timestamps[u]);
   };
 
@@ -417,6 +418,9 @@ int64_t EmbeddingTable::EvictExpired() {
     if (arena_.Header(id)->timestamp < oldest_kept) expired.push_back(key);
   });
   for (int64_t key : expired) arena_.Free(index_.Erase(key));
+  if (track_removals_) {
+    removed_since_save_.insert(removed_since_save_.end(), expired.begin(), expired.end());
+  }
   evicted_ += static_cast<int64_t>(expired.size());
   return static_cast<int64_t>(expired.size());
 }
@@ -464,6 +468,7 @@ void EmbeddingTable::Assign(const int64_t* keys, const float* values, int64_t n)
     if (id == CuckooIndex::kNoEntry) id = InsertNew(keys[i]);
     std::memcpy(arena_.Floats(id), values + static_cast<size_t>(i) * dim,
                 sizeof(float) * dim);
+    arena_.Header(id)->count |= kDirtyBit;
   }
 }
 
@@ -475,6 +480,7 @@ int64_t EmbeddingTable::Remove(const int64_t* keys, int64_t n) {
     const uint32_t id = index_.Erase(keys[i]);
     if (id != CuckooIndex::kNoEntry) {
       arena_.Free(id);
+      if (track_removals_) removed_since_save_.push_back(keys[i]);
       ++removed;
     }
   }
@@ -483,27 +489,36 @@ int64_t EmbeddingTable::Remove(const int64_t* keys, int64_t n) {
 
 int64_t EmbeddingTable::Export(
     int64_t chunk, int64_t num_chunks,
-    const std::function<RowBuffers(int64_t)>& allocate) const {
+    const std::function<RowBuffers(int64_t)>& allocate, bool only_dirty, bool clear_dirty) {
   if (num_chunks < 1 || chunk < 0 || chunk >= num_chunks) {
     throw std::invalid_argument("export chunk must be in [0, num_chunks) with "
                                 "num_chunks >= 1, got chunk " +
                                 std::to_string(chunk) + " of " +
                                 std::to_string(num_chunks));
   }
+  std::unique_lock<std::mutex> delta_guard(delta_mutex_, std::defer_lock);
+  if (clear_dirty) delta_guard.lock();
   SharedLock lock(*lock_);
   const size_t buckets = index_.num_buckets();
   const size_t begin = static_cast<size_t>(chunk) * buckets / num_chunks;
   const size_t end = static_cast<size_t>(chunk + 1) * buckets / num_chunks;
+  // Writers set the dirty bit under the row lock; a relaxed read suffices
+  // to pick rows (the copy below is consistent on its own).
+  auto wanted = [&](uint32_t id) {
+    return !only_dirty ||
+           (__atomic_load_n(&arena_.Header(id)->count, __ATOMIC_RELAXED) & kDirtyBit) != 0;
+  };
   int64_t count = 0;
-  index_.ForEachInRange(begin, end, [&](int64_t, uint32_t) { ++count; });
+  index_.ForEachInRange(begin, end, [&](int64_t, uint32_t id) { count += wanted(id); });
   const RowBuffers out = allocate(count);
   const int dim = config_.dim, state_dim = state_dim_;
   int64_t row = 0;
   index_.ForEachInRange(begin, end, [&](int64_t key, uint32_t id) {
-    const EntryHeader* header = arena_.Header(id);
+    // Rows dirtied after the count stay dirty for the next delta.
+    if (row == count || !wanted(id)) return;
+    EntryHeader* header = arena_.Header(id);
     const float* floats = arena_.Floats(id);
-    out.keys[row] = key;
-    ReadEntryConsistent(header, [&] {
+    auto copy = [&] {
       std::memcpy(out.values + static_cast<size_t>(row) * dim, floats,
                   sizeof(float) * dim);
       if (state_dim > 0) {
@@ -511,20 +526,35 @@ int64_t EmbeddingTable::Export(
                     floats + dim, sizeof(float) * state_dim);
       }
       out.timestamps[row] = header->timestamp;
-      out.counts[row] = header->count;
-    });
+      out.counts[row] = header->count & kCountMask;
+    };
+    out.keys[row] = key;
+    if (clear_dirty) {
+      EntryWriteLock row_lock(header);
+      copy();
+      header->count &= kCountMask;
+    } else {
+      ReadEntryConsistent(header, copy);
+    }
     ++row;
   });
-  return count;
+  return row;
+}
+
+std::vector<int64_t> EmbeddingTable::TakeRemoved() {
+  ExclusiveLock lock(*lock_);
+  track_removals_ = true;
+  std::vector<int64_t> removed;
+  removed.swap(removed_since_save_);
+  return removed;
 }
 
 void EmbeddingTable::Import(const RowsView& rows, int64_t n, bool clear) {
   CheckCount(n, "number of rows");
   // Validate everything before touching the table, so bad input loses nothing.
   for (int64_t i = 0; i < n; ++i) {
-    if (rows.counts[i] < 0 ||
-        rows.counts[i] > std::numeric_limits<uint32_t>::max()) {
-      throw std::invalid_argument("import counts must be in [0, 2^32), got " +
+    if (rows.counts[i] < 0 || rows.counts[i] > kCountMask) {
+      throw std::invalid_argument("import counts must be in [0, 2^31), got " +
                                   std::to_string(rows.counts[i]) + " at row " +
                                   std::to_string(i));
     }

@@ -15,7 +15,9 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <vector>
 
 #include "cc/table/admission_filter.h"
 #include "cc/table/cuckoo_index.h"
@@ -126,8 +128,16 @@ class EmbeddingTable {
   // Writes chunk `chunk` of `num_chunks` (a slice of the index's buckets).
   // Calls allocate(count) once, with the table locked, for the destination.
   // Chunks are consistent with each other only while no writer runs.
+  // `only_dirty` keeps rows changed since their last delta export (rows
+  // dirtied during the call may wait for the next one); `clear_dirty` marks
+  // the exported rows clean.
   int64_t Export(int64_t chunk, int64_t num_chunks,
-                 const std::function<RowBuffers(int64_t)>& allocate) const;
+                 const std::function<RowBuffers(int64_t)>& allocate,
+                 bool only_dirty = false, bool clear_dirty = false);
+
+  // Keys removed or evicted since the previous call (the first call starts
+  // the record, so tables never saved as deltas keep none).
+  std::vector<int64_t> TakeRemoved();
 
   // Upserts n full rows (later duplicates win); `clear` empties the table
   // first, so that import(export()) restores a table exactly.
@@ -166,6 +176,10 @@ class EmbeddingTable {
   std::unique_ptr<AdmissionFilter> filter_;  // null: admit at first sight
   std::atomic<int64_t> now_{0};
   std::atomic<int64_t> admitted_{0}, rejected_{0}, evicted_{0}, applies_{0};
+  // Removals since the last TakeRemoved (exclusive lock), once tracking starts.
+  std::vector<int64_t> removed_since_save_;
+  bool track_removals_ = false;
+  std::mutex delta_mutex_;  // one dirty-clearing export at a time
 };
 
 }  // namespace monolith

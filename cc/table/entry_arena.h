@@ -21,12 +21,16 @@ namespace monolith {
 struct EntryHeader {
   // Even: stable; odd: a writer is changing the entry (seqlock).
   std::atomic<uint32_t> version;
-  // Occurrences of the id in applied gradient batches.
+  // Low 31 bits: occurrences of the id in applied gradient batches
+  // (saturating). Top bit (kDirtyBit): changed since the last delta save.
   uint32_t count;
   // Largest data time (seconds) among those occurrences; 0 if never updated.
   int64_t timestamp;
 };
 static_assert(sizeof(EntryHeader) == 16, "entry header must stay 16 bytes");
+
+constexpr uint32_t kDirtyBit = 1u << 31;
+constexpr uint32_t kCountMask = kDirtyBit - 1;
 
 class EntryArena {
  public:
