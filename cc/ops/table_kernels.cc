@@ -75,6 +75,13 @@ class DimAttrTableOpKernel : public TableOpKernel {
 
 std::string ShapeString(const Tensor& t) { return t.shape().DebugString(); }
 
+// Writes `value` as the op's int64 scalar output 0.
+void SetScalarOutput(OpKernelContext* ctx, int64_t value) {
+  Tensor* out;
+  OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({}), &out));
+  out->scalar<int64_t>()() = value;
+}
+
 tensorflow::Status CheckRowsMatchIds(const Tensor& ids, const Tensor& rows,
                                      int dim, const char* rows_name) {
   TensorShape expected = ids.shape();
@@ -244,9 +251,7 @@ class RemoveOp : public TableOpKernel {
     OP_REQUIRES_OK(ctx, CallCore([&] {
                      removed = table.Remove(ids.flat<int64_t>().data(), ids.NumElements());
                    }));
-    Tensor* out;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({}), &out));
-    out->scalar<int64_t>()() = removed;
+    SetScalarOutput(ctx, removed);
   }
 };
 
@@ -256,9 +261,7 @@ class SizeOp : public TableOpKernel {
 
  protected:
   void ComputeWithTable(OpKernelContext* ctx, EmbeddingTable& table) override {
-    Tensor* out;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({}), &out));
-    out->scalar<int64_t>()() = table.size();
+    SetScalarOutput(ctx, table.size());
   }
 };
 
@@ -270,9 +273,7 @@ class EvictExpiredOp : public TableOpKernel {
   void ComputeWithTable(OpKernelContext* ctx, EmbeddingTable& table) override {
     int64_t evicted = 0;
     OP_REQUIRES_OK(ctx, CallCore([&] { evicted = table.EvictExpired(); }));
-    Tensor* out;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({}), &out));
-    out->scalar<int64_t>()() = evicted;
+    SetScalarOutput(ctx, evicted);
   }
 };
 
@@ -552,11 +553,9 @@ class ApplyGradientsMultiOp : public MultiTableOpKernel {
       });
     });
     if (!ctx->status().ok()) return;
-    Tensor* out;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({}), &out));
     int64_t total = 0;
     for (int64_t u : updated) total += u;
-    out->scalar<int64_t>()() = total;
+    SetScalarOutput(ctx, total);
   }
 
  private:
