@@ -1,0 +1,61 @@
+"""python -m monolith_tf: inspect and export."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import tensorflow as tf
+
+import monolith_tf as mt
+from monolith_tf.layers import HashEmbedding
+from monolith_tf.sparse_checkpoint import SparseCheckpointer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def cli(*args):
+    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run([sys.executable, "-m", "monolith_tf", *args], capture_output=True,
+                          text=True, env=env, timeout=300)
+
+
+def test_inspect_lists_checkpoints_tables_rows_and_times(tmp_path):
+    table = mt.HashTable(3, optimizer="sgd")
+    saver = SparseCheckpointer(str(tmp_path), {"users": table})
+    table.apply_gradients(tf.range(10, dtype=tf.int64), tf.ones([10, 3]), 0.1, timestamps=50)
+    saver.save()
+    table.apply_gradients([1, 2], tf.ones([2, 3]), 0.1, timestamps=70)
+    table.remove([9])
+    saver.save()
+    result = cli("inspect", str(tmp_path), "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads(result.stdout)
+    assert [c["kind"] for c in summary] == ["full", "delta"]
+    full, delta = (c["tables"]["users"] for c in summary)
+    assert (full["rows"], full["oldest_update"], full["newest_update"]) == (10, 50, 50)
+    assert (delta["rows"], delta["removed"], delta["newest_update"], delta["now"]) == (2, 1, 70, 70)
+    text = cli("inspect", str(tmp_path))
+    assert "users: dim 3, 10 rows" in text.stdout
+
+
+def test_inspect_missing_directory_is_a_clear_error(tmp_path):
+    result = cli("inspect", str(tmp_path / "nope"))
+    assert result.returncode == 2 and "no such checkpoint directory" in result.stderr
+
+
+def test_export_command(tmp_path):
+    emb = HashEmbedding(2, initializer="ones")
+    inputs = tf.keras.Input(shape=(), dtype="int64")
+    model = tf.keras.Model(inputs, tf.keras.layers.Dense(1)(emb(inputs)))
+    emb(tf.constant([4], tf.int64), training=True)
+    legacy = os.environ.get("TF_USE_LEGACY_KERAS") == "1"
+    saved = str(tmp_path / ("model" if legacy else "model.keras"))
+    model.save(saved)
+    result = cli("export", saved, str(tmp_path / "serving"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    loaded = tf.saved_model.load(str(tmp_path / "serving"))
+    out = list(loaded.signatures["serving_default"](tf.constant([4, 5], tf.int64)).values())[0]
+    np.testing.assert_allclose(out.numpy(), model.predict(np.array([4, 5]), verbose=0),
+                               rtol=1e-6)
