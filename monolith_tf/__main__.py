@@ -1,7 +1,7 @@
 """Command line: ``python -m monolith_tf <command>``.
 
   inspect DIR             sparse checkpoints in DIR: kind, tables, rows,
-                          bytes, data-time range (reads files, loads no table)
+                          bytes, data-time range (reads manifests only)
   export MODEL OUT        a saved Keras model (.keras, or a tf_keras SavedModel
                           directory) with HashEmbedding layers -> a stock-ops
                           serving SavedModel at OUT
@@ -17,7 +17,7 @@ import sys
 
 def inspect(directory, as_json=False):
     """Prints (or returns, for as_json) a summary of the sparse checkpoints."""
-    from monolith_tf.sparse_checkpoint import CheckpointError, list_checkpoints, read_rows
+    from monolith_tf.sparse_checkpoint import CheckpointError, list_checkpoints
 
     if not os.path.isdir(directory):
         raise CheckpointError(f"{directory}: no such checkpoint directory")
@@ -29,12 +29,10 @@ def inspect(directory, as_json=False):
         for name, entry in manifest["tables"].items():
             rows = sum(info["rows"] for info in entry["files"])
             nbytes = sum(info["bytes"] for info in entry["files"])
-            newest = oldest = None
-            for info in entry["files"]:
-                stamps = read_rows(os.path.join(path, info["file"]), info["crc32"])["timestamps"]
-                if len(stamps):
-                    oldest = int(stamps.min()) if oldest is None else min(oldest, int(stamps.min()))
-                    newest = int(stamps.max()) if newest is None else max(newest, int(stamps.max()))
+            oldest = [f["oldest_update"] for f in entry["files"] if f["oldest_update"] is not None]
+            newest = [f["newest_update"] for f in entry["files"] if f["newest_update"] is not None]
+            oldest = min(oldest) if oldest else None
+            newest = max(newest) if newest else None
             tables[name] = {"dim": entry["dim"], "rows": rows, "bytes": nbytes,
                             "removed": entry.get("removed", {}).get("keys", 0),
                             "oldest_update": oldest, "newest_update": newest,

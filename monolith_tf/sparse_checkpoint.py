@@ -163,8 +163,13 @@ class SparseCheckpointer:
                 chunk, num_chunks, only_dirty=delta, clear_dirty=True).items()}
             file = f"{name}.rows.{chunk:05d}"
             nbytes, crc = write_rows(os.path.join(partial, file), rows)
+            stamps = rows["timestamps"]
+            # The data-time range goes in the manifest, so inspecting a
+            # checkpoint reads no row file.
             files.append({"file": file, "rows": int(len(rows["keys"])), "bytes": nbytes,
-                          "crc32": crc})
+                          "crc32": crc,
+                          "oldest_update": int(stamps.min()) if len(stamps) else None,
+                          "newest_update": int(stamps.max()) if len(stamps) else None})
         entry = {"dim": table.dim, "state_dim": table.state_dim, "config": table.get_config(),
                  "files": files}
         if delta:
@@ -249,8 +254,8 @@ class SparseCheckpointer:
                     table.remove(removed)
             state = np.frombuffer(_read_file(path, entry["filter"]), np.uint8)
             table.restore_filter_state(state, entry["now"])
-            table.take_removed()  # restored state is the new baseline
-            table.export(0, 1, only_dirty=True, clear_dirty=True)
+            # Imported rows come in clean; removals made here are not news.
+            table.take_removed()
 
 
 def _read_manifest(path):

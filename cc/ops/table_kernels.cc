@@ -75,6 +75,15 @@ class DimAttrTableOpKernel : public TableOpKernel {
 
 std::string ShapeString(const Tensor& t) { return t.shape().DebugString(); }
 
+// Writes `values` as the op's 1-D output `index`.
+template <typename T>
+void SetVectorOutput(OpKernelContext* ctx, int index, const std::vector<T>& values) {
+  Tensor* out;
+  OP_REQUIRES_OK(ctx, ctx->allocate_output(
+                          index, TensorShape({static_cast<int64_t>(values.size())}), &out));
+  std::copy(values.begin(), values.end(), out->flat<T>().data());
+}
+
 // Writes `value` as the op's int64 scalar output 0.
 void SetScalarOutput(OpKernelContext* ctx, int64_t value) {
   Tensor* out;
@@ -304,10 +313,8 @@ class SaveFilterOp : public TableOpKernel {
   void ComputeWithTable(OpKernelContext* ctx, EmbeddingTable& table) override {
     std::vector<uint8_t> state;
     OP_REQUIRES_OK(ctx, CallCore([&] { state = table.SaveFilterState(); }));
-    Tensor* out;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(
-                            0, TensorShape({static_cast<int64_t>(state.size())}), &out));
-    std::copy(state.begin(), state.end(), out->flat<uint8_t>().data());
+    SetVectorOutput(ctx, 0, state);
+    if (!ctx->status().ok()) return;
     Tensor* now;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({}), &now));
     now->scalar<int64_t>()() = table.Stats().now;
@@ -385,10 +392,7 @@ class TakeRemovedOp : public TableOpKernel {
   void ComputeWithTable(OpKernelContext* ctx, EmbeddingTable& table) override {
     std::vector<int64_t> removed;
     OP_REQUIRES_OK(ctx, CallCore([&] { removed = table.TakeRemoved(); }));
-    Tensor* out;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(
-                            0, TensorShape({static_cast<int64_t>(removed.size())}), &out));
-    std::copy(removed.begin(), removed.end(), out->flat<int64_t>().data());
+    SetVectorOutput(ctx, 0, removed);
   }
 };
 

@@ -43,35 +43,23 @@ using ExclusiveLock = std::unique_lock<EmbeddingTable::TableLock>;
 // How many keys ahead serial loops prefetch their buckets.
 constexpr int64_t kPrefetchAhead = 32;
 
-const TableConfig& Validated(const TableConfig& config) {
-  if (config.dim <= 0) {
-    throw std::invalid_argument("dim must be > 0, got " +
-                                std::to_string(config.dim));
-  }
-  if (config.capacity_hint < 0) {
-    throw std::invalid_argument("capacity_hint must be >= 0, got " +
-                                std::to_string(config.capacity_hint));
-  }
-  if (config.occurrence_threshold < 0) {
-    throw std::invalid_argument("occurrence_threshold must be >= 0, got " +
-                                std::to_string(config.occurrence_threshold));
-  }
-  if (config.expire_after < 0) {
-    throw std::invalid_argument("expire_after must be >= 0 seconds, got " +
-                                std::to_string(config.expire_after));
-  }
-  if (config.evict_every < 0) {
-    throw std::invalid_argument("evict_every must be >= 0, got " +
-                                std::to_string(config.evict_every));
-  }
-  return config;
-}
-
 void CheckCount(int64_t n, const char* what) {
   if (n < 0) {
     throw std::invalid_argument(std::string(what) + " must be >= 0, got " +
                                 std::to_string(n));
   }
+}
+
+const TableConfig& Validated(const TableConfig& config) {
+  if (config.dim <= 0) {
+    throw std::invalid_argument("dim must be > 0, got " +
+                                std::to_string(config.dim));
+  }
+  CheckCount(config.capacity_hint, "capacity_hint");
+  CheckCount(config.occurrence_threshold, "occurrence_threshold");
+  CheckCount(config.expire_after, "expire_after (seconds)");
+  CheckCount(config.evict_every, "evict_every");
+  return config;
 }
 
 // Distinct keys of a gradient batch in order of first occurrence. Only keys
