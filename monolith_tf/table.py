@@ -209,7 +209,9 @@ class HashTable(tf.saved_model.experimental.TrackableResource):
         memory of one copy; they agree with each other only while nothing
         writes to the table. ``only_dirty`` keeps the rows changed since they
         were last exported with ``clear_dirty`` (the rows of a delta
-        checkpoint); ``clear_dirty`` marks the exported rows clean.
+        checkpoint; found through a bitmap, so its cost follows the changed
+        rows, not the table); ``clear_dirty`` marks the exported rows clean.
+        Rows written by ``import_rows`` count as clean.
         """
         outputs = table_ops.monolith_hash_table_export(
             self.resource_handle, tf.constant(chunk, tf.int64),

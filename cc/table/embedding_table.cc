@@ -166,14 +166,14 @@ void EmbeddingTable::InitRow(int64_t key, uint32_t id) {
   // A new entry counts as updated now, so expiry measures its inactivity,
   // and belongs in the next delta.
   arena_.Header(id)->timestamp = now_.load(std::memory_order_relaxed);
-  arena_.Header(id)->count = kDirtyBit;
+  arena_.MarkDirty(id);
   float* floats = arena_.Floats(id);
   initializer_->Fill(key, floats, config_.dim);
   optimizer_->InitState(floats + config_.dim, config_.dim);
 }
 
 uint32_t EmbeddingTable::InsertNew(int64_t key) {
-  const uint32_t id = arena_.Allocate();
+  const uint32_t id = arena_.Allocate(key);
   InitRow(key, id);
   index_.Insert(key, id);
   return id;
@@ -265,12 +265,12 @@ int64_t EmbeddingTable::Lookup(const int64_t* keys, int64_t n,
       bool inserted = false;
       if (filter_ == nullptr) {
         // Another thread, or an earlier duplicate in this batch, may have won.
-        ids[j] = index_.FindOrInsert(key, [&] { return arena_.Allocate(); }, &inserted);
+        ids[j] = index_.FindOrInsert(key, [&] { return arena_.Allocate(key); }, &inserted);
       } else {
         ids[j] = index_.Find(key);
         if (ids[j] == CuckooIndex::kNoEntry) {
           if (filter_->Observe(key)) {
-            ids[j] = arena_.Allocate();
+            ids[j] = arena_.Allocate(key);
             index_.Insert(key, ids[j]);
             inserted = true;
           } else {
@@ -342,8 +342,9 @@ int64_t EmbeddingTable::ApplyGradients(const int64_t* keys, const float* grads,
     EntryWriteLock row_lock(header);
     optimizer_->Apply(weights, weights + dim, batch.Gradient(grads, u, dim), dim,
                       learning_rate);
-    const uint64_t count = uint64_t{header->count & kCountMask} + batch.occurrences[u];
-    header->count = static_cast<uint32_t>(std::min<uint64_t>(count, kCountMask)) | kDirtyBit;
+    const uint64_t count = uint64_t{header->count} + batch.occurrences[u];
+    header->count = static_cast<uint32_t>(std::min<uint64_t>(count, kCountMax));
+    arena_.MarkDirty(id);
     header->timestamp = std::max(header->timestamp, batch.timestamps[u]);
   };
 
@@ -456,7 +457,7 @@ void EmbeddingTable::Assign(const int64_t* keys, const float* values, int64_t n)
     if (id == CuckooIndex::kNoEntry) id = InsertNew(keys[i]);
     std::memcpy(arena_.Floats(id), values + static_cast<size_t>(i) * dim,
                 sizeof(float) * dim);
-    arena_.Header(id)->count |= kDirtyBit;
+    arena_.MarkDirty(id);
   }
 }
 
@@ -487,44 +488,55 @@ int64_t EmbeddingTable::Export(
   std::unique_lock<std::mutex> delta_guard(delta_mutex_, std::defer_lock);
   if (clear_dirty) delta_guard.lock();
   SharedLock lock(*lock_);
-  const size_t buckets = index_.num_buckets();
-  const size_t begin = static_cast<size_t>(chunk) * buckets / num_chunks;
-  const size_t end = static_cast<size_t>(chunk + 1) * buckets / num_chunks;
-  // Writers set the dirty bit under the row lock; a relaxed read suffices
-  // to pick rows (the copy below is consistent on its own).
-  auto wanted = [&](uint32_t id) {
-    return !only_dirty ||
-           (__atomic_load_n(&arena_.Header(id)->count, __ATOMIC_RELAXED) & kDirtyBit) != 0;
-  };
-  int64_t count = 0;
-  index_.ForEachInRange(begin, end, [&](int64_t, uint32_t id) { count += wanted(id); });
-  const RowBuffers out = allocate(count);
   const int dim = config_.dim, state_dim = state_dim_;
-  int64_t row = 0;
-  index_.ForEachInRange(begin, end, [&](int64_t key, uint32_t id) {
-    // Rows dirtied after the count stay dirty for the next delta.
-    if (row == count || !wanted(id)) return;
+  // Copies entry `id` into output row `row`; with clear_dirty, under the
+  // entry's write lock so a concurrent update either lands before the copy
+  // or marks the entry dirty again after it.
+  auto copy_entry = [&](const RowBuffers& out, int64_t row, int64_t key, uint32_t id) {
     EntryHeader* header = arena_.Header(id);
     const float* floats = arena_.Floats(id);
     auto copy = [&] {
-      std::memcpy(out.values + static_cast<size_t>(row) * dim, floats,
-                  sizeof(float) * dim);
+      std::memcpy(out.values + static_cast<size_t>(row) * dim, floats, sizeof(float) * dim);
       if (state_dim > 0) {
-        std::memcpy(out.state + static_cast<size_t>(row) * state_dim,
-                    floats + dim, sizeof(float) * state_dim);
+        std::memcpy(out.state + static_cast<size_t>(row) * state_dim, floats + dim,
+                    sizeof(float) * state_dim);
       }
       out.timestamps[row] = header->timestamp;
-      out.counts[row] = header->count & kCountMask;
+      out.counts[row] = header->count;
     };
     out.keys[row] = key;
     if (clear_dirty) {
       EntryWriteLock row_lock(header);
       copy();
-      header->count &= kCountMask;
+      arena_.ClearDirty(id);
     } else {
       ReadEntryConsistent(header, copy);
     }
-    ++row;
+  };
+  int64_t row = 0;
+  if (only_dirty) {
+    // Chunks tile the id range; the dirty bitmap is scanned, not the rows.
+    const uint64_t limit = arena_.id_limit();
+    const auto begin = static_cast<uint32_t>(static_cast<uint64_t>(chunk) * limit / num_chunks);
+    const auto end = static_cast<uint32_t>(static_cast<uint64_t>(chunk + 1) * limit / num_chunks);
+    int64_t count = 0;
+    arena_.ForEachDirty(begin, end, [&](uint32_t) { ++count; });
+    const RowBuffers out = allocate(count);
+    arena_.ForEachDirty(begin, end, [&](uint32_t id) {
+      // Entries dirtied after the count stay dirty for the next delta.
+      if (row < count) copy_entry(out, row++, arena_.Key(id), id);
+    });
+    return row;
+  }
+  // Chunks tile the index's buckets.
+  const size_t buckets = index_.num_buckets();
+  const size_t begin = static_cast<size_t>(chunk) * buckets / num_chunks;
+  const size_t end = static_cast<size_t>(chunk + 1) * buckets / num_chunks;
+  int64_t count = 0;
+  index_.ForEachInRange(begin, end, [&](int64_t, uint32_t) { ++count; });
+  const RowBuffers out = allocate(count);
+  index_.ForEachInRange(begin, end, [&](int64_t key, uint32_t id) {
+    if (row < count) copy_entry(out, row++, key, id);
   });
   return row;
 }
@@ -541,7 +553,7 @@ void EmbeddingTable::Import(const RowsView& rows, int64_t n, bool clear) {
   CheckCount(n, "number of rows");
   // Validate everything before touching the table, so bad input loses nothing.
   for (int64_t i = 0; i < n; ++i) {
-    if (rows.counts[i] < 0 || rows.counts[i] > kCountMask) {
+    if (rows.counts[i] < 0 || rows.counts[i] > kCountMax) {
       throw std::invalid_argument("import counts must be in [0, 2^31), got " +
                                   std::to_string(rows.counts[i]) + " at row " +
                                   std::to_string(i));
@@ -558,7 +570,7 @@ void EmbeddingTable::Import(const RowsView& rows, int64_t n, bool clear) {
     if (i + kPrefetchAhead < n) index_.Prefetch(rows.keys[i + kPrefetchAhead]);
     uint32_t id = index_.Find(rows.keys[i]);
     if (id == CuckooIndex::kNoEntry) {
-      id = arena_.Allocate();
+      id = arena_.Allocate(rows.keys[i]);
       arena_.InitHeader(id);
       index_.Insert(rows.keys[i], id);
     }
@@ -572,6 +584,7 @@ void EmbeddingTable::Import(const RowsView& rows, int64_t n, bool clear) {
     }
     header->timestamp = rows.timestamps[i];
     header->count = static_cast<uint32_t>(rows.counts[i]);
+    arena_.ClearDirty(id);  // restored rows are not news for the next delta
   }
 }
 

@@ -125,7 +125,8 @@ class EmbeddingTable {
   // Removes keys[0..n); returns how many were present. Their memory is reused.
   int64_t Remove(const int64_t* keys, int64_t n);
 
-  // Writes chunk `chunk` of `num_chunks` (a slice of the index's buckets).
+  // Writes chunk `chunk` of `num_chunks`: a slice of the index's buckets, or
+  // with `only_dirty` a slice of the entry ids (the dirty bitmap is scanned).
   // Calls allocate(count) once, with the table locked, for the destination.
   // Chunks are consistent with each other only while no writer runs.
   // `only_dirty` keeps rows changed since their last delta export (rows

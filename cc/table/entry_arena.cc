@@ -1,5 +1,6 @@
 #include "cc/table/entry_arena.h"
 
+#include <cstring>
 #include <new>
 #include <stdexcept>
 
@@ -10,7 +11,7 @@ EntryArena::EntryArena(int floats_per_entry) {
   entry_bytes_ = (sizeof(EntryHeader) + sizeof(float) * floats_per_entry + 7) & ~size_t{7};
 }
 
-uint32_t EntryArena::Allocate() {
+uint32_t EntryArena::Allocate(int64_t key) {
   uint32_t id;
   if (!free_ids_.empty()) {
     id = free_ids_.back();
@@ -21,21 +22,31 @@ uint32_t EntryArena::Allocate() {
     }
     id = next_id_++;
     if ((id >> kChunkBits) >= chunks_.size()) {
-      chunks_.push_back(MakeHugePageArray<char>(entry_bytes_ << kChunkBits));
+      chunks_.push_back(Chunk{MakeHugePageArray<char>(entry_bytes_ * kChunkEntries),
+                              MakeHugePageArray<int64_t>(kChunkEntries),
+                              MakeHugePageArray<uint64_t>(kChunkEntries / 64)});
     }
   }
+  chunks_[id >> kChunkBits].keys[id & kChunkMask] = key;
   return id;
 }
 
-void EntryArena::Free(uint32_t id) { free_ids_.push_back(id); }
+void EntryArena::Free(uint32_t id) {
+  ClearDirty(id);
+  free_ids_.push_back(id);
+}
 
 void EntryArena::Reset() {
   next_id_ = 0;
   free_ids_.clear();
+  for (Chunk& chunk : chunks_) {
+    std::memset(chunk.dirty.get(), 0, kChunkEntries / 8);
+  }
 }
 
 size_t EntryArena::memory_bytes() const {
-  return chunks_.size() * (entry_bytes_ << kChunkBits) +
+  return chunks_.size() * (entry_bytes_ * kChunkEntries + sizeof(int64_t) * kChunkEntries +
+                           kChunkEntries / 8) +
          free_ids_.capacity() * sizeof(uint32_t);
 }
 

@@ -21,25 +21,25 @@ namespace monolith {
 struct EntryHeader {
   // Even: stable; odd: a writer is changing the entry (seqlock).
   std::atomic<uint32_t> version;
-  // Low 31 bits: occurrences of the id in applied gradient batches
-  // (saturating). Top bit (kDirtyBit): changed since the last delta save.
+  // Occurrences of the id in applied gradient batches (saturating at
+  // kCountMax).
   uint32_t count;
   // Largest data time (seconds) among those occurrences; 0 if never updated.
   int64_t timestamp;
 };
 static_assert(sizeof(EntryHeader) == 16, "entry header must stay 16 bytes");
 
-constexpr uint32_t kDirtyBit = 1u << 31;
-constexpr uint32_t kCountMask = kDirtyBit - 1;
+constexpr uint32_t kCountMax = (1u << 31) - 1;
 
 class EntryArena {
  public:
   // `floats_per_entry` = embedding dim + optimizer state dim.
   explicit EntryArena(int floats_per_entry);
 
-  // Returns the id of a free entry. Its memory is not touched here: the
-  // caller must InitHeader() it (possibly on another thread) before use.
-  uint32_t Allocate();
+  // Returns the id of a free entry and records `key` as its owner. The
+  // entry's memory is not touched here: the caller must InitHeader() it
+  // (possibly on another thread) before use.
+  uint32_t Allocate(int64_t key);
   // Resets the header of entry `id`: unlocked, count 0, timestamp 0.
   void InitHeader(uint32_t id) const {
     EntryHeader* header = new (Header(id)) EntryHeader;
@@ -47,14 +47,50 @@ class EntryArena {
     header->count = 0;
     header->timestamp = 0;
   }
+  // Frees entry `id` (its dirty mark goes with it).
   void Free(uint32_t id);
   // Drops every entry but keeps the chunks for reuse.
   void Reset();
 
   EntryHeader* Header(uint32_t id) const {
-    return reinterpret_cast<EntryHeader*>(chunks_[id >> kChunkBits].get() +
+    return reinterpret_cast<EntryHeader*>(chunks_[id >> kChunkBits].entries.get() +
                                           (id & kChunkMask) * entry_bytes_);
   }
+  // The key that owns entry `id`.
+  int64_t Key(uint32_t id) const { return chunks_[id >> kChunkBits].keys[id & kChunkMask]; }
+
+  // Dirty marks, one bit per entry: the entry changed since a delta save last
+  // copied it. A bitmap rather than a header bit so that a delta save scans
+  // 1 bit per entry instead of touching every row. Set and cleared under the
+  // entry's write lock; atomic because 64 entries share a word.
+  void MarkDirty(uint32_t id) const {
+    uint64_t* word = DirtyWord(id);
+    const uint64_t bit = uint64_t{1} << (id & 63);
+    // Read first: re-marking a hot row then costs no cache-line write.
+    if ((__atomic_load_n(word, __ATOMIC_RELAXED) & bit) == 0) {
+      __atomic_fetch_or(word, bit, __ATOMIC_RELAXED);
+    }
+  }
+  void ClearDirty(uint32_t id) const {
+    __atomic_fetch_and(DirtyWord(id), ~(uint64_t{1} << (id & 63)), __ATOMIC_RELAXED);
+  }
+  bool IsDirty(uint32_t id) const {
+    return (__atomic_load_n(DirtyWord(id), __ATOMIC_RELAXED) >> (id & 63)) & 1;
+  }
+  // Calls fn(id) for each entry in [begin, end) marked dirty, in id order.
+  template <typename Fn>
+  void ForEachDirty(uint32_t begin, uint32_t end, Fn&& fn) const {
+    for (uint32_t word_start = begin & ~63u; word_start < end; word_start += 64) {
+      uint64_t bits = __atomic_load_n(DirtyWord(word_start), __ATOMIC_RELAXED);
+      while (bits != 0) {
+        const uint32_t id = word_start + static_cast<uint32_t>(__builtin_ctzll(bits));
+        bits &= bits - 1;
+        if (id >= begin && id < end) fn(id);
+      }
+    }
+  }
+  // One past the largest id handed out since the last Reset.
+  uint32_t id_limit() const { return next_id_; }
   float* Floats(uint32_t id) const {
     return reinterpret_cast<float*>(Header(id) + 1);
   }
@@ -67,9 +103,20 @@ class EntryArena {
   static constexpr int kChunkBits = 16;
   static constexpr uint32_t kChunkMask = (1u << kChunkBits) - 1;
 
+  static constexpr size_t kChunkEntries = size_t{1} << kChunkBits;
+
+  struct Chunk {
+    HugePageArray<char> entries;   // kChunkEntries * entry_bytes_
+    HugePageArray<int64_t> keys;   // owner key of each entry
+    HugePageArray<uint64_t> dirty; // kChunkEntries bits
+  };
+  uint64_t* DirtyWord(uint32_t id) const {
+    return &chunks_[id >> kChunkBits].dirty[(id & kChunkMask) >> 6];
+  }
+
   size_t entry_bytes_;
-  // Chunks are allocated uninitialized, so untouched pages cost no memory.
-  std::vector<HugePageArray<char>> chunks_;
+  // Chunks are mapped untouched, so pages never used cost no memory.
+  std::vector<Chunk> chunks_;
   uint32_t next_id_ = 0;
   std::vector<uint32_t> free_ids_;
 };
