@@ -1,17 +1,23 @@
 """Sparse checkpoints: table rows on disk, as full snapshots and deltas.
 
 A checkpoint is a directory ``sparse-<sequence>-<full|delta>`` holding, per
-table, row files in chunks (bounded memory: one chunk of one table at a
-time), the keys removed since the previous save (deltas), the admission
-filter state, and ``manifest.json`` with every file's size and CRC-32. It is
-written under a temporary name and renamed when complete, so a directory
-with that name is always whole. A delta holds only the rows changed since the
-previous save and the keys removed since; restore = newest full + the deltas
-after it, in order. A corrupt or truncated file raises CheckpointError naming
-it, and ``restore`` falls back to the previous complete chain.
+table, row files, the keys removed since the previous save (deltas), the
+admission filter state, and ``manifest.json`` with every file's size and
+CRC-32 plus the caller's metadata (the training worker stores its step and
+data position there). It is written under a temporary name and renamed when
+complete, so a directory with that name is always whole. A delta holds only
+the rows changed since the previous save and the keys removed since; restore
+= newest full + the deltas after it, in order. A corrupt or truncated file
+raises CheckpointError naming it, and ``restore`` falls back to the previous
+complete chain.
 
-Row file format (little-endian, no pickle), read by ``read_rows``:
-  header: magic b"MTSPROWS", u32 version (1), u32 dim, u32 state_dim, u64 rows
+Memory: a table is exported one block of ``chunk_rows`` rows at a time and
+each block is written straight from the exported arrays, so a save holds at
+most one block beyond the table itself; restore reads one block at a time.
+
+Row file format (little-endian, no pickle; ``read_rows`` reads it): a
+sequence of blocks, each
+  header: magic b"MTSPROWS", u32 version (2), u32 dim, u32 state_dim, u64 rows
   then keys int64[rows], values float32[rows*dim], state float32[rows*state_dim],
   timestamps int64[rows], counts int64[rows].
 """
@@ -25,10 +31,14 @@ import zlib
 
 import numpy as np
 
-FORMAT = "monolith_tf.sparse/1"
+FORMAT = "monolith_tf.sparse/2"
 _MAGIC = b"MTSPROWS"
+_VERSION = 2
 _HEADER = struct.Struct("<8sIIIQ")
 _NAME = re.compile(r"^sparse-(\d{8})-(full|delta)$")
+_FIELDS = (("keys", np.int64), ("values", np.float32), ("state", np.float32),
+           ("timestamps", np.int64), ("counts", np.int64))
+_READ_BYTES = 1 << 22  # CRC checks read files in pieces of this size
 
 
 class CheckpointError(ValueError):
@@ -48,50 +58,110 @@ def _fsync_write(path, chunks):
     return size, crc
 
 
+def _block_buffers(rows):
+    """The header and arrays of one block, as buffers (no copy of the rows)."""
+    arrays = [np.ascontiguousarray(rows[name], dtype) for name, dtype in _FIELDS]
+    n, dim = arrays[1].shape
+    header = _HEADER.pack(_MAGIC, _VERSION, dim, arrays[2].shape[1], n)
+    return [header] + [memoryview(a.reshape(-1).view(np.uint8)) for a in arrays]
+
+
+class _RowFileWriter:
+    """Appends blocks to one row file, tracking rows, bytes, CRC and the
+    data-time range for the manifest; ``close`` fsyncs."""
+
+    def __init__(self, path):
+        self.path = path
+        self._file = open(path, "wb")
+        self.info = {"file": os.path.basename(path), "rows": 0, "bytes": 0, "crc32": 0,
+                     "oldest_update": None, "newest_update": None}
+
+    def write_block(self, rows):
+        for buffer in _block_buffers(rows):
+            self._file.write(buffer)
+            self.info["bytes"] += len(buffer)
+            self.info["crc32"] = zlib.crc32(buffer, self.info["crc32"])
+        stamps = rows["timestamps"]
+        self.info["rows"] += len(stamps)
+        if len(stamps):
+            # Kept in the manifest, so inspecting a checkpoint reads no row file.
+            oldest, newest = int(stamps.min()), int(stamps.max())
+            info = self.info
+            info["oldest_update"] = oldest if info["oldest_update"] is None else min(
+                oldest, info["oldest_update"])
+            info["newest_update"] = newest if info["newest_update"] is None else max(
+                newest, info["newest_update"])
+
+    def close(self):
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        return self.info
+
+
 def write_rows(path, rows):
-    """Writes one chunk of rows (a dict as HashTable.export returns, numpy);
-    returns (bytes, crc32)."""
-    keys = np.ascontiguousarray(rows["keys"], np.int64)
-    values = np.ascontiguousarray(rows["values"], np.float32)
-    state = np.ascontiguousarray(rows["state"], np.float32)
-    n, dim = values.shape
-    state_dim = state.shape[1]
-    header = _HEADER.pack(_MAGIC, 1, dim, state_dim, n)
-    arrays = [keys, values, state, np.ascontiguousarray(rows["timestamps"], np.int64),
-              np.ascontiguousarray(rows["counts"], np.int64)]
-    return _fsync_write(path, [header] + [a.tobytes() for a in arrays])
+    """Writes one block of rows (a dict as HashTable.export returns, numpy)
+    as a row file; returns (bytes, crc32)."""
+    writer = _RowFileWriter(path)
+    writer.write_block(rows)
+    info = writer.close()
+    return info["bytes"], info["crc32"]
+
+
+def iter_row_blocks(path):
+    """Yields the blocks of a row file as dicts of numpy arrays (keys, values,
+    state, timestamps, counts), reading one block at a time. Raises
+    CheckpointError naming the file when it is truncated or foreign."""
+    try:
+        f = open(path, "rb")
+    except OSError as error:
+        raise CheckpointError(f"{path}: cannot read: {error}") from error
+    with f:
+        while True:
+            header = f.read(_HEADER.size)
+            if not header:
+                return
+            if len(header) < _HEADER.size:
+                raise CheckpointError(f"{path}: truncated block header")
+            magic, version, dim, state_dim, n = _HEADER.unpack(header)
+            if magic != _MAGIC or version != _VERSION:
+                raise CheckpointError(f"{path}: not a monolith_tf row file (magic {magic!r}, "
+                                      f"version {version}, expected {_VERSION})")
+            block = {}
+            for (name, dtype), width in zip(_FIELDS, (1, dim, state_dim, 1, 1)):
+                size = n * width * np.dtype(dtype).itemsize
+                data = f.read(size)
+                if len(data) != size:
+                    raise CheckpointError(f"{path}: truncated block ({name}: {len(data)} of "
+                                          f"{size} bytes)")
+                array = np.frombuffer(data, dtype)
+                block[name] = array.reshape(n, width) if name in ("values", "state") else array
+            yield block
 
 
 def read_rows(path, expected_crc=None):
-    """Reads a row file back as a dict of numpy arrays; raises CheckpointError
-    naming the file when it is truncated, foreign or fails its CRC."""
+    """Reads a whole row file as one dict of numpy arrays; with
+    ``expected_crc`` the file's CRC-32 is checked first. Raises
+    CheckpointError naming the file when it is truncated, foreign or corrupt."""
+    if expected_crc is not None:
+        _check_crc(path, None, expected_crc)
+    blocks = list(iter_row_blocks(path))
+    if not blocks:
+        raise CheckpointError(f"{path}: empty row file")
+    return {name: np.concatenate([b[name] for b in blocks]) for name, _ in _FIELDS}
+
+
+def _check_crc(path, expected_bytes, expected_crc):
+    size, crc = 0, 0
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            while piece := f.read(_READ_BYTES):
+                size += len(piece)
+                crc = zlib.crc32(piece, crc)
     except OSError as error:
         raise CheckpointError(f"{path}: cannot read: {error}") from error
-    if expected_crc is not None and zlib.crc32(data) != expected_crc:
-        raise CheckpointError(f"{path}: CRC mismatch (corrupt or truncated file)")
-    if len(data) < _HEADER.size:
-        raise CheckpointError(f"{path}: truncated header")
-    magic, version, dim, state_dim, n = _HEADER.unpack_from(data)
-    if magic != _MAGIC or version != 1:
-        raise CheckpointError(f"{path}: not a monolith_tf row file (magic {magic!r}, "
-                              f"version {version})")
-    sizes = [8 * n, 4 * n * dim, 4 * n * state_dim, 8 * n, 8 * n]
-    if len(data) != _HEADER.size + sum(sizes):
-        raise CheckpointError(f"{path}: {len(data)} bytes, expected "
-                              f"{_HEADER.size + sum(sizes)} for {n} rows")
-    offset, out = _HEADER.size, {}
-    for name, dtype, size, shape in (("keys", np.int64, sizes[0], (n,)),
-                                     ("values", np.float32, sizes[1], (n, dim)),
-                                     ("state", np.float32, sizes[2], (n, state_dim)),
-                                     ("timestamps", np.int64, sizes[3], (n,)),
-                                     ("counts", np.int64, sizes[4], (n,))):
-        out[name] = np.frombuffer(data, dtype, size // np.dtype(dtype).itemsize,
-                                  offset).reshape(shape)
-        offset += size
-    return out
+    if (expected_bytes is not None and size != expected_bytes) or crc != expected_crc:
+        raise CheckpointError(f"{path}: size or CRC mismatch (corrupt or truncated file)")
 
 
 def list_checkpoints(directory):
@@ -115,23 +185,32 @@ class SparseCheckpointer:
     Args:
       directory: where checkpoint directories go (created if missing).
       tables: ``{name: HashTable}``; names become file names.
-      chunk_rows: rows per file, which bounds the memory of a save.
+      chunk_rows: rows per exported block, which bounds the extra memory of a
+        save (default: about ``block_bytes`` of rows).
+      block_bytes: target bytes of one block when ``chunk_rows`` is None.
+      file_bytes: a table's rows roll over to a new file past this size.
       keep_full: complete chains (a full save and its deltas) to keep.
     """
 
-    def __init__(self, directory, tables, chunk_rows=1 << 20, keep_full=2):
+    def __init__(self, directory, tables, chunk_rows=None, block_bytes=16 << 20,
+                 file_bytes=256 << 20, keep_full=2):
         bad = [name for name in tables if not re.match(r"^[A-Za-z0-9_.-]+$", name)]
         if bad:
             raise ValueError(f"table names must be [A-Za-z0-9_.-]+ (file names), got {bad}")
+        if keep_full < 1:
+            raise ValueError(f"keep_full must be >= 1, got {keep_full}")
         self.directory = directory
         self.tables = dict(tables)
-        self.chunk_rows = int(chunk_rows)
+        self.chunk_rows = chunk_rows
+        self.block_bytes = int(block_bytes)
+        self.file_bytes = int(file_bytes)
         self.keep_full = int(keep_full)
         self._base = None  # sequence of the full save the next delta builds on
 
-    def save(self, full=False):
+    def save(self, full=False, metadata=None):
         """Writes a full snapshot (``full=True`` or no full one yet) or a delta
-        of the rows changed since the previous save; returns its path."""
+        of the rows changed since the previous save; returns its path.
+        ``metadata`` (JSON-serializable) is stored in the manifest."""
         os.makedirs(self.directory, exist_ok=True)
         existing = list_checkpoints(self.directory)
         sequence = existing[-1][0] + 1 if existing else 1
@@ -141,35 +220,44 @@ class SparseCheckpointer:
         shutil.rmtree(partial, ignore_errors=True)
         os.makedirs(partial)
         manifest = {"format": FORMAT, "kind": kind, "sequence": sequence,
-                    "base": sequence if kind == "full" else self._base, "tables": {}}
+                    "base": sequence if kind == "full" else self._base,
+                    "metadata": metadata or {}, "tables": {}}
         for name, table in self.tables.items():
             manifest["tables"][name] = self._save_table(partial, name, table, kind)
         _fsync_write(os.path.join(partial, "manifest.json"),
                      [json.dumps(manifest, indent=1, sort_keys=True).encode()])
         os.rename(partial, final)
+        _fsync_directory(self.directory)
         if kind == "full":
             self._base = sequence
             self._prune()
         return final
 
+    def _rows_per_block(self, table):
+        if self.chunk_rows:
+            return int(self.chunk_rows)
+        row_bytes = 8 * 3 + 4 * (table.dim + table.state_dim)
+        return max(1024, self.block_bytes // row_bytes)
+
     def _save_table(self, partial, name, table, kind):
         delta = kind == "delta"
+        if table.get_config().get("evict_on_save"):
+            table.evict_expired()
         removed = table.take_removed().numpy()  # starts the record on a full save
-        size = int(table.size())
-        num_chunks = max(1, -(-size // self.chunk_rows))
-        files = []
-        for chunk in range(num_chunks):
+        num_blocks = max(1, -(-int(table.size()) // self._rows_per_block(table)))
+        files, writer = [], None
+        for block in range(num_blocks):
             rows = {k: v.numpy() for k, v in table.export(
-                chunk, num_chunks, only_dirty=delta, clear_dirty=True).items()}
-            file = f"{name}.rows.{chunk:05d}"
-            nbytes, crc = write_rows(os.path.join(partial, file), rows)
-            stamps = rows["timestamps"]
-            # The data-time range goes in the manifest, so inspecting a
-            # checkpoint reads no row file.
-            files.append({"file": file, "rows": int(len(rows["keys"])), "bytes": nbytes,
-                          "crc32": crc,
-                          "oldest_update": int(stamps.min()) if len(stamps) else None,
-                          "newest_update": int(stamps.max()) if len(stamps) else None})
+                block, num_blocks, only_dirty=delta, clear_dirty=True).items()}
+            if not len(rows["keys"]) and writer is not None:
+                continue  # deltas skip empty blocks; every table has one file
+            if writer is not None and writer.info["bytes"] >= self.file_bytes:
+                files.append(writer.close())
+                writer = None
+            if writer is None:
+                writer = _RowFileWriter(os.path.join(partial, f"{name}.rows.{len(files):05d}"))
+            writer.write_block(rows)
+        files.append(writer.close())
         entry = {"dim": table.dim, "state_dim": table.state_dim, "config": table.get_config(),
                  "files": files}
         if delta:
@@ -206,36 +294,57 @@ class SparseCheckpointer:
             for _, later_kind, later_path in checkpoints[index + 1:]:
                 if later_kind == "full":
                     break
-                if _read_manifest(later_path).get("base") != seq:
+                if read_manifest(later_path).get("base") != seq:
                     break
                 chain.append(later_path)
             chains.append(chain)
         return chains[::-1]
 
-    def restore(self):
+    def restore(self, upto=None, discard_newer=False):
         """Restores the newest complete chain; falls back to older chains when
         a file is corrupt. Returns the last checkpoint path applied, or None
         when the directory holds no checkpoint. Raises CheckpointError when
-        every chain fails (the first error names its file)."""
+        every chain fails (the first error names its file).
+
+        ``upto``: restore the chain ending at this checkpoint path instead
+        (no fallback). ``discard_newer``: delete the checkpoints after the one
+        restored, so later deltas build on the restored state, not on a
+        history that was rolled back.
+        """
         if not os.path.isdir(self.directory):
             raise CheckpointError(f"{self.directory}: no such checkpoint directory")
+        chains = self.chains()
+        if upto is not None:
+            upto = os.path.normpath(upto)
+            matching = [chain[:[os.path.normpath(p) for p in chain].index(upto) + 1]
+                        for chain in chains if upto in map(os.path.normpath, chain)]
+            if not matching:
+                raise CheckpointError(f"{upto}: not a complete sparse checkpoint in "
+                                      f"{self.directory}")
+            chains = matching
         errors = []
-        for chain in self.chains():
+        for chain in chains:
             try:
                 for path in chain:
                     _verify(path)  # all files first: a bad file changes no table
                 for position, path in enumerate(chain):
                     self._apply(path, full=position == 0)
-                self._base = int(_read_manifest(chain[0])["sequence"])
-                return chain[-1]
             except CheckpointError as error:
                 errors.append(error)
+                continue
+            self._base = int(read_manifest(chain[0])["sequence"])
+            if discard_newer:
+                last = int(read_manifest(chain[-1])["sequence"])
+                for seq, _, path in list_checkpoints(self.directory):
+                    if seq > last:
+                        shutil.rmtree(path)
+            return chain[-1]
         if errors:
             raise CheckpointError(f"no restorable sparse checkpoint: {errors[0]}")
         return None
 
     def _apply(self, path, full):
-        manifest = _read_manifest(path)
+        manifest = read_manifest(path)
         for name, table in self.tables.items():
             entry = manifest["tables"].get(name)
             if entry is None:
@@ -245,9 +354,11 @@ class SparseCheckpointer:
                     f"{path}: table {name!r} has dim {entry['dim']} and state_dim "
                     f"{entry['state_dim']}, the model's has dim {table.dim} and state_dim "
                     f"{table.state_dim}")
-            for index, info in enumerate(entry["files"]):
-                rows = read_rows(os.path.join(path, info["file"]), info["crc32"])
-                table.import_rows(**rows, clear=full and index == 0)
+            clear = full
+            for info in entry["files"]:
+                for rows in iter_row_blocks(os.path.join(path, info["file"])):
+                    table.import_rows(**rows, clear=clear)
+                    clear = False
             if "removed" in entry:
                 removed = np.frombuffer(_read_file(path, entry["removed"]), np.int64)
                 if len(removed):
@@ -258,7 +369,18 @@ class SparseCheckpointer:
             table.take_removed()
 
 
-def _read_manifest(path):
+def _fsync_directory(directory):
+    # The rename is durable only once the directory entry is on disk.
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_manifest(path):
+    """The manifest (dict) of the checkpoint directory ``path``; raises
+    CheckpointError when it is missing, unreadable or of another format."""
     file = os.path.join(path, "manifest.json")
     try:
         with open(file) as f:
@@ -283,9 +405,9 @@ def _read_file(path, info):
 
 
 def _verify(path):
-    manifest = _read_manifest(path)
+    manifest = read_manifest(path)
     for entry in manifest["tables"].values():
         infos = list(entry["files"]) + [entry["filter"]] + (
             [entry["removed"]] if "removed" in entry else [])
         for info in infos:
-            _read_file(path, info)
+            _check_crc(os.path.join(path, info["file"]), info["bytes"], info["crc32"])

@@ -77,7 +77,7 @@ def test_delta_size_is_proportional_to_touched_rows(tmp_path):
         return sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
 
     assert size(delta) < 0.02 * size(full)
-    rows = read_rows(os.path.join(delta, "emb.rows.00000"))
+    rows = read_rows(os.path.join(delta, "emb.rows.00000"))  # one file: small delta
     np.testing.assert_array_equal(np.sort(rows["keys"]), np.sort(touched))
 
 
@@ -134,3 +134,53 @@ def test_pruning_keeps_the_newest_chains(tmp_path):
         saver.save()
     kinds = [(seq, kind) for seq, kind, _ in list_checkpoints(str(tmp_path))]
     assert kinds == [(5, "full"), (6, "delta"), (7, "full"), (8, "delta")]
+
+
+def test_blocks_roll_over_files_and_restore_block_by_block(tmp_path):
+    table = make_table()
+    train(table, np.arange(5000), 1)
+    saver = SparseCheckpointer(str(tmp_path), {"emb": table}, chunk_rows=700, file_bytes=50_000)
+    path = saver.save(metadata={"step": 7})
+    manifest = json.load(open(os.path.join(path, "manifest.json")))
+    files = manifest["tables"]["emb"]["files"]
+    assert len(files) > 2 and sum(f["rows"] for f in files) == 5000
+    assert manifest["metadata"] == {"step": 7}
+    restored = make_table()
+    SparseCheckpointer(str(tmp_path), {"emb": restored}).restore()
+    assert_same(table, restored)
+
+
+def test_restore_upto_an_older_checkpoint_discards_the_newer_ones(tmp_path):
+    table = make_table()
+    saver = SparseCheckpointer(str(tmp_path), {"emb": table})
+    train(table, np.arange(50), 1)
+    saver.save()
+    train(table, np.arange(40, 60), 2)
+    middle = saver.save()
+    expected = sorted_rows(table)
+    train(table, np.arange(55, 90), 3)
+    saver.save()
+    restored = make_table()
+    resumed = SparseCheckpointer(str(tmp_path), {"emb": restored})
+    assert resumed.restore(upto=middle, discard_newer=True) == middle
+    got = sorted_rows(restored)
+    for field in expected:
+        np.testing.assert_array_equal(got[field], expected[field], err_msg=field)
+    assert [seq for seq, _, _ in list_checkpoints(str(tmp_path))] == [1, 2]
+    # The next delta builds on the restored state: a later restore equals it.
+    train(restored, [7, 1000], 4)
+    resumed.save()
+    again = make_table()
+    SparseCheckpointer(str(tmp_path), {"emb": again}).restore()
+    assert_same(restored, again)
+    with pytest.raises(CheckpointError, match="not a complete sparse checkpoint"):
+        resumed.restore(upto=str(tmp_path / "sparse-00000009-delta"))
+
+
+def test_evict_on_save_removes_expired_rows_first(tmp_path):
+    table = make_table(expire_after=10, evict_on_save=True)
+    saver = SparseCheckpointer(str(tmp_path), {"emb": table})
+    train(table, [1, 2], 5)
+    train(table, [3], 100)
+    path = saver.save()
+    assert sorted(read_rows(os.path.join(path, "emb.rows.00000"))["keys"]) == [3]
