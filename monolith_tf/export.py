@@ -18,23 +18,13 @@ import contextlib
 
 import tensorflow as tf
 
-from monolith_tf.layers import _HashEmbeddingBase
-
-
-def _hash_layers(model):
-    layers, stack = [], [model]
-    while stack:
-        layer = stack.pop()
-        if isinstance(layer, _HashEmbeddingBase):
-            layers.append(layer)
-        stack.extend(getattr(layer, "layers", []) or [])
-    return layers
+from monolith_tf.dense_checkpoint import as_tf_variable
+from monolith_tf.layers import hash_embedding_layers, model_tables
 
 
 def table_names(model):
     """Names of the model's tables in the exported ``upsert`` signature."""
-    return [f"{layer.name}/{feature}" for layer in _hash_layers(model)
-            for feature in layer.feature_tables()]
+    return list(model_tables(model))
 
 
 @contextlib.contextmanager
@@ -57,17 +47,13 @@ def _input_specs(model):
         lambda t: tf.TensorSpec(t.shape, t.dtype, name=getattr(t, "name", None)), inputs)
 
 
-def _plain_variable(variable):
-    return variable if isinstance(variable, tf.Variable) else variable.value
-
-
 def export_saved_model(model, path):
     """Writes ``model`` as a stock-ops SavedModel at ``path`` (see module doc).
 
     Raises ValueError for a model without HashEmbedding layers. The rows are
     copied once into the stock tables (one export of each table in memory).
     """
-    layers = _hash_layers(model)
+    layers = hash_embedding_layers(model)
     if not layers:
         raise ValueError("export_saved_model: the model has no HashEmbedding or "
                          "HashEmbeddingCollection layer; save it with tf.saved_model.save")
@@ -83,7 +69,7 @@ def export_saved_model(model, path):
             stock.append(stock_table)
             specs_and_tables.append((spec, stock_table))
     module.tables = stock
-    module.dense_variables = [_plain_variable(v) for v in model.variables]
+    module.dense_variables = [as_tf_variable(v) for v in model.variables]
     input_spec = _input_specs(model)
 
     with _serving_tables(specs_and_tables):

@@ -49,6 +49,25 @@ def ids_to_int64(ids, feature="ids"):
     raise _invalid(f"{feature} must be int64, int32 or string ids, got {ids.dtype.name}")
 
 
+def hash_embedding_layers(model):
+    """The HashEmbedding and HashEmbeddingCollection layers inside ``model``
+    (searched through nested layers and models), outermost first."""
+    found, stack = [], [model]
+    while stack:
+        layer = stack.pop(0)
+        if isinstance(layer, _HashEmbeddingBase):
+            found.append(layer)
+        stack.extend(getattr(layer, "layers", []) or [])
+    return found
+
+
+def model_tables(model):
+    """``{"<layer name>/<feature>": HashTable}`` of every table in ``model``:
+    the names used by checkpoints, TensorBoard and the serving export."""
+    return {f"{layer.name}/{feature}": table for layer in hash_embedding_layers(model)
+            for feature, (table, _) in layer.feature_tables().items()}
+
+
 def _serialize_learning_rate(learning_rate):
     if isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule):
         return keras.optimizers.schedules.serialize(learning_rate)
@@ -171,6 +190,10 @@ class _HashEmbeddingBase(keras.layers.Layer):
         # Table updates applied so far: the step of learning rate schedules.
         self.update_steps = self.add_weight(
             name="update_steps", shape=(), dtype="int64", initializer="zeros", trainable=False)
+        # Data time (seconds) of the batch being trained, set by the training
+        # worker; stamps updated rows when a call passes no timestamps.
+        self.data_time = self.add_weight(
+            name="data_time", shape=(), dtype="int64", initializer="zeros", trainable=False)
 
     def _lookup(self, specs, flat_ids, training, timestamp=None):
         tables = [spec.table for spec in specs]
@@ -211,9 +234,10 @@ class _HashEmbeddingBase(keras.layers.Layer):
             flat.append(ids_flat)
             combines.append(combine)
         # Data time of the batch (seconds): the newest example's, as a scalar.
-        timestamp = None
         if timestamps is not None:
             timestamp = tf.reduce_max(ids_to_int64(tf.convert_to_tensor(timestamps), "timestamps"))
+        else:
+            timestamp = tf.convert_to_tensor(self.data_time)
         rows = self._lookup(specs, flat, bool(training), timestamp)
         return [combine(r) for r, combine in zip(rows, combines)]
 
