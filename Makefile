@@ -81,7 +81,8 @@ demo: native data
 # Tests that run under tf_keras (TF_USE_LEGACY_KERAS=1): the layer tests a
 # second time, and tests/legacy_keras (TFRS, which needs tf_keras) only there.
 LEGACY_KERAS_TESTS := tests/test_layers.py tests/test_memory_control_ops.py \
-                      tests/test_export.py tests/test_cli.py tests/legacy_keras
+                      tests/test_export.py tests/test_cli.py tests/test_training.py \
+                      tests/legacy_keras
 
 # The whole suite, slow cases and the AddressSanitizer run of the core included;
 # the Keras layer tests run under Keras 3 and again under tf_keras.

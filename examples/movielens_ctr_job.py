@@ -25,10 +25,11 @@ EMBEDDING = {"dim": 16, "initializer": "truncated_normal(stddev=0.05)",
              "optimizer": "adagrad(initial_accumulator=0.1)", "learning_rate": 0.05}
 
 
-def build_model(expire_after=None):
+def build_model(expire_after=None, evict_every=50):
     """Embeddings of raw user and movie ids -> MLP -> probability of a like.
-    ``expire_after``: seconds of data time after which idle rows expire."""
-    memory = {"expire_after": expire_after, "evict_every": 50} if expire_after else {}
+    ``expire_after``: seconds of data time after which idle rows expire,
+    checked every ``evict_every`` steps."""
+    memory = {"expire_after": expire_after, "evict_every": evict_every} if expire_after else {}
     inputs = {"user_id": keras.Input(shape=(), dtype="int64", name="user_id"),
               "movie_id": keras.Input(shape=(), dtype="int64", name="movie_id"),
               "timestamp": keras.Input(shape=(), dtype="int64", name="timestamp")}

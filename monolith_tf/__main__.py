@@ -1,15 +1,20 @@
 """Command line: ``python -m monolith_tf <command>``.
 
-  inspect DIR             sparse checkpoints in DIR: kind, tables, rows,
+  inspect DIR             sparse checkpoints in DIR (or in DIR/sparse, a
+                          worker's model dir): kind, step, tables, rows,
                           bytes, data-time range (reads manifests only)
   export MODEL OUT        a saved Keras model (.keras, or a tf_keras SavedModel
                           directory) with HashEmbedding layers -> a stock-ops
                           serving SavedModel at OUT
-
-Training from files is the training worker's (a later issue).
+  train --job JOB.py --data FILE... --model-dir DIR
+                          trains the job's model on files with the training
+                          worker (checkpoints, resume, TensorBoard); JOB.py
+                          defines build_model(**options) and
+                          make_dataset(files, batch_size)
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -17,14 +22,15 @@ import sys
 
 def inspect(directory, as_json=False):
     """Prints (or returns, for as_json) a summary of the sparse checkpoints."""
-    from monolith_tf.sparse_checkpoint import CheckpointError, list_checkpoints
+    from monolith_tf.sparse_checkpoint import CheckpointError, list_checkpoints, read_manifest
 
     if not os.path.isdir(directory):
         raise CheckpointError(f"{directory}: no such checkpoint directory")
+    if os.path.isdir(os.path.join(directory, "sparse")):
+        directory = os.path.join(directory, "sparse")  # a training worker's model dir
     summary = []
     for sequence, kind, path in list_checkpoints(directory):
-        with open(os.path.join(path, "manifest.json")) as f:
-            manifest = json.load(f)
+        manifest = read_manifest(path)
         tables = {}
         for name, entry in manifest["tables"].items():
             rows = sum(info["rows"] for info in entry["files"])
@@ -38,11 +44,14 @@ def inspect(directory, as_json=False):
                             "oldest_update": oldest, "newest_update": newest,
                             "now": entry["now"]}
         summary.append({"sequence": sequence, "kind": kind, "base": manifest["base"],
-                        "path": path, "tables": tables})
+                        "path": path, "metadata": manifest.get("metadata", {}),
+                        "tables": tables})
     if as_json:
         return summary
     for checkpoint in summary:
-        print(f"{os.path.basename(checkpoint['path'])}  (base {checkpoint['base']})")
+        step = checkpoint["metadata"].get("step")
+        print(f"{os.path.basename(checkpoint['path'])}  (base {checkpoint['base']}"
+              + (f", step {step})" if step is not None else ")"))
         for name, t in checkpoint["tables"].items():
             print(f"  {name}: dim {t['dim']}, {t['rows']:,} rows, {t['bytes']:,} bytes, "
                   f"{t['removed']:,} removed, updates {t['oldest_update']}..{t['newest_update']}, "
@@ -63,6 +72,59 @@ def export(model_path, out):
     print(f"exported {model_path} -> {out}; upsert tables: {', '.join(names)}")
 
 
+def load_job(path):
+    """Imports a job module from a file; it must define build_model and
+    make_dataset."""
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: no such job file")
+    spec = importlib.util.spec_from_file_location("monolith_tf_job", path)
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    missing = [name for name in ("build_model", "make_dataset") if not hasattr(job, name)]
+    if missing:
+        raise ValueError(f"{path}: a job module must define {missing}")
+    return job
+
+
+def _option(text):
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    try:
+        return name, json.loads(value)
+    except ValueError:
+        return name, value  # a bare string
+
+
+def train(args):
+    """Builds the job's model and trains it with the training worker; prints
+    a JSON summary line and returns it."""
+    import tensorflow as tf
+
+    from monolith_tf.training import TrainingWorker
+
+    missing = [path for path in args.data if not os.path.exists(path)]
+    if missing:
+        raise ValueError(f"data files not found: {missing}")
+    job = load_job(args.job)
+    tf.keras.utils.set_random_seed(args.seed)
+    model = job.build_model(**dict(args.option))
+    worker = TrainingWorker(
+        model, args.model_dir, sparse_every_steps=args.sparse_every_steps,
+        sparse_every_secs=args.sparse_every_secs, dense_every_steps=args.dense_every_steps,
+        dense_every_secs=args.dense_every_secs, full_every=args.full_every,
+        resume=None if args.resume == "none" else args.resume,
+        log_every_steps=args.log_every_steps, verbose=args.verbose)
+    summary = worker.train(job.make_dataset(args.data, args.batch_size), epochs=args.epochs,
+                           max_steps=args.max_steps, max_seconds=args.max_seconds)
+    if args.export:
+        import monolith_tf
+
+        summary["exported"] = monolith_tf.export_saved_model(model, args.export)
+    print(json.dumps(summary), flush=True)
+    return summary
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m monolith_tf", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -73,6 +135,27 @@ def main(argv=None):
     export_parser = commands.add_parser("export", help="stock-ops serving SavedModel")
     export_parser.add_argument("model")
     export_parser.add_argument("out")
+    train_parser = commands.add_parser("train", help="train a job's model on files")
+    train_parser.add_argument("--job", required=True, help="job module file (.py)")
+    train_parser.add_argument("--data", required=True, nargs="+", help="input files")
+    train_parser.add_argument("--model-dir", required=True)
+    train_parser.add_argument("--option", action="append", type=_option, default=[],
+                              metavar="NAME=VALUE", help="build_model argument (JSON value)")
+    train_parser.add_argument("--epochs", type=int, default=1)
+    train_parser.add_argument("--batch-size", type=int, default=256)
+    train_parser.add_argument("--max-steps", type=int)
+    train_parser.add_argument("--max-seconds", type=float)
+    train_parser.add_argument("--sparse-every-steps", type=int)
+    train_parser.add_argument("--sparse-every-secs", type=float, default=60.0)
+    train_parser.add_argument("--dense-every-steps", type=int)
+    train_parser.add_argument("--dense-every-secs", type=float, default=600.0)
+    train_parser.add_argument("--full-every", type=int, default=10)
+    train_parser.add_argument("--resume", choices=("consistent", "latest", "none"),
+                              default="consistent")
+    train_parser.add_argument("--log-every-steps", type=int, default=100)
+    train_parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=2)
+    train_parser.add_argument("--seed", type=int, default=0)
+    train_parser.add_argument("--export", help="write a serving SavedModel here afterwards")
     args = parser.parse_args(argv)
     from monolith_tf.sparse_checkpoint import CheckpointError
 
@@ -81,6 +164,8 @@ def main(argv=None):
             result = inspect(args.directory, as_json=args.json)
             if args.json:
                 print(json.dumps(result, indent=1))
+        elif args.command == "train":
+            train(args)
         else:
             export(args.model, args.out)
     except (CheckpointError, ValueError, OSError) as error:

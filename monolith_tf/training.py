@@ -154,8 +154,8 @@ class TrainingWorker:
         self._stop_requested = None
         # Position of the next batch to train.
         self.step, self.epoch, self.batch_in_epoch, self.examples = 0, 0, 0, 0
-        self.data_time = 0
         self.last_logs = {}
+        self._step_function = None
 
     # -- position and checkpoints -------------------------------------------------
 
@@ -251,23 +251,50 @@ class TrainingWorker:
 
     # -- the loop -----------------------------------------------------------------
 
+    @property
+    def data_time(self):
+        """Newest data time (seconds) handed to the tables so far."""
+        return int(self.layers[0].data_time.numpy()) if self.layers else 0
+
     def _set_data_time(self, data_time):
-        self.data_time = data_time
         for layer in self.layers:
             layer.data_time.assign(data_time)
 
-    def _train_batch(self, batch):
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(batch)
+    def _batch_time(self, x):
         if self.timestamp_feature and isinstance(x, dict) and self.timestamp_feature in x:
-            newest = int(tf.reduce_max(x[self.timestamp_feature]))
-            if newest > self.data_time:
-                self._set_data_time(newest)
-        if self._legacy_train_on_batch:
-            # tf_keras resets metrics every call by default; keep them per interval.
-            logs = self.model.train_on_batch(x, y, sample_weight, reset_metrics=False,
-                                             return_dict=True)
+            return tf.reduce_max(tf.cast(x[self.timestamp_feature], tf.int64))
+        return None
+
+    def _advance_data_time(self, x):
+        newest = self._batch_time(x)
+        if newest is not None:
+            for layer in self.layers:
+                layer.data_time.assign(tf.maximum(tf.convert_to_tensor(layer.data_time), newest))
+
+    def _compiled_step(self, batch):
+        """One training step in a graph: data time, then the model's train_step."""
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(batch)
+        self._advance_data_time(x)
+        return self.model.train_step(batch)
+
+    def _train_batch(self, batch):
+        """Trains one batch; returns (logs as tensors, batch size)."""
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(batch)
+        if self._step_function is None:
+            # The first batch goes through Keras' own train_on_batch, which
+            # builds the optimizer and metrics; later ones through a graph of
+            # the model's public train_step (about as fast as fit, and no
+            # per-step copy of the logs).
+            self._advance_data_time(x)
+            if "reset_metrics" in inspect.signature(self.model.train_on_batch).parameters:
+                # tf_keras resets metrics every call by default; keep them per interval.
+                logs = self.model.train_on_batch(x, y, sample_weight, reset_metrics=False,
+                                                 return_dict=True)
+            else:
+                logs = self.model.train_on_batch(x, y, sample_weight, return_dict=True)
+            self._step_function = tf.function(self._compiled_step, reduce_retracing=True)
         else:
-            logs = self.model.train_on_batch(x, y, sample_weight, return_dict=True)
+            logs = self._step_function(batch)
         return logs, _batch_size(x)
 
     def _install_signal_handlers(self):
@@ -291,8 +318,6 @@ class TrainingWorker:
         """
         if not isinstance(dataset, tf.data.Dataset):
             raise TypeError(f"dataset must be a tf.data.Dataset, got {type(dataset).__name__}")
-        self._legacy_train_on_batch = "reset_metrics" in inspect.signature(
-            self.model.train_on_batch).parameters
         resumed_from = self._resume(dataset)
         previous_handlers = self._install_signal_handlers()
         started = interval_start = time.monotonic()
