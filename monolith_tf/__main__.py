@@ -61,14 +61,14 @@ def inspect(directory, as_json=False):
     return summary
 
 
-def export(model_path, out):
+def export(model_path, out, row_dtype="float32"):
     """Loads a saved Keras model and writes the stock-ops serving SavedModel."""
     import tensorflow as tf
 
     import monolith_tf  # noqa: F401  (registers the layers and loads the ops)
 
     model = tf.keras.models.load_model(model_path)
-    names = monolith_tf.export_saved_model(model, out)
+    names = monolith_tf.export_saved_model(model, out, row_dtype=row_dtype)
     print(f"exported {model_path} -> {out}; upsert tables: {', '.join(names)}")
 
 
@@ -120,7 +120,8 @@ def train(args):
     if args.export:
         import monolith_tf
 
-        summary["exported"] = monolith_tf.export_saved_model(model, args.export)
+        summary["exported"] = monolith_tf.export_saved_model(model, args.export,
+                                                             row_dtype=args.row_dtype)
     print(json.dumps(summary), flush=True)
     return summary
 
@@ -135,6 +136,8 @@ def main(argv=None):
     export_parser = commands.add_parser("export", help="stock-ops serving SavedModel")
     export_parser.add_argument("model")
     export_parser.add_argument("out")
+    export_parser.add_argument("--row-dtype", choices=("float32", "float16"), default="float32",
+                               help="float16 halves the rows' size (error bound: export.py)")
     train_parser = commands.add_parser("train", help="train a job's model on files")
     train_parser.add_argument("--job", required=True, help="job module file (.py)")
     train_parser.add_argument("--data", required=True, nargs="+", help="input files")
@@ -156,6 +159,7 @@ def main(argv=None):
     train_parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=2)
     train_parser.add_argument("--seed", type=int, default=0)
     train_parser.add_argument("--export", help="write a serving SavedModel here afterwards")
+    train_parser.add_argument("--row-dtype", choices=("float32", "float16"), default="float32")
     args = parser.parse_args(argv)
     from monolith_tf.sparse_checkpoint import CheckpointError
 
@@ -167,7 +171,7 @@ def main(argv=None):
         elif args.command == "train":
             train(args)
         else:
-            export(args.model, args.out)
+            export(args.model, args.out, args.row_dtype)
     except (CheckpointError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

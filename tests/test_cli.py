@@ -59,3 +59,38 @@ def test_export_command(tmp_path):
     out = list(loaded.signatures["serving_default"](tf.constant([4, 5], tf.int64)).values())[0]
     np.testing.assert_allclose(out.numpy(), model.predict(np.array([4, 5]), verbose=0),
                                rtol=1e-6)
+
+
+def test_train_command_trains_checkpoints_exports_and_inspects(tmp_path):
+    data = tmp_path / "u.data"
+    with open(data, "w") as f:
+        for i in range(600):
+            f.write(f"{i % 37}\t{i % 91}\t{1 + i % 5}\t{1000 + i}\n")
+    model_dir = tmp_path / "run"
+    job = os.path.join(REPO, "examples", "movielens_ctr_job.py")
+    result = cli("train", "--job", job, "--data", str(data), "--model-dir", str(model_dir),
+                 "--batch-size", "100", "--epochs", "2", "--verbose", "0",
+                 "--option", "expire_after=100000", "--export", str(tmp_path / "serving"),
+                 "--row-dtype", "float16")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert (summary["steps"], summary["examples"], summary["stop_reason"]) == (
+        12, 1200, "end_of_data")
+    assert sorted(summary["exported"]) == ["embeddings/movie_id", "embeddings/user_id"]
+    inspected = json.loads(cli("inspect", str(model_dir), "--json").stdout)
+    final = inspected[-1]
+    assert final["metadata"]["step"] == 12 and final["metadata"]["data_time"] == 1599
+    assert final["tables"]["embeddings.user_id"]["dim"] == 16
+
+
+def test_train_command_bad_input(tmp_path):
+    job = os.path.join(REPO, "examples", "movielens_ctr_job.py")
+    result = cli("train", "--job", job, "--data", str(tmp_path / "missing"),
+                 "--model-dir", str(tmp_path / "run"))
+    assert result.returncode == 2 and "data files not found" in result.stderr
+    not_a_job = tmp_path / "job.py"
+    not_a_job.write_text("x = 1\n")
+    (tmp_path / "u.data").write_text("1\t2\t3\t4\n")
+    result = cli("train", "--job", str(not_a_job), "--data", str(tmp_path / "u.data"),
+                 "--model-dir", str(tmp_path / "run"))
+    assert result.returncode == 2 and "must define ['build_model', 'make_dataset']" in result.stderr

@@ -57,10 +57,12 @@ def trained_model():
 
 
 @pytest.mark.slow
-def test_export_loads_without_the_op_library_and_upserts(tmp_path):
+@pytest.mark.parametrize("row_dtype,tolerance", [("float32", 1e-6), ("float16", 1e-3)])
+def test_export_loads_without_the_op_library_and_upserts(tmp_path, row_dtype, tolerance):
     model = trained_model()
     path = str(tmp_path / "serving")
-    assert sorted(mt.export_saved_model(model, path)) == ["collection/tags", "collection/user"]
+    assert sorted(mt.export_saved_model(model, path, row_dtype=row_dtype)) == [
+        "collection/tags", "collection/user"]
     expected = model.predict({k: np.array(v) for k, v in PROBE.items()}, verbose=0).ravel()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["TF_CPP_MIN_LOG_LEVEL"] = "3"
@@ -69,7 +71,7 @@ def test_export_loads_without_the_op_library_and_upserts(tmp_path):
                             timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     answer = json.loads(result.stdout.strip().splitlines()[-1])
-    np.testing.assert_allclose(answer["before"], expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(answer["before"], expected, rtol=tolerance, atol=tolerance)
     assert not [op for op in answer["ops"] if op.startswith("Monolith")], answer["ops"]
     assert answer["rows"] == 1
     # User 1's row became [3, 3, 3, 3]; the Dense kernel started at ones.
@@ -83,6 +85,34 @@ def test_export_loads_without_the_op_library_and_upserts(tmp_path):
         capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "output" in run.stdout
+
+
+def test_float16_rows_are_packed_half_size_and_checked(tmp_path):
+    emb = HashEmbedding(5, initializer="normal(stddev=0.3)")
+    inputs = keras.Input(shape=(), dtype="int64")
+    model = keras.Model(inputs, emb(inputs))
+    ids = tf.range(1000, dtype=tf.int64)
+    emb(ids, training=True)
+    sizes = {}
+    for dtype in ("float32", "float16"):
+        path = str(tmp_path / dtype)
+        mt.export_saved_model(model, path, row_dtype=dtype)
+        sizes[dtype] = sum(os.path.getsize(os.path.join(root, f))
+                           for root, _, files in os.walk(os.path.join(path, "variables"))
+                           for f in files)
+        rows = tf.saved_model.load(path).signatures["serving_default"](ids)
+        rows = list(rows.values())[0].numpy()
+        exact = emb.table.lookup(ids).numpy()
+        # float16 rounding: relative error <= 2^-11 (module doc).
+        np.testing.assert_allclose(rows, exact, rtol=2**-11 if dtype == "float16" else 0,
+                                   atol=2**-25)
+    # dim 5 packs into 3 int32 per row: 12 bytes instead of 20, plus the 8-byte id.
+    assert sizes["float16"] < 0.8 * sizes["float32"]
+    emb.table.assign([7], [[1e6] * 5])
+    with pytest.raises(ValueError, match="float16 range"):
+        mt.export_saved_model(model, str(tmp_path / "big"), row_dtype="float16")
+    with pytest.raises(ValueError, match="row_dtype"):
+        mt.export_saved_model(model, str(tmp_path / "x"), row_dtype="int8")
 
 
 def test_export_needs_hash_tables(tmp_path):
