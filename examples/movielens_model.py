@@ -35,7 +35,8 @@ class RankingModel(tfrs.Model):
 
     def __init__(self):
         super().__init__()
-        self.embeddings = HashEmbeddingCollection({"user_id": EMBEDDING, "movie_id": EMBEDDING})
+        self.embeddings = HashEmbeddingCollection({"user_id": EMBEDDING, "movie_id": EMBEDDING},
+                                                  name="embeddings")
         self.mlp = tf.keras.Sequential([tf.keras.layers.Dense(64, activation="relu"),
                                         tf.keras.layers.Dense(32, activation="relu"),
                                         tf.keras.layers.Dense(1)])
@@ -61,8 +62,8 @@ class RetrievalModel(tfrs.Model):
 
     def __init__(self, movie_ids):
         super().__init__()
-        self.user_embedding = HashEmbedding(**EMBEDDING)
-        self.movie_embedding = HashEmbedding(**EMBEDDING)
+        self.user_embedding = HashEmbedding(**EMBEDDING, name="user_embedding")
+        self.movie_embedding = HashEmbedding(**EMBEDDING, name="movie_embedding")
         candidates = movie_ids.batch(256).map(lambda ids: self.movie_embedding(ids))
         self.task = tfrs.tasks.Retrieval(metrics=tfrs.metrics.FactorizedTopK(candidates))
 

@@ -348,7 +348,11 @@ class SparseCheckpointer:
         for name, table in self.tables.items():
             entry = manifest["tables"].get(name)
             if entry is None:
-                raise CheckpointError(f"{path}: has no table {name!r}")
+                raise CheckpointError(
+                    f"{path}: has no table {name!r} (it has {sorted(manifest['tables'])}); "
+                    "table names come from layer names, so give HashEmbedding layers "
+                    "explicit names (auto names like 'hash_embedding_1' depend on how many "
+                    "were built before)")
             if (entry["dim"], entry["state_dim"]) != (table.dim, table.state_dim):
                 raise CheckpointError(
                     f"{path}: table {name!r} has dim {entry['dim']} and state_dim "

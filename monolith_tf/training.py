@@ -102,6 +102,8 @@ class TrainingWorker:
     Args:
       model: a compiled Keras model (Keras 3 or tf_keras) with HashEmbedding
         layers (a model without them trains too, with dense checkpoints only).
+        Sparse checkpoints name tables ``<layer name>.<feature>``: give the
+        layers explicit names so a rebuilt model finds its tables.
       model_dir: directory of the checkpoints and TensorBoard logs.
       sparse_every_steps / sparse_every_secs: sparse save schedule (a delta
         unless a full one is due).
@@ -279,22 +281,10 @@ class TrainingWorker:
 
     def _train_batch(self, batch):
         """Trains one batch; returns (logs as tensors, batch size)."""
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(batch)
         if self._step_function is None:
-            # The first batch goes through Keras' own train_on_batch, which
-            # builds the optimizer and metrics; later ones through a graph of
-            # the model's public train_step (about as fast as fit, and no
-            # per-step copy of the logs).
-            self._advance_data_time(x)
-            if "reset_metrics" in inspect.signature(self.model.train_on_batch).parameters:
-                # tf_keras resets metrics every call by default; keep them per interval.
-                logs = self.model.train_on_batch(x, y, sample_weight, reset_metrics=False,
-                                                 return_dict=True)
-            else:
-                logs = self.model.train_on_batch(x, y, sample_weight, return_dict=True)
             self._step_function = tf.function(self._compiled_step, reduce_retracing=True)
-        else:
-            logs = self._step_function(batch)
+        logs = self._step_function(batch)
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(batch)
         return logs, _batch_size(x)
 
     def _install_signal_handlers(self):

@@ -84,3 +84,30 @@ def test_notebook_executes_headless(tmp_path):
     assert "test_rmse" in outputs
     assert any("image/png" in out.get("data", {}) for cell in notebook.cells
                for out in cell.get("outputs", []))
+
+
+def test_training_worker_trains_and_resumes_a_tfrs_model(tmp_path):
+    import movielens_model
+
+    from monolith_tf.training import TrainingWorker
+
+    batches = movielens.ml100k().take(20 * 256).batch(256).cache()
+
+    def worker(model):
+        model.compile(optimizer=tf.keras.optimizers.Adagrad(0.1))
+        return TrainingWorker(model, str(tmp_path), sparse_every_steps=4, dense_every_steps=8,
+                              sparse_every_secs=None, dense_every_secs=None, verbose=0)
+
+    tf.keras.utils.set_random_seed(0)
+    straight = movielens_model.RankingModel()
+    first = worker(straight).train(batches, max_steps=10)
+    assert first["stop_reason"] == "max_steps"
+    assert np.isfinite(first["logs"]["loss"])
+    # The ratings' timestamps reached the tables through the worker.
+    newest = max(int(b["timestamp"].numpy().max()) for b in batches.take(10))
+    assert int(straight.embeddings.tables["user_id"].stats()["now"]) == newest
+
+    resumed = movielens_model.RankingModel()
+    second = worker(resumed).train(batches)
+    assert second["resumed_from"]["dense"].endswith("dense-10")
+    assert second["steps"] == 20
