@@ -8,13 +8,16 @@ gradients (the faster baseline here). The baseline maps raw ids with
 Hashing(num_bins) into Embedding tables with as many rows as our tables hold
 after the run, so both models have equal rows; a second baseline feeds ids
 already remapped to 0..rows-1 by an offline vocabulary (no hashing at all,
-the limit for dense tables). Each (model, MLP) runs in a fresh process.
+the limit for dense tables). Each (model, MLP) runs in a fresh process. The
+last columns train our model with monolith_tf.training.TrainingWorker
+instead of model.fit (checkpoints off), to show the loop's own cost.
 
     PYTHONPATH=. .venv/bin/python bench/train_bench.py [--steps 40] [--mlps 64,32 256,128]
 """
 
 import argparse
 import json
+import tempfile
 import time
 
 import workers
@@ -85,7 +88,9 @@ def run_worker(kind, mlp, steps, rows_per_feature):
     features = {f"c{i}": ids[:, i] for i in range(NUM_SPARSE)}
     features["numeric"] = dense
     data = tf.data.Dataset.from_tensor_slices((features, labels)).batch(BATCH).cache()
-    model = build(kind, mlp, rows_per_feature)
+    model = build("hash" if kind == "worker" else kind, mlp, rows_per_feature)
+    if kind == "worker":
+        return run_training_worker(model, data, steps)
     model.fit(data.take(3), epochs=1, verbose=0)  # trace and warm up
 
     class EpochTimer(tf.keras.callbacks.Callback):
@@ -107,6 +112,24 @@ def run_worker(kind, mlp, steps, rows_per_feature):
     return result
 
 
+def run_training_worker(model, data, steps):
+    """The same model and data through monolith_tf.training.TrainingWorker
+    (checkpoints and TensorBoard off: the loop's own cost)."""
+    from monolith_tf.training import TrainingWorker
+
+    worker = TrainingWorker(model, tempfile.mkdtemp(), sparse_every_secs=None,
+                            dense_every_secs=None, resume=None, tensorboard=False, verbose=0,
+                            log_every_steps=10**9)
+    worker.train(data, epochs=1)  # trace and warm up (a whole first epoch)
+    epoch_seconds = []
+    for epochs in (2, 3, 4):
+        start = time.perf_counter()
+        summary = worker.train(data, epochs=epochs)
+        epoch_seconds.append(time.perf_counter() - start)
+    return {"examples_per_s": steps * BATCH / min(epoch_seconds),
+            "loss": summary["logs"]["loss"]}
+
+
 def spawn(kind, mlp, steps, rows):
     return workers.run(__file__, ["--worker", kind, "--mlps", ",".join(map(str, mlp)),
                                   "--steps", steps, "--rows", json.dumps(rows)],
@@ -118,7 +141,7 @@ def main():
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--mlps", nargs="+", default=["64,32", "256,128"])
-    parser.add_argument("--worker", choices=["hash", "dense", "remapped"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["hash", "dense", "remapped", "worker"], help=argparse.SUPPRESS)
     parser.add_argument("--rows", default="[]", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -128,19 +151,21 @@ def main():
         return
     print("| MLP | ours (HashEmbeddingCollection) ex/s | dense Embedding+Hashing ex/s | "
           "ours / dense | dense Embedding on remapped ids ex/s | ours / remapped | "
-          "rows per feature (mean) |")
-    print("|---|---|---|---|---|---|---|")
+          "rows per feature (mean) | ours in TrainingWorker ex/s | worker / fit |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for spec in args.mlps:
         mlp = [int(w) for w in spec.split(",")]
         ours = spawn("hash", mlp, args.steps, [])
         rows = ours["rows_per_feature"]
         dense = spawn("dense", mlp, args.steps, rows)
         remapped = spawn("remapped", mlp, args.steps, rows)
+        in_worker = spawn("worker", mlp, args.steps, [])
         rate = ours["examples_per_s"]
         print(f"| {spec} | {rate:,.0f} | {dense['examples_per_s']:,.0f} | "
               f"{rate / dense['examples_per_s']:.2f}x | {remapped['examples_per_s']:,.0f} | "
-              f"{rate / remapped['examples_per_s']:.2f}x | {sum(rows) / len(rows):,.0f} |",
-              flush=True)
+              f"{rate / remapped['examples_per_s']:.2f}x | {sum(rows) / len(rows):,.0f} | "
+              f"{in_worker['examples_per_s']:,.0f} | "
+              f"{in_worker['examples_per_s'] / rate:.2f}x |", flush=True)
 
 
 if __name__ == "__main__":

@@ -214,7 +214,10 @@ class _HashEmbeddingBase(keras.layers.Layer):
             def backward(*row_grads):
                 row_grads = [tf.zeros_like(r) if g is None else g
                              for r, g in zip(rows, row_grads)]
-                step = steps.assign_add(1)
+                # After the gradients exist: a step that fails before them
+                # (e.g. on an exhausted input iterator) must not count.
+                with tf.control_dependencies(row_grads):
+                    step = steps.assign_add(1)
                 rates = tf.stack([spec.rate(step) for spec in specs])
                 times = None if timestamp is None else [timestamp] * len(tables)
                 updated = table_lib.apply_gradients_many(tables, flat_ids, row_grads, rates,

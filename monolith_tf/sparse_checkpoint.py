@@ -247,7 +247,8 @@ class SparseCheckpointer:
         num_blocks = max(1, -(-int(table.size()) // self._rows_per_block(table)))
         files, writer = [], None
         for block in range(num_blocks):
-            rows = {k: v.numpy() for k, v in table.export(
+            # np.asarray shares the tensor's buffer (.numpy() would copy it).
+            rows = {k: np.asarray(v) for k, v in table.export(
                 block, num_blocks, only_dirty=delta, clear_dirty=True).items()}
             if not len(rows["keys"]) and writer is not None:
                 continue  # deltas skip empty blocks; every table has one file

@@ -87,12 +87,13 @@ class Schedule:
 
 
 def _batch_size(features):
+    """Examples in a batch (int64 scalar tensor), from its first feature."""
     first = tf.nest.flatten(features, expand_composites=False)[0]
     if isinstance(first, tf.RaggedTensor):
-        return int(first.nrows())
+        return tf.cast(first.nrows(), tf.int64)
     if isinstance(first, tf.SparseTensor):
-        return int(first.dense_shape[0])
-    return int(first.shape[0])
+        return first.dense_shape[0]
+    return tf.shape(first, out_type=tf.int64)[0]
 
 
 class TrainingWorker:
@@ -232,8 +233,7 @@ class TrainingWorker:
         candidates = self._resume_candidates()
         if not candidates:
             return None
-        for batch in dataset.take(1):
-            self._train_batch(batch)  # creates every variable; overwritten below
+        self._train_next(iter(dataset.take(1)))  # creates every variable; overwritten below
         errors = []
         for dense_path, sparse_path in candidates:
             try:
@@ -273,19 +273,28 @@ class TrainingWorker:
             for layer in self.layers:
                 layer.data_time.assign(tf.maximum(tf.convert_to_tensor(layer.data_time), newest))
 
-    def _compiled_step(self, batch):
-        """One training step in a graph: data time, then the model's train_step."""
+    def _compiled_step(self, next_batch):
+        """One training step in a graph: the batch, its data time, then the
+        model's train_step. ``next_batch`` is a tf.experimental.Optional
+        holding the batch: one variant tensor, so the batch's tensors never
+        pass through Python (as fast as fit), while the end of the data is
+        seen before the step starts (a step run on an exhausted iterator
+        would still run its stateful ops that do not read the batch)."""
+        batch = next_batch.get_value()
         x, _, _ = keras.utils.unpack_x_y_sample_weight(batch)
         self._advance_data_time(x)
-        return self.model.train_step(batch)
+        return self.model.train_step(batch), _batch_size(x)
 
-    def _train_batch(self, batch):
-        """Trains one batch; returns (logs as tensors, batch size)."""
+    def _train_next(self, iterator):
+        """Trains the iterator's next batch; returns (logs as tensors, batch
+        size), or None at the end of the data."""
         if self._step_function is None:
-            self._step_function = tf.function(self._compiled_step, reduce_retracing=True)
-        logs = self._step_function(batch)
-        x, _, _ = keras.utils.unpack_x_y_sample_weight(batch)
-        return logs, _batch_size(x)
+            self._step_function = tf.function(self._compiled_step)
+        next_batch = iterator.get_next_as_optional()
+        if not next_batch.has_value():
+            return None
+        logs, size = self._step_function(next_batch)
+        return logs, int(size)
 
     def _install_signal_handlers(self):
         self._stop_requested = None
@@ -317,8 +326,12 @@ class TrainingWorker:
         try:
             while self.epoch < epochs and not self._stop_reason(max_steps, max_seconds, started):
                 epoch_data = dataset.skip(self.batch_in_epoch) if self.batch_in_epoch else dataset
-                for batch in epoch_data:
-                    logs, size = self._train_batch(batch)
+                iterator = iter(epoch_data)
+                while True:
+                    trained = self._train_next(iterator)
+                    if trained is None:
+                        break
+                    logs, size = trained
                     self.step += 1
                     self.batch_in_epoch += 1
                     self.examples += size
@@ -330,7 +343,7 @@ class TrainingWorker:
                     self._maybe_save()
                     if self._stop_reason(max_steps, max_seconds, started):
                         break
-                else:
+                if trained is None:
                     self.epoch += 1
                     self.batch_in_epoch = 0
             stop_reason = self._stop_reason(max_steps, max_seconds, started) or STOP_END_OF_DATA

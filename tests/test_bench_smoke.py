@@ -38,7 +38,7 @@ def test_train_bench_runs():
          "--mlps", "8,8"], capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     row = [line for line in result.stdout.splitlines() if line.startswith("| 8,8 |")]
-    assert len(row) == 1 and row[0].count("x |") == 2
+    assert len(row) == 1 and row[0].count("x |") == 3
 
 
 @pytest.mark.slow
@@ -54,3 +54,16 @@ def test_memory_bench_runs(tmp_path):
             or line.startswith("| 2 |")]
     assert len(rows) == 4
     assert plot.stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_checkpoint_bench_runs():
+    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "bench", "checkpoint_bench.py"), "--rows", "30000",
+         "--touched", "300"], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {line.split("|")[1].strip(): line for line in result.stdout.splitlines()
+            if line.startswith("| ours") or line.startswith("| tf_checkpoint")}
+    assert set(rows) == {"ours", "tf_checkpoint"}
+    assert "(1.00%)" in rows["ours"]  # delta: 300 of 30,000 rows
