@@ -117,9 +117,8 @@ def run_training_worker(model, data, steps):
     (checkpoints and TensorBoard off: the loop's own cost)."""
     from monolith_tf.training import TrainingWorker
 
-    worker = TrainingWorker(model, tempfile.mkdtemp(), sparse_every_secs=None,
-                            dense_every_secs=None, resume=None, tensorboard=False, verbose=0,
-                            log_every_steps=10**9)
+    worker = TrainingWorker(model, tempfile.mkdtemp(), checkpoints=False, tensorboard=False,
+                            verbose=0, log_every_steps=10**9)
     worker.train(data, epochs=1)  # trace and warm up (a whole first epoch)
     epoch_seconds = []
     for epochs in (2, 3, 4):

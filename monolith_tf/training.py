@@ -111,6 +111,8 @@ class TrainingWorker:
       dense_every_steps / dense_every_secs: dense save schedule (each also
         writes a sparse save).
       full_every: every n-th sparse save is a full snapshot.
+      checkpoints: False writes no checkpoint at all (not even at the end)
+        and resumes from none; TensorBoard and logging still run.
       keep_full: full sparse chains to keep. keep_dense: dense checkpoints.
       resume: ``"consistent"`` or ``"latest"`` (module doc), or None to
         ignore existing checkpoints (the first save is then a full one).
@@ -125,7 +127,8 @@ class TrainingWorker:
     def __init__(self, model, model_dir, sparse_every_steps=None, sparse_every_secs=60.0,
                  dense_every_steps=None, dense_every_secs=600.0, full_every=10,
                  keep_full=2, keep_dense=3, resume="consistent", log_every_steps=100,
-                 timestamp_feature="timestamp", tensorboard=True, verbose=1):
+                 timestamp_feature="timestamp", tensorboard=True, verbose=1,
+                 checkpoints=True):
         if getattr(model, "optimizer", None) is None:
             raise ValueError("TrainingWorker needs a compiled model (call model.compile first)")
         if resume not in ("consistent", "latest", None):
@@ -134,7 +137,8 @@ class TrainingWorker:
             raise ValueError("full_every and log_every_steps must be >= 1")
         self.model = model
         self.model_dir = model_dir
-        self.resume = resume
+        self.checkpoints = bool(checkpoints)
+        self.resume = resume if checkpoints else None
         self.full_every = int(full_every)
         self.log_every_steps = int(log_every_steps)
         self.timestamp_feature = timestamp_feature
@@ -349,7 +353,8 @@ class TrainingWorker:
             stop_reason = self._stop_reason(max_steps, max_seconds, started) or STOP_END_OF_DATA
             if interval_examples:
                 self._log(logs, interval_examples, time.monotonic() - interval_start, max_steps)
-            self.save(dense=True)  # a no-op for what was saved at this step
+            if self.checkpoints:
+                self.save(dense=True)  # a no-op for what was saved at this step
         finally:
             for sig, handler in previous_handlers.items():
                 signal.signal(sig, handler)
@@ -370,6 +375,8 @@ class TrainingWorker:
         return None
 
     def _maybe_save(self):
+        if not self.checkpoints:
+            return
         if self._dense_schedule.due(self.step):
             self.save(dense=True)
         elif self._sparse_schedule.due(self.step):

@@ -263,6 +263,14 @@ def test_corrupt_newest_pair_falls_back_and_foreign_model_is_refused(tmp_path, c
         worker(other, run).train(other_data)
 
 
+def test_checkpoints_off_writes_none(tmp_path):
+    data = write_ratings(tmp_path / "u.data", 5 * BATCH)
+    result = worker(fresh_model(), tmp_path / "run", checkpoints=False, sparse_every_steps=1,
+                    tensorboard=False).train(job.make_dataset([data], BATCH))
+    assert result["steps"] == 5
+    assert not os.path.exists(tmp_path / "run")
+
+
 def test_bad_arguments(tmp_path):
     inputs = tf.keras.Input(shape=(2,))
     uncompiled = tf.keras.Model(inputs, tf.keras.layers.Dense(1)(inputs))
