@@ -173,7 +173,7 @@ void EmbeddingTable::InitRow(int64_t key, uint32_t id) {
 }
 
 uint32_t EmbeddingTable::InsertNew(int64_t key) {
-  const uint32_t id = arena_.Allocate(key);
+  const uint32_t id = arena_.Allocate();
   InitRow(key, id);
   index_.Insert(key, id);
   return id;
@@ -265,12 +265,12 @@ int64_t EmbeddingTable::Lookup(const int64_t* keys, int64_t n,
       bool inserted = false;
       if (filter_ == nullptr) {
         // Another thread, or an earlier duplicate in this batch, may have won.
-        ids[j] = index_.FindOrInsert(key, [&] { return arena_.Allocate(key); }, &inserted);
+        ids[j] = index_.FindOrInsert(key, [&] { return arena_.Allocate(); }, &inserted);
       } else {
         ids[j] = index_.Find(key);
         if (ids[j] == CuckooIndex::kNoEntry) {
           if (filter_->Observe(key)) {
-            ids[j] = arena_.Allocate(key);
+            ids[j] = arena_.Allocate();
             index_.Insert(key, ids[j]);
             inserted = true;
           } else {
@@ -513,25 +513,23 @@ int64_t EmbeddingTable::Export(
       ReadEntryConsistent(header, copy);
     }
   };
-  int64_t row = 0;
-  if (only_dirty) {
-    // Chunks tile the id range; the dirty bitmap is scanned, not the rows.
-    const uint64_t limit = arena_.id_limit();
-    const auto begin = static_cast<uint32_t>(static_cast<uint64_t>(chunk) * limit / num_chunks);
-    const auto end = static_cast<uint32_t>(static_cast<uint64_t>(chunk + 1) * limit / num_chunks);
-    int64_t count = 0;
-    arena_.ForEachDirty(begin, end, [&](uint32_t) { ++count; });
-    const RowBuffers out = allocate(count);
-    arena_.ForEachDirty(begin, end, [&](uint32_t id) {
-      // Entries dirtied after the count stay dirty for the next delta.
-      if (row < count) copy_entry(out, row++, arena_.Key(id), id);
-    });
-    return row;
-  }
-  // Chunks tile the index's buckets.
+  // Chunks tile the index's buckets. A delta tests each entry's dirty bit in
+  // the bitmap (cache-resident: one bit per entry) while scanning the index
+  // sequentially, so it never touches the rows of clean entries.
   const size_t buckets = index_.num_buckets();
   const size_t begin = static_cast<size_t>(chunk) * buckets / num_chunks;
   const size_t end = static_cast<size_t>(chunk + 1) * buckets / num_chunks;
+  int64_t row = 0;
+  if (only_dirty) {
+    // One pass over the index gathers the dirty entries (few, for a delta).
+    std::vector<std::pair<int64_t, uint32_t>> dirty;
+    index_.ForEachInRange(begin, end, [&](int64_t key, uint32_t id) {
+      if (arena_.IsDirty(id)) dirty.emplace_back(key, id);
+    });
+    const RowBuffers out = allocate(static_cast<int64_t>(dirty.size()));
+    for (const auto& [key, id] : dirty) copy_entry(out, row++, key, id);
+    return row;
+  }
   int64_t count = 0;
   index_.ForEachInRange(begin, end, [&](int64_t, uint32_t) { ++count; });
   const RowBuffers out = allocate(count);
@@ -570,7 +568,7 @@ void EmbeddingTable::Import(const RowsView& rows, int64_t n, bool clear) {
     if (i + kPrefetchAhead < n) index_.Prefetch(rows.keys[i + kPrefetchAhead]);
     uint32_t id = index_.Find(rows.keys[i]);
     if (id == CuckooIndex::kNoEntry) {
-      id = arena_.Allocate(rows.keys[i]);
+      id = arena_.Allocate();
       arena_.InitHeader(id);
       index_.Insert(rows.keys[i], id);
     }

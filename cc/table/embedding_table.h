@@ -126,7 +126,7 @@ class EmbeddingTable {
   int64_t Remove(const int64_t* keys, int64_t n);
 
   // Writes chunk `chunk` of `num_chunks`: a slice of the index's buckets, or
-  // with `only_dirty` a slice of the entry ids (the dirty bitmap is scanned).
+  // with `only_dirty` the dirty entries of that slice.
   // Calls allocate(count) once, with the table locked, for the destination.
   // Chunks are consistent with each other only while no writer runs.
   // `only_dirty` keeps rows changed since their last delta export (rows

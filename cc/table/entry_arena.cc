@@ -11,7 +11,7 @@ EntryArena::EntryArena(int floats_per_entry) {
   entry_bytes_ = (sizeof(EntryHeader) + sizeof(float) * floats_per_entry + 7) & ~size_t{7};
 }
 
-uint32_t EntryArena::Allocate(int64_t key) {
+uint32_t EntryArena::Allocate() {
   uint32_t id;
   if (!free_ids_.empty()) {
     id = free_ids_.back();
@@ -23,11 +23,9 @@ uint32_t EntryArena::Allocate(int64_t key) {
     id = next_id_++;
     if ((id >> kChunkBits) >= chunks_.size()) {
       chunks_.push_back(Chunk{MakeHugePageArray<char>(entry_bytes_ * kChunkEntries),
-                              MakeHugePageArray<int64_t>(kChunkEntries),
                               MakeHugePageArray<uint64_t>(kChunkEntries / 64)});
     }
   }
-  chunks_[id >> kChunkBits].keys[id & kChunkMask] = key;
   return id;
 }
 
@@ -45,8 +43,7 @@ void EntryArena::Reset() {
 }
 
 size_t EntryArena::memory_bytes() const {
-  return chunks_.size() * (entry_bytes_ * kChunkEntries + sizeof(int64_t) * kChunkEntries +
-                           kChunkEntries / 8) +
+  return chunks_.size() * (entry_bytes_ * kChunkEntries + kChunkEntries / 8) +
          free_ids_.capacity() * sizeof(uint32_t);
 }
 

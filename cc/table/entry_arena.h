@@ -36,10 +36,9 @@ class EntryArena {
   // `floats_per_entry` = embedding dim + optimizer state dim.
   explicit EntryArena(int floats_per_entry);
 
-  // Returns the id of a free entry and records `key` as its owner. The
-  // entry's memory is not touched here: the caller must InitHeader() it
-  // (possibly on another thread) before use.
-  uint32_t Allocate(int64_t key);
+  // Returns the id of a free entry. Its memory is not touched here: the
+  // caller must InitHeader() it (possibly on another thread) before use.
+  uint32_t Allocate();
   // Resets the header of entry `id`: unlocked, count 0, timestamp 0.
   void InitHeader(uint32_t id) const {
     EntryHeader* header = new (Header(id)) EntryHeader;
@@ -56,12 +55,9 @@ class EntryArena {
     return reinterpret_cast<EntryHeader*>(chunks_[id >> kChunkBits].entries.get() +
                                           (id & kChunkMask) * entry_bytes_);
   }
-  // The key that owns entry `id`.
-  int64_t Key(uint32_t id) const { return chunks_[id >> kChunkBits].keys[id & kChunkMask]; }
-
   // Dirty marks, one bit per entry: the entry changed since a delta save last
-  // copied it. A bitmap rather than a header bit so that a delta save scans
-  // 1 bit per entry instead of touching every row. Set and cleared under the
+  // copied it. A bitmap rather than a header bit so that a delta save reads
+  // a cache-resident bit per entry instead of touching every row. Set and cleared under the
   // entry's write lock; atomic because 64 entries share a word.
   void MarkDirty(uint32_t id) const {
     uint64_t* word = DirtyWord(id);
@@ -77,20 +73,7 @@ class EntryArena {
   bool IsDirty(uint32_t id) const {
     return (__atomic_load_n(DirtyWord(id), __ATOMIC_RELAXED) >> (id & 63)) & 1;
   }
-  // Calls fn(id) for each entry in [begin, end) marked dirty, in id order.
-  template <typename Fn>
-  void ForEachDirty(uint32_t begin, uint32_t end, Fn&& fn) const {
-    for (uint32_t word_start = begin & ~63u; word_start < end; word_start += 64) {
-      uint64_t bits = __atomic_load_n(DirtyWord(word_start), __ATOMIC_RELAXED);
-      while (bits != 0) {
-        const uint32_t id = word_start + static_cast<uint32_t>(__builtin_ctzll(bits));
-        bits &= bits - 1;
-        if (id >= begin && id < end) fn(id);
-      }
-    }
-  }
-  // One past the largest id handed out since the last Reset.
-  uint32_t id_limit() const { return next_id_; }
+
   float* Floats(uint32_t id) const {
     return reinterpret_cast<float*>(Header(id) + 1);
   }
@@ -107,7 +90,6 @@ class EntryArena {
 
   struct Chunk {
     HugePageArray<char> entries;   // kChunkEntries * entry_bytes_
-    HugePageArray<int64_t> keys;   // owner key of each entry
     HugePageArray<uint64_t> dirty; // kChunkEntries bits
   };
   uint64_t* DirtyWord(uint32_t id) const {
