@@ -163,6 +163,7 @@ class TrainingWorker:
         self.step, self.epoch, self.batch_in_epoch, self.examples = 0, 0, 0, 0
         self.last_logs = {}
         self._step_function = None
+        self._resume_checked = False
 
     # -- position and checkpoints -------------------------------------------------
 
@@ -233,7 +234,11 @@ class TrainingWorker:
         self._dense_schedule.done(self.step)
 
     def _resume(self, dataset):
-        """Restores the best checkpoint pair; returns it, or None to start fresh."""
+        """On the first train() call, restores the best checkpoint pair;
+        returns it, or None to start fresh."""
+        if self._resume_checked:
+            return None  # later train() calls continue from memory
+        self._resume_checked = True
         candidates = self._resume_candidates()
         if not candidates:
             return None

@@ -238,6 +238,18 @@ def test_resumed_run_equals_an_uninterrupted_one_in_process(tmp_path):
     assert_same_model(straight, resumed)
 
 
+def test_a_second_train_call_continues_from_memory(tmp_path):
+    data = write_ratings(tmp_path / "u.data", 20 * BATCH)
+    straight = fresh_model()
+    worker(straight, tmp_path / "straight").train(job.make_dataset([data], BATCH), epochs=2)
+    model = fresh_model()
+    trainer = worker(model, tmp_path / "twice")
+    trainer.train(job.make_dataset([data], BATCH), epochs=1)
+    result = trainer.train(job.make_dataset([data], BATCH), epochs=2)
+    assert result["resumed_from"] is None and result["steps"] == 40
+    assert_same_model(straight, model)
+
+
 def test_corrupt_newest_pair_falls_back_and_foreign_model_is_refused(tmp_path, capsys):
     data = write_ratings(tmp_path / "u.data", 20 * BATCH)
     run = tmp_path / "run"
