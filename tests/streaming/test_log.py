@@ -15,9 +15,47 @@ from monolith_tf.streaming.log import EmbeddedLog, LogError, open_log
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-@pytest.fixture(params=["embedded"])
+MOCK_KAFKA = os.path.join(REPO, "monolith_tf", "streaming", "mock_kafka.py")
+
+
+class MockBroker:
+    """librdkafka's mock cluster in a subprocess (a real Kafka-protocol
+    broker); topics are created through its stdin."""
+
+    def __init__(self):
+        self.process = subprocess.Popen([sys.executable, MOCK_KAFKA], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                        text=True)
+        line = self.process.stdout.readline().strip()
+        assert line.startswith("bootstrap.servers="), line
+        self.bootstrap_servers = line.split("=", 1)[1]
+
+    def create_topic(self, topic, partitions):
+        self.process.stdin.write(f"create {topic} {partitions}\n")
+        self.process.stdin.flush()
+        answer = self.process.stdout.readline().strip()
+        if answer != "ok":
+            raise LogError(f"mock broker: {answer}")
+
+    def stop(self):
+        self.process.stdin.close()
+        self.process.wait(timeout=30)
+
+
+@pytest.fixture
+def mock_broker():
+    broker = MockBroker()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture(params=["embedded", "kafka"])
 def log(request, tmp_path):
-    return open_log({"path": str(tmp_path / "log")})
+    if request.param == "embedded":
+        return open_log({"path": str(tmp_path / "log")})
+    broker = request.getfixturevalue("mock_broker")
+    return open_log({"bootstrap.servers": broker.bootstrap_servers,
+                     "monolith.create_topic": broker.create_topic, "monolith.timeout_s": 10})
 
 
 def drain(consumer, expected, timeout=10.0):
@@ -34,7 +72,8 @@ def test_keyed_records_keep_order_per_partition(log):
     log.create_topic("events", partitions=3)
     producer = log.producer()
     for i in range(300):
-        producer.produce("events", f"v{i}".encode(), key=f"k{i % 7}".encode(), timestamp_ms=i)
+        producer.produce("events", f"v{i}".encode(), key=f"k{i % 7}".encode(),
+                         timestamp_ms=1_000_000 + i)
     producer.flush()
     consumer = log.consumer("g", ["events"])
     records = drain(consumer, 300)
@@ -42,7 +81,7 @@ def test_keyed_records_keep_order_per_partition(log):
     by_key = {}
     for record in records:
         by_key.setdefault(record.key, []).append(int(record.value[1:]))
-        assert record.timestamp_ms == int(record.value[1:])
+        assert record.timestamp_ms == 1_000_000 + int(record.value[1:])
     for key, values in by_key.items():
         assert values == sorted(values)
         assert len({r.partition for r in records if r.key == key}) == 1
@@ -165,6 +204,16 @@ def test_producer_killed_mid_stream_loses_only_unflushed_records(tmp_path):
     values = [int(r.value) for r in drain(log.consumer("g", ["t"]), 1000, timeout=1)]
     # Everything flushed survives, in order; later records survive in the page cache.
     assert values[:500] == list(range(500)) and values == list(range(len(values)))
+
+
+def test_unreachable_broker_is_an_error_after_a_bounded_wait():
+    import time
+
+    log = open_log({"bootstrap.servers": "127.0.0.1:1", "monolith.timeout_s": 2})
+    start = time.monotonic()
+    with pytest.raises(LogError, match="cannot reach Kafka"):
+        log.create_topic("t", 1)
+    assert time.monotonic() - start < 30
 
 
 def test_fsync_policy_and_config_errors(tmp_path):

@@ -1,0 +1,90 @@
+"""A Kafka-protocol broker for tests and demos: librdkafka's mock cluster,
+which ships inside the confluent-kafka wheel, started through ctypes.
+
+    python -m monolith_tf.streaming.mock_kafka [--brokers 1]
+
+prints ``bootstrap.servers=<host:port,...>`` and then serves until stdin
+closes, reading commands from stdin, one per line:
+  ``create <topic> <partitions>``   creates a topic, answers ``ok`` or ``error ...``
+The mock has no topic admin API of its own, keeps nothing on disk, and drops
+old messages past about 5 MiB per partition: enough for tests, not for
+production.
+"""
+
+import argparse
+import ctypes
+import glob
+import os
+import sys
+
+_PRODUCER = 0
+
+
+def _librdkafka():
+    import confluent_kafka
+
+    package = os.path.dirname(confluent_kafka.__file__)
+    candidates = sorted(glob.glob(os.path.join(package + ".libs", "librdkafka*.so*")))
+    if not candidates:
+        raise RuntimeError(f"librdkafka not found beside {package} (a confluent-kafka wheel "
+                           "bundles it; a source build links the system's)")
+    lib = ctypes.CDLL(candidates[0])
+    lib.rd_kafka_conf_new.restype = ctypes.c_void_p
+    lib.rd_kafka_new.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
+    lib.rd_kafka_new.restype = ctypes.c_void_p
+    lib.rd_kafka_mock_cluster_new.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    lib.rd_kafka_mock_cluster_new.restype = ctypes.c_void_p
+    lib.rd_kafka_mock_cluster_bootstraps.argtypes = [ctypes.c_void_p]
+    lib.rd_kafka_mock_cluster_bootstraps.restype = ctypes.c_char_p
+    lib.rd_kafka_mock_topic_create.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int,
+                                               ctypes.c_int]
+    lib.rd_kafka_mock_topic_create.restype = ctypes.c_int
+    return lib
+
+
+class MockCluster:
+    """An in-process mock cluster of ``brokers`` brokers."""
+
+    def __init__(self, brokers=1):
+        self._lib = _librdkafka()
+        error = ctypes.create_string_buffer(512)
+        # The cluster lives in a client instance's threads.
+        self._client = self._lib.rd_kafka_new(_PRODUCER, self._lib.rd_kafka_conf_new(), error,
+                                              len(error))
+        if not self._client:
+            raise RuntimeError(f"rd_kafka_new failed: {error.value.decode()}")
+        self._cluster = self._lib.rd_kafka_mock_cluster_new(self._client, brokers)
+        if not self._cluster:
+            raise RuntimeError("rd_kafka_mock_cluster_new failed")
+        self.bootstrap_servers = self._lib.rd_kafka_mock_cluster_bootstraps(
+            self._cluster).decode()
+
+    def create_topic(self, topic, partitions):
+        """Creates ``topic``; raises RuntimeError with librdkafka's code."""
+        code = self._lib.rd_kafka_mock_topic_create(self._cluster, topic.encode(),
+                                                    int(partitions), 1)
+        if code != 0:
+            raise RuntimeError(f"mock topic {topic!r}: librdkafka error code {code}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--brokers", type=int, default=1)
+    args = parser.parse_args()
+    cluster = MockCluster(args.brokers)
+    print(f"bootstrap.servers={cluster.bootstrap_servers}", flush=True)
+    for line in sys.stdin:
+        words = line.split()
+        if len(words) == 3 and words[0] == "create":
+            try:
+                cluster.create_topic(words[1], int(words[2]))
+                print("ok", flush=True)
+            except (RuntimeError, ValueError) as error:
+                print(f"error {error}", flush=True)
+        elif words:
+            print(f"error unknown command {line.strip()!r}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
