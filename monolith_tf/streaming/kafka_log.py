@@ -11,9 +11,7 @@ assigned partitions statically (``assignment=(member, members)``), offsets
 committed synchronously and only by ``commit``.
 """
 
-import itertools
-
-from monolith_tf.streaming.log import LogError, Record, _check_name, partition_for
+from monolith_tf.streaming.log import LogError, PartitionRouter, Record, _check_name
 
 _OURS = ("monolith.timeout_s", "monolith.create_topic")
 
@@ -115,8 +113,7 @@ class KafkaProducer:
         self.log = log
         self._producer = log._kafka.Producer(log._client_config(
             **{"enable.idempotence": True}))
-        self._counter = itertools.count()
-        self._partitions = {}
+        self._router = PartitionRouter(log)
         self._errors = []
 
     def _delivered(self, error, message):
@@ -126,18 +123,7 @@ class KafkaProducer:
     def produce(self, topic, value, key=None, timestamp_ms=None, partition=None):
         """Sends one record (asynchronously; ``flush`` makes sure); returns
         its partition."""
-        if not isinstance(value, bytes):
-            raise LogError(f"value must be bytes, got {type(value).__name__}")
-        if key is not None and not isinstance(key, bytes):
-            raise LogError(f"key must be bytes or None, got {type(key).__name__}")
-        if topic not in self._partitions:
-            self._partitions[topic] = self.log.partitions(topic)
-        partitions = self._partitions[topic]
-        if partition is None:
-            partition = partition_for(key, partitions, self._counter)
-        elif not 0 <= partition < partitions:
-            raise LogError(f"partition {partition} out of range for {topic!r} "
-                           f"({partitions} partitions)")
+        partition = self._router.route(topic, value, key, partition)
         extra = {} if timestamp_ms is None else {"timestamp": int(timestamp_ms)}
         while True:
             try:

@@ -53,11 +53,32 @@ class LogError(RuntimeError):
     """A log operation failed: unknown topic, unreachable broker, bad frame."""
 
 
-def partition_for(key, partitions, counter):
-    """Partition of a record: by key hash, else round-robin from ``counter``."""
-    if key is not None:
-        return zlib.crc32(key) % partitions
-    return next(counter) % partitions
+class PartitionRouter:
+    """Validates a record's key and value and picks its partition, for the
+    producers of every backend: the given one (checked), else crc32(key) %
+    partitions, else round-robin. Partition counts are looked up once."""
+
+    def __init__(self, log):
+        self._log = log
+        self._counter = itertools.count()
+        self._partitions = {}
+
+    def route(self, topic, value, key, partition):
+        if not isinstance(value, bytes):
+            raise LogError(f"value must be bytes, got {type(value).__name__}")
+        if key is not None and not isinstance(key, bytes):
+            raise LogError(f"key must be bytes or None, got {type(key).__name__}")
+        if topic not in self._partitions:
+            self._partitions[topic] = self._log.partitions(topic)
+        partitions = self._partitions[topic]
+        if partition is None:
+            if key is not None:
+                return zlib.crc32(key) % partitions
+            return next(self._counter) % partitions
+        if not 0 <= partition < partitions:
+            raise LogError(f"partition {partition} out of range for {topic!r} "
+                           f"({partitions} partitions)")
+        return partition
 
 
 def _check_name(name, what):
@@ -169,11 +190,10 @@ class EmbeddedProducer:
 
     def __init__(self, log):
         self.log = log
-        self._counter = itertools.count()
+        self._router = PartitionRouter(log)
         self._files = {}        # (topic, partition) -> open append file
         self._valid_end = {}    # (topic, partition) -> byte end of the last whole frame
         self._unsynced = set()
-        self._partitions = {}   # topic -> partition count
 
     def _file(self, topic, partition):
         key = (topic, partition)
@@ -185,18 +205,7 @@ class EmbeddedProducer:
     def produce(self, topic, value, key=None, timestamp_ms=None, partition=None):
         """Appends one record (``timestamp_ms`` defaults to now); returns its
         partition."""
-        if not isinstance(value, bytes):
-            raise LogError(f"value must be bytes, got {type(value).__name__}")
-        if key is not None and not isinstance(key, bytes):
-            raise LogError(f"key must be bytes or None, got {type(key).__name__}")
-        if topic not in self._partitions:
-            self._partitions[topic] = self.log.partitions(topic)
-        partitions = self._partitions[topic]
-        if partition is None:
-            partition = partition_for(key, partitions, self._counter)
-        elif not 0 <= partition < partitions:
-            raise LogError(f"partition {partition} out of range for {topic!r} "
-                           f"({partitions} partitions)")
+        partition = self._router.route(topic, value, key, partition)
         timestamp_ms = int(time.time() * 1000) if timestamp_ms is None else int(timestamp_ms)
         body = (key or b"") + value
         frame = _FRAME.pack(_MAGIC, len(key or b""), len(value), timestamp_ms,
