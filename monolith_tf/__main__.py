@@ -11,6 +11,10 @@
                           worker (checkpoints, resume, TensorBoard); JOB.py
                           defines build_model(**options) and
                           make_dataset(files, batch_size)
+  join (--log DIR | --kafka SERVERS) --state-dir DIR --actions click,like
+                          the online joiner: feature + action topics ->
+                          labelled examples (until SIGTERM, --max-seconds or
+                          --idle-timeout)
 """
 
 import argparse
@@ -126,6 +130,49 @@ def train(args):
     return summary
 
 
+def open_log_from_args(args):
+    """The log named by --log DIR or --kafka SERVERS (+ --kafka-config)."""
+    from monolith_tf.streaming.log import open_log
+
+    if (args.log is None) == (args.kafka is None):
+        raise ValueError("give exactly one of --log DIR and --kafka SERVERS")
+    if args.log is not None:
+        return open_log({"path": args.log, "fsync": args.fsync})
+    return open_log({"bootstrap.servers": args.kafka, **dict(args.kafka_config)})
+
+
+def join(args):
+    """Runs the online joiner; prints its counters as a JSON line."""
+    import signal
+
+    from monolith_tf.streaming.joiner import Joiner, JoinerConfig
+
+    log = open_log_from_args(args)
+    topics = {"features": args.features_topic, "actions": args.actions_topic,
+              "examples": args.output_topic, "dead_letter": args.dead_letter_topic}
+    if args.create_topics:
+        for topic in topics.values():
+            log.create_topic(topic, args.create_topics)
+    config = JoinerConfig([a for a in args.actions.split(",") if a], window=args.window,
+                          allowed_lateness=args.allowed_lateness,
+                          negative_rate=args.negative_rate, emit=args.emit,
+                          max_pending=args.max_pending)
+    joiner = Joiner(log, config, args.state_dir, feature_topic=topics["features"],
+                    action_topic=topics["actions"], output_topic=topics["examples"],
+                    dead_letter_topic=topics["dead_letter"], group=args.group,
+                    checkpoint_every=args.checkpoint_every)
+    stop = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: stop.append(signum))
+    counters = joiner.run(max_seconds=args.max_seconds, idle_timeout=args.idle_timeout,
+                          should_stop=lambda: bool(stop))
+    if args.close_at_end:
+        joiner.flush_all()
+        counters = dict(joiner.counters)
+    print(json.dumps(counters), flush=True)
+    return counters
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m monolith_tf", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -160,8 +207,34 @@ def main(argv=None):
     train_parser.add_argument("--seed", type=int, default=0)
     train_parser.add_argument("--export", help="write a serving SavedModel here afterwards")
     train_parser.add_argument("--row-dtype", choices=("float32", "float16"), default="float32")
+    join_parser = commands.add_parser("join", help="the online joiner")
+    join_parser.add_argument("--log", help="embedded log directory")
+    join_parser.add_argument("--fsync", choices=("flush", "always", "never"), default="flush")
+    join_parser.add_argument("--kafka", help="Kafka bootstrap.servers")
+    join_parser.add_argument("--kafka-config", action="append", type=_option, default=[],
+                             metavar="NAME=VALUE", help="more librdkafka settings")
+    join_parser.add_argument("--state-dir", required=True, help="the joiner's snapshot")
+    join_parser.add_argument("--actions", required=True, help="action types, comma-separated")
+    join_parser.add_argument("--window", type=int, default=600, help="seconds of event time")
+    join_parser.add_argument("--allowed-lateness", type=int, default=60)
+    join_parser.add_argument("--negative-rate", type=float, default=1.0)
+    join_parser.add_argument("--emit", choices=("impression", "action"), default="impression")
+    join_parser.add_argument("--max-pending", type=int, default=1_000_000)
+    join_parser.add_argument("--features-topic", default="features")
+    join_parser.add_argument("--actions-topic", default="actions")
+    join_parser.add_argument("--output-topic", default="examples")
+    join_parser.add_argument("--dead-letter-topic", default="dead_letter")
+    join_parser.add_argument("--group", default="joiner")
+    join_parser.add_argument("--create-topics", type=int, metavar="PARTITIONS",
+                             help="create missing topics with this many partitions")
+    join_parser.add_argument("--checkpoint-every", type=float, default=5.0, help="seconds")
+    join_parser.add_argument("--max-seconds", type=float)
+    join_parser.add_argument("--idle-timeout", type=float, help="stop after this idle time")
+    join_parser.add_argument("--close-at-end", action="store_true",
+                             help="close every open window when stopping (bounded input)")
     args = parser.parse_args(argv)
     from monolith_tf.sparse_checkpoint import CheckpointError
+    from monolith_tf.streaming.log import LogError
 
     try:
         if args.command == "inspect":
@@ -170,9 +243,11 @@ def main(argv=None):
                 print(json.dumps(result, indent=1))
         elif args.command == "train":
             train(args)
+        elif args.command == "join":
+            join(args)
         else:
             export(args.model, args.out, args.row_dtype)
-    except (CheckpointError, ValueError, OSError) as error:
+    except (CheckpointError, LogError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

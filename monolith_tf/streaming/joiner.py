@@ -4,10 +4,12 @@ Impressions (feature records) and actions arrive on two topics, at different
 times and in any order. The joiner joins them by request id in event time:
 an action belongs to an impression when its event time lies in
 ``[impression time, impression time + window]``. Event time advances a
-watermark: the smaller of the two topics' newest event times, minus
-``allowed_lateness`` (the smaller, so reading one topic ahead of the other
-closes nothing early; until both topics have data, no window closes). An
-impression's window closes when the watermark passes its end, and then:
+watermark per input partition (its newest event time); the joiner's
+watermark is the smallest over the partitions that still have unread
+records, minus ``allowed_lateness``, so reading one partition ahead of
+another closes nothing early (when every partition is caught up, the
+newest time overall counts). An impression's window closes when the
+watermark passes its end, and then:
 
   ``emit="impression"`` (default): one example per impression, its labels
       the largest value per action type (0 for types that did not occur);
@@ -98,7 +100,7 @@ class Joiner:
         self._producer = log.producer()
         self.pending = {}        # request id -> [FeatureRecord, {action: value}, joined any]
         self.waiting = {}        # request id -> [ActionRecord, ...] (before their impression)
-        self.newest_time = {}    # "feature"/"action" -> newest event time seen
+        self.newest_time = {}    # (topic, partition) -> newest event time seen
         self._closing, self._orphaning = [], []  # heaps: (window end, request id)
         self.counters = {"features": 0, "actions": 0, "emitted": 0, "positives": 0,
                          "negatives_kept": 0, "negatives_dropped": 0, "orphan_actions": 0,
@@ -132,7 +134,7 @@ class Joiner:
                                     actions[0].request_id))
         heapq.heapify(self._closing)
         heapq.heapify(self._orphaning)
-        self.newest_time = snapshot["newest_time"]
+        self.newest_time = {tuple(key): t for key, t in snapshot["newest_time"]}
         self.counters.update(snapshot["counters"])
         for key, offset in snapshot["positions"]:
             self._consumer.seek(key[0], key[1], offset)
@@ -148,7 +150,8 @@ class Joiner:
             "waiting": {base64.b64encode(r).decode(): [
                 base64.b64encode(encode_action(a)).decode() for a in actions]
                 for r, actions in self.waiting.items()},
-            "newest_time": self.newest_time, "counters": self.counters,
+            "newest_time": [[list(key), t] for key, t in self.newest_time.items()],
+            "counters": self.counters,
             "positions": [[list(key), offset] for key, offset in
                           self._consumer.positions().items()]}
         temporary = self._snapshot_path + ".tmp"
@@ -163,13 +166,19 @@ class Joiner:
     # -- joining ------------------------------------------------------------------
 
     def _watermark(self):
-        if len(self.newest_time) < 2:
+        caught_up = self._consumer.caught_up()
+        behind = [key for key in self._consumer.assignment() if key not in caught_up]
+        if any(key not in self.newest_time for key in behind):
+            return None  # a partition with unread records of unknown time
+        times = [self.newest_time[key] for key in behind] or list(self.newest_time.values())
+        if not times:
             return None
-        return min(self.newest_time.values()) - self.config.allowed_lateness
+        return min(times) - self.config.allowed_lateness
 
-    def _advance(self, kind, event_time):
-        if event_time > self.newest_time.get(kind, event_time - 1):
-            self.newest_time[kind] = event_time
+    def _advance(self, record, event_time):
+        key = (record.topic, record.partition)
+        if event_time > self.newest_time.get(key, event_time - 1):
+            self.newest_time[key] = event_time
 
     def _dead_letter(self, record):
         self.counters["dead_letters"] += 1
@@ -197,9 +206,9 @@ class Joiner:
         else:
             labels[action.action] = max(labels.get(action.action, action.value), action.value)
 
-    def _on_feature(self, feature):
+    def _on_feature(self, record, feature):
         self.counters["features"] += 1
-        self._advance("feature", feature.event_time)
+        self._advance(record, feature.event_time)
         if feature.request_id in self.pending:
             return  # a replayed duplicate
         self.pending[feature.request_id] = [feature, {}, False]
@@ -208,9 +217,9 @@ class Joiner:
         for action in self.waiting.pop(feature.request_id, []):
             self._join_action(feature.request_id, action)
 
-    def _on_action(self, action):
+    def _on_action(self, record, action):
         self.counters["actions"] += 1
-        self._advance("action", action.event_time)
+        self._advance(record, action.event_time)
         if action.request_id in self.pending:
             self._join_action(action.request_id, action)
         else:
@@ -255,9 +264,9 @@ class Joiner:
         for record in records:
             try:
                 if record.topic == self.topics["feature"]:
-                    self._on_feature(decode_feature(record.value))
+                    self._on_feature(record, decode_feature(record.value))
                 else:
-                    self._on_action(decode_action(record.value))
+                    self._on_action(record, decode_action(record.value))
             except RecordError:
                 self._dead_letter(record)
         self._close_windows()

@@ -199,6 +199,21 @@ class KafkaConsumer:
     def positions(self):
         return dict(self._positions)
 
+    def caught_up(self):
+        """Partitions whose position reached the high watermark of the last
+        fetch (librdkafka's cached value: no broker round trip)."""
+        kafka = self.log._kafka
+        done = set()
+        for (topic, partition), offset in self._positions.items():
+            try:
+                _, high = self._consumer.get_watermark_offsets(
+                    kafka.TopicPartition(topic, partition), cached=True)
+            except kafka.KafkaException:
+                continue
+            if high >= 0 and offset >= high:
+                done.add((topic, partition))
+        return done
+
     def commit(self):
         """Commits the positions after every record returned so far."""
         kafka = self.log._kafka

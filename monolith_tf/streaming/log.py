@@ -272,6 +272,7 @@ class EmbeddedConsumer:
                     self._positions[(topic, partition)] = self._load_committed(topic, partition)
         self._files = {}
         self._next_partition = 0
+        self._caught_up = set()
 
     def _committed_file(self, topic, partition):
         return os.path.join(self._directory, f"{topic}.{partition}")
@@ -308,9 +309,11 @@ class EmbeddedConsumer:
                 f = self._files[(topic, partition)] = open(
                     self.log._partition_file(topic, partition), "rb")
             state = self._positions[(topic, partition)]
+            self._caught_up.discard((topic, partition))
             while len(records) < max_records:
                 frame = _read_frame(f, state[1])
                 if frame is None:
+                    self._caught_up.add((topic, partition))
                     break
                 (key, value, timestamp), state[1] = frame
                 records.append(Record(topic, partition, state[0], key, value, timestamp))
@@ -323,6 +326,11 @@ class EmbeddedConsumer:
     def positions(self):
         """``{(topic, partition): next offset to read}``."""
         return {key: state[0] for key, state in self._positions.items()}
+
+    def caught_up(self):
+        """The (topic, partition) pairs whose every record was returned as of
+        the last poll (used for event-time watermarks)."""
+        return set(self._caught_up)
 
     def commit(self):
         """Stores the positions after every record returned so far, durably."""
