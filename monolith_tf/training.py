@@ -41,6 +41,11 @@ batches. Before restoring, one batch is trained to create every variable
 (Keras creates optimizer slots lazily); all its effects are then
 overwritten. A checkpoint that fails to restore (corrupt, or not this
 model's) is reported and the next older one is tried.
+
+Streams from a log: pass a ``monolith_tf.streaming.dataset.ExampleStream``
+instead of a dataset. Its batches carry their log offsets, which the worker
+saves with each sparse checkpoint (``stream_position``) and resumes from
+(no skipping); the stream never ends, so stop it with a budget or a signal.
 """
 
 import inspect
@@ -55,6 +60,7 @@ from monolith_tf.dense_checkpoint import DenseCheckpointError, DenseCheckpointer
 from monolith_tf.layers import hash_embedding_layers, model_tables
 from monolith_tf.sparse_checkpoint import (CheckpointError, SparseCheckpointer,
                                            list_checkpoints, read_manifest)
+from monolith_tf.streaming.dataset import POSITION_KEY, ExampleStream
 
 keras = tf.keras
 
@@ -162,14 +168,20 @@ class TrainingWorker:
         # Position of the next batch to train.
         self.step, self.epoch, self.batch_in_epoch, self.examples = 0, 0, 0, 0
         self.last_logs = {}
+        # Log offsets after the last trained batch of an ExampleStream.
+        self.stream_position = None
         self._step_function = None
         self._resume_checked = False
 
     # -- position and checkpoints -------------------------------------------------
 
     def _position(self):
-        return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-                "examples": self.examples, "data_time": self.data_time}
+        position = {"step": self.step, "epoch": self.epoch,
+                    "batch_in_epoch": self.batch_in_epoch, "examples": self.examples,
+                    "data_time": self.data_time}
+        if self.stream_position is not None:
+            position["stream_position"] = [int(o) for o in self.stream_position]
+        return position
 
     def save(self, dense=True):
         """Writes a sparse checkpoint (full every ``full_every``-th save) and,
@@ -224,6 +236,7 @@ class TrainingWorker:
         self.step = int(position.get("step", 0))
         self.epoch = int(position.get("epoch", 0))
         self.batch_in_epoch = int(position.get("batch_in_epoch", 0))
+        self.stream_position = position.get("stream_position")
         self.examples = int(position.get("examples", 0))
         self._set_data_time(int(position.get("data_time", 0)))
         self._sparse_saved = self.step if applied else -1
@@ -290,9 +303,15 @@ class TrainingWorker:
         seen before the step starts (a step run on an exhausted iterator
         would still run its stateful ops that do not read the batch)."""
         batch = next_batch.get_value()
-        x, _, _ = keras.utils.unpack_x_y_sample_weight(batch)
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(batch)
+        position = tf.zeros([0], tf.int64)
+        if isinstance(x, dict) and POSITION_KEY in x:
+            # An ExampleStream's log offsets: for the checkpoint, not the model.
+            x = dict(x)
+            position = x.pop(POSITION_KEY)
+            batch = x if y is None else keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
         self._advance_data_time(x)
-        return self.model.train_step(batch), _batch_size(x)
+        return self.model.train_step(batch), _batch_size(x), position
 
     def _train_next(self, iterator):
         """Trains the iterator's next batch; returns (logs as tensors, batch
@@ -302,7 +321,9 @@ class TrainingWorker:
         next_batch = iterator.get_next_as_optional()
         if not next_batch.has_value():
             return None
-        logs, size = self._step_function(next_batch)
+        logs, size, position = self._step_function(next_batch)
+        if position.shape[0]:
+            self.stream_position = position.numpy().tolist()
         return logs, int(size)
 
     def _install_signal_handlers(self):
@@ -316,7 +337,8 @@ class TrainingWorker:
         return {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def train(self, dataset, epochs=1, max_steps=None, max_seconds=None):
-        """Trains until the data ends (after ``epochs`` passes), the global
+        """Trains on ``dataset`` (a tf.data.Dataset, or an ExampleStream of a
+        log) until the data ends (after ``epochs`` passes), the global
         step reaches ``max_steps``, ``max_seconds`` of wall time pass in this
         call, or SIGINT/SIGTERM arrives; saves a final checkpoint.
 
@@ -324,9 +346,11 @@ class TrainingWorker:
         ``stop_reason``, ``resumed_from`` (checkpoint paths or None) and
         ``logs`` (the last logged metrics).
         """
-        if not isinstance(dataset, tf.data.Dataset):
-            raise TypeError(f"dataset must be a tf.data.Dataset, got {type(dataset).__name__}")
-        resumed_from = self._resume(dataset)
+        stream = dataset if isinstance(dataset, ExampleStream) else None
+        if stream is None and not isinstance(dataset, tf.data.Dataset):
+            raise TypeError("dataset must be a tf.data.Dataset or an ExampleStream, got "
+                            f"{type(dataset).__name__}")
+        resumed_from = self._resume(stream.dataset() if stream else dataset)
         previous_handlers = self._install_signal_handlers()
         started = interval_start = time.monotonic()
         interval_examples = 0
@@ -334,7 +358,12 @@ class TrainingWorker:
         stop_reason = STOP_END_OF_DATA
         try:
             while self.epoch < epochs and not self._stop_reason(max_steps, max_seconds, started):
-                epoch_data = dataset.skip(self.batch_in_epoch) if self.batch_in_epoch else dataset
+                if stream is not None:
+                    epoch_data = stream.dataset(self.stream_position)  # never ends
+                elif self.batch_in_epoch:
+                    epoch_data = dataset.skip(self.batch_in_epoch)
+                else:
+                    epoch_data = dataset
                 iterator = iter(epoch_data)
                 while True:
                     trained = self._train_next(iterator)

@@ -1,0 +1,87 @@
+"""ExampleStream: parsed batches from the examples topic, and the training
+worker trained from it, saving and resuming at log offsets."""
+
+import numpy as np
+import tensorflow as tf
+
+import monolith_tf as mt
+from monolith_tf.streaming.dataset import POSITION_KEY, ExampleStream
+from monolith_tf.streaming.log import EmbeddedLog
+from monolith_tf.streaming.records import FeatureRecord, encode_joined, joined_feature_spec
+from monolith_tf.training import TrainingWorker
+
+BATCH = 32
+
+
+def fill(log, n, partitions=1):
+    log.create_topic("examples", partitions=partitions)
+    producer = log.producer()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        feature = FeatureRecord(f"r{i}".encode(), int(rng.integers(1, 40)),
+                                int(rng.integers(1, 60)), 5_000 + i)
+        producer.produce("examples", encode_joined(feature, {"click": float(i % 3 == 0)}, 1.0),
+                         key=feature.request_id)
+    producer.flush()
+
+
+def stream_of(log):
+    return ExampleStream(log, joined_feature_spec(["click"]), BATCH, label="label/click",
+                         max_wait=0.2)
+
+
+class StreamModel(tf.keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.embeddings = mt.layers.HashEmbeddingCollection(
+            {"user_id": {"dim": 4, "seed": 1}, "item_id": {"dim": 4, "seed": 2}},
+            name="embeddings")
+        self.head = tf.keras.layers.Dense(1, activation="sigmoid")
+
+    def call(self, features, training=False):
+        rows = self.embeddings({k: features[k] for k in ("user_id", "item_id", "timestamp")},
+                               training=training)
+        return self.head(tf.concat([rows["user_id"], rows["item_id"]], axis=1))
+
+
+def compiled():
+    tf.keras.utils.set_random_seed(0)
+    model = StreamModel()
+    model.compile(optimizer=tf.keras.optimizers.SGD(0.1), loss="binary_crossentropy")
+    return model
+
+
+def test_batches_carry_labels_and_their_log_offsets(tmp_path):
+    log = EmbeddedLog(str(tmp_path / "log"))
+    fill(log, 100, partitions=2)
+    stream = stream_of(log)
+    batches = list(stream.dataset().take(3))
+    features, labels = batches[0]
+    assert labels.shape == (BATCH,) and set(np.unique(labels.numpy())) <= {0.0, 1.0}
+    assert {"user_id", "item_id", "timestamp", "sample_rate", POSITION_KEY} <= set(features)
+    assert sum(batches[-1][0][POSITION_KEY].numpy()) == 3 * BATCH
+    # Resuming at a batch's offsets yields what came after it.
+    resumed = next(iter(stream.dataset(batches[0][0][POSITION_KEY].numpy())))
+    seen = set(tf.concat([b[0]["timestamp"] for b in batches[1:]], 0).numpy())
+    assert set(resumed[0]["timestamp"].numpy()) <= seen
+
+
+def test_worker_resumes_a_stream_after_the_last_trained_batch(tmp_path):
+    log = EmbeddedLog(str(tmp_path / "log"))
+    fill(log, 12 * BATCH)
+    straight = compiled()
+    TrainingWorker(straight, str(tmp_path / "straight"), verbose=0).train(
+        stream_of(log), max_steps=8)
+
+    first = TrainingWorker(compiled(), str(tmp_path / "resumed"), sparse_every_steps=2,
+                           verbose=0)
+    result = first.train(stream_of(log), max_steps=5)
+    assert result["steps"] == 5 and first.stream_position == [5 * BATCH]
+    resumed_model = compiled()
+    second = TrainingWorker(resumed_model, str(tmp_path / "resumed"), verbose=0)
+    result = second.train(stream_of(log), max_steps=8)
+    assert result["resumed_from"] is not None and result["examples"] == 8 * BATCH
+    assert second.stream_position == [8 * BATCH]
+    assert second.data_time == 5_000 + 8 * BATCH - 1
+    for a, b in zip(straight.weights, resumed_model.weights):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
