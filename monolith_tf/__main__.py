@@ -15,6 +15,9 @@
                           the online joiner: feature + action topics ->
                           labelled examples (until SIGTERM, --max-seconds or
                           --idle-timeout)
+  replay --data FILE (--log DIR | --kafka SERVERS)
+                          MovieLens ratings as impressions and actions, in
+                          timestamp order, at --speedup
 """
 
 import argparse
@@ -173,6 +176,36 @@ def join(args):
     return counters
 
 
+def replay(args):
+    """Replays MovieLens ratings into the feature and action topics."""
+    from monolith_tf.streaming.replay import replay as replay_ratings
+
+    if not os.path.exists(args.data):
+        raise ValueError(f"{args.data}: no such ratings file")
+    log = open_log_from_args(args)
+    if args.create_topics:
+        for topic in (args.features_topic, args.actions_topic):
+            log.create_topic(topic, args.create_topics)
+    counts = replay_ratings(args.data, log, speedup=args.speedup, negatives=args.negatives,
+                            max_action_delay=args.max_action_delay,
+                            max_ratings=args.max_ratings, feature_topic=args.features_topic,
+                            action_topic=args.actions_topic, seed=args.seed)
+    print(json.dumps(counts), flush=True)
+    return counts
+
+
+def _log_arguments(parser):
+    parser.add_argument("--log", help="embedded log directory")
+    parser.add_argument("--fsync", choices=("flush", "always", "never"), default="flush")
+    parser.add_argument("--kafka", help="Kafka bootstrap.servers")
+    parser.add_argument("--kafka-config", action="append", type=_option, default=[],
+                        metavar="NAME=VALUE", help="more librdkafka settings")
+    parser.add_argument("--create-topics", type=int, metavar="PARTITIONS",
+                        help="create missing topics with this many partitions")
+    parser.add_argument("--features-topic", default="features")
+    parser.add_argument("--actions-topic", default="actions")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m monolith_tf", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -208,11 +241,7 @@ def main(argv=None):
     train_parser.add_argument("--export", help="write a serving SavedModel here afterwards")
     train_parser.add_argument("--row-dtype", choices=("float32", "float16"), default="float32")
     join_parser = commands.add_parser("join", help="the online joiner")
-    join_parser.add_argument("--log", help="embedded log directory")
-    join_parser.add_argument("--fsync", choices=("flush", "always", "never"), default="flush")
-    join_parser.add_argument("--kafka", help="Kafka bootstrap.servers")
-    join_parser.add_argument("--kafka-config", action="append", type=_option, default=[],
-                             metavar="NAME=VALUE", help="more librdkafka settings")
+    _log_arguments(join_parser)
     join_parser.add_argument("--state-dir", required=True, help="the joiner's snapshot")
     join_parser.add_argument("--actions", required=True, help="action types, comma-separated")
     join_parser.add_argument("--window", type=int, default=600, help="seconds of event time")
@@ -220,18 +249,24 @@ def main(argv=None):
     join_parser.add_argument("--negative-rate", type=float, default=1.0)
     join_parser.add_argument("--emit", choices=("impression", "action"), default="impression")
     join_parser.add_argument("--max-pending", type=int, default=1_000_000)
-    join_parser.add_argument("--features-topic", default="features")
-    join_parser.add_argument("--actions-topic", default="actions")
     join_parser.add_argument("--output-topic", default="examples")
     join_parser.add_argument("--dead-letter-topic", default="dead_letter")
     join_parser.add_argument("--group", default="joiner")
-    join_parser.add_argument("--create-topics", type=int, metavar="PARTITIONS",
-                             help="create missing topics with this many partitions")
     join_parser.add_argument("--checkpoint-every", type=float, default=5.0, help="seconds")
     join_parser.add_argument("--max-seconds", type=float)
     join_parser.add_argument("--idle-timeout", type=float, help="stop after this idle time")
     join_parser.add_argument("--close-at-end", action="store_true",
                              help="close every open window when stopping (bounded input)")
+    replay_parser = commands.add_parser("replay", help="MovieLens ratings into the logs")
+    replay_parser.add_argument("--data", required=True, help="MovieLens ratings file")
+    _log_arguments(replay_parser)
+    replay_parser.add_argument("--speedup", type=float, default=0.0,
+                               help="event seconds per wall second (0: no pacing)")
+    replay_parser.add_argument("--negatives", type=int, default=2,
+                               help="unrated impressions per rating")
+    replay_parser.add_argument("--max-action-delay", type=int, default=60, help="seconds")
+    replay_parser.add_argument("--max-ratings", type=int)
+    replay_parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     from monolith_tf.sparse_checkpoint import CheckpointError
     from monolith_tf.streaming.log import LogError
@@ -245,6 +280,8 @@ def main(argv=None):
             train(args)
         elif args.command == "join":
             join(args)
+        elif args.command == "replay":
+            replay(args)
         else:
             export(args.model, args.out, args.row_dtype)
     except (CheckpointError, LogError, ValueError, OSError) as error:
