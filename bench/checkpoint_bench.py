@@ -21,40 +21,12 @@ import shutil
 import statistics
 import sys
 import tempfile
-import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import workers  # noqa: E402
 
 DIM = 32
-
-
-class PeakSampler:
-    """Largest resident set size seen while active, sampled every ms."""
-
-    def __init__(self):
-        import psutil
-
-        self._process = psutil.Process()
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._process.memory_info().rss)
-            time.sleep(0.001)
-
-    def __enter__(self):
-        self.start_rss = self._process.memory_info().rss
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._process.memory_info().rss)
 
 
 def directory_bytes(path):
@@ -88,7 +60,7 @@ def worker_ours(rows, touched, directory):
     table, keys = build_table(rows)
     table_bytes = int(table.stats()["memory_bytes"])
     saver = SparseCheckpointer(directory, {"emb": table})
-    with PeakSampler() as memory:
+    with workers.PeakSampler() as memory:
         start = time.perf_counter()
         path = saver.save(full=True)
         full_seconds = time.perf_counter() - start
@@ -114,7 +86,7 @@ def restore_ours(rows, directory):
     from monolith_tf.sparse_checkpoint import SparseCheckpointer
 
     fresh = mt.HashTable(DIM, optimizer="adagrad", seed=0)
-    with PeakSampler() as memory:
+    with workers.PeakSampler() as memory:
         start = time.perf_counter()
         SparseCheckpointer(directory, {"emb": fresh}).restore()
         restore_seconds = time.perf_counter() - start
@@ -133,7 +105,7 @@ def worker_tf_checkpoint(rows, touched, directory):
     table, _ = build_table(rows)
     table_bytes = int(table.stats()["memory_bytes"])
     prefix = os.path.join(directory, "ckpt")
-    with PeakSampler() as memory:
+    with workers.PeakSampler() as memory:
         start = time.perf_counter()
         path = tf.train.Checkpoint(table=table).write(prefix)
         full_seconds = time.perf_counter() - start
@@ -149,7 +121,7 @@ def restore_tf_checkpoint(rows, directory):
     import monolith_tf as mt
 
     fresh = mt.HashTable(DIM, optimizer="adagrad", seed=0)
-    with PeakSampler() as memory:
+    with workers.PeakSampler() as memory:
         start = time.perf_counter()
         tf.train.Checkpoint(table=fresh).read(os.path.join(directory, "ckpt")).assert_consumed()
         restore_seconds = time.perf_counter() - start

@@ -6,6 +6,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 
 _PREFIX = "RESULT "
 
@@ -27,3 +29,30 @@ def run(script, args, what, env=None):
         sys.stderr.write(out.stderr[-3000:])
         raise SystemExit(f"{what} failed")
     return json.loads(lines[-1][len(_PREFIX):])
+
+
+class PeakSampler:
+    """Largest resident set size seen while active, sampled every ms."""
+
+    def __init__(self):
+        import psutil
+
+        self._process = psutil.Process()
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._process.memory_info().rss)
+            time.sleep(0.001)
+
+    def __enter__(self):
+        self.start_rss = self._process.memory_info().rss
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._process.memory_info().rss)

@@ -69,3 +69,15 @@ def test_checkpoint_bench_runs():
     # The delta holds 300 of 30,000 rows: 1% of the full size, plus headers.
     delta_share = float(rows["ours"].rstrip(" |").rsplit("(", 1)[1].rstrip("%)"))
     assert 1.0 <= delta_share < 1.5, rows["ours"]
+
+
+@pytest.mark.slow
+def test_joiner_bench_runs():
+    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "bench", "joiner_bench.py"), "--requests", "500"],
+        capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line for line in result.stdout.splitlines()
+            if line.startswith("| embedded") or line.startswith("| kafka")]
+    assert len(rows) == 2 and all("| 500 |" in row for row in rows)  # every impression emitted
