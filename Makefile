@@ -25,7 +25,7 @@ USE_VENV ?= 1
 DEPS_STAMP := $(if $(filter 1,$(USE_VENV)),$(VENV)/.deps-stamp,)
 MAKEFLAGS += -j2
 
-.PHONY: all deps native data demo test test-fast asan bench clean
+.PHONY: all deps native data demo test test-fast asan bench clean flink-venv
 
 all: native
 
@@ -37,6 +37,17 @@ $(VENV)/.deps-stamp: requirements.txt
 	touch $@
 
 deps: $(VENV)/.deps-stamp
+
+# PyFlink in a virtualenv of its own: it pins protobuf and numpy versions
+# that conflict with TensorFlow 2.21. Runs flink/joiner_job.py (Java 11+).
+FLINK_VENV ?= .venv-flink
+$(FLINK_VENV)/.deps-stamp: flink/requirements.txt
+	test -x $(FLINK_VENV)/bin/python || $(PYTHON) -m venv $(FLINK_VENV)
+	$(FLINK_VENV)/bin/python -m pip install --upgrade pip
+	$(FLINK_VENV)/bin/python -m pip install -r flink/requirements.txt
+	touch $@
+
+flink-venv: $(FLINK_VENV)/.deps-stamp
 
 $(BUILD)/flags.stamp: $(DEPS_STAMP)
 	mkdir -p $(BUILD)
@@ -94,7 +105,7 @@ LEGACY_KERAS_TESTS := tests/test_layers.py tests/test_memory_control_ops.py \
 
 # The whole suite, slow cases and the AddressSanitizer run of the core included;
 # the Keras layer tests run under Keras 3 and again under tf_keras.
-test: native asan data
+test: native asan data flink-venv
 	$(PY) -m pytest tests -q --ignore=tests/legacy_keras $(PYTEST_FLAGS)
 	TF_USE_LEGACY_KERAS=1 PYTHONPATH=$(CURDIR) $(PY) -m pytest $(LEGACY_KERAS_TESTS) -q $(PYTEST_FLAGS)
 
