@@ -112,3 +112,37 @@ def test_joiner_killed_mid_stream_resumes_without_loss(log, tmp_path):
     assert set(got) == expected
     # Duplicates: only what was emitted after the last snapshot before the kill.
     assert len(got) - len(set(got)) <= emitted_at_kill - emitted_at_snapshot
+
+
+def test_per_action_emission_and_bounded_state(tmp_path):
+    from monolith_tf.streaming.log import EmbeddedLog
+    from monolith_tf.streaming.records import ActionRecord, FeatureRecord
+
+    features = [FeatureRecord(f"r{i}".encode(), i, i, 1000 + 10 * i) for i in range(6)]
+    actions = [ActionRecord(b"r1", "click", 1.0, 1015), ActionRecord(b"r1", "like", 4.0, 1020),
+               ActionRecord(b"r3", "click", 1.0, 1031)]
+    arrivals = [("features", f) for f in features[:2]] + [("actions", a) for a in actions] + \
+        [("features", f) for f in features[2:]]
+    log = EmbeddedLog(str(tmp_path / "log"))
+    produce(log, arrivals, garbage=False)
+    config = JoinerConfig(ACTIONS, window=100, allowed_lateness=0, emit="action",
+                          negative_rate=1.0, max_pending=2)
+    joiner = Joiner(log, config, str(tmp_path / "state"))
+    joiner.run(idle_timeout=0.5)
+    joiner.flush_all()
+    got = sorted(read_examples(log))
+    # One example per action (its own label), negatives for the rest.
+    assert got == sorted([(b"r1", 1.0, 0.0, 1.0), (b"r1", 0.0, 4.0, 1.0), (b"r3", 1.0, 0.0, 1.0),
+                          (b"r0", 0.0, 0.0, 1.0), (b"r2", 0.0, 0.0, 1.0),
+                          (b"r4", 0.0, 0.0, 1.0), (b"r5", 0.0, 0.0, 1.0)])
+    # At most 2 impressions held: the oldest windows closed early.
+    assert joiner.counters["closed_early"] >= 1 and len(joiner.pending) == 0
+
+
+def test_bad_joiner_settings():
+    for kwargs, message in (({"actions": []}, "at least one"),
+                            ({"negative_rate": 0}, "negative_rate"),
+                            ({"emit": "both"}, "emit"), ({"window": -1}, ">= 0")):
+        args = {"actions": ["click"], **kwargs}
+        with pytest.raises(ValueError, match=message):
+            JoinerConfig(**args)

@@ -51,3 +51,18 @@ def test_replay_then_join(tmp_path):
     assert joined["positives"] == 6
     assert joined["negatives_kept"] == len(negatives)
     assert joined["emitted"] == 6 + len(negatives)
+
+
+def test_replay_paces_event_time_by_the_speedup(tmp_path):
+    import time
+
+    from monolith_tf.streaming.replay import replay
+
+    data = tmp_path / "u.data"
+    data.write_text("1\t10\t5\t1000\n2\t11\t3\t1150\n")   # 150 s of event time
+    log = EmbeddedLog(str(tmp_path / "log"))
+    log.create_topic("features")
+    log.create_topic("actions")
+    start = time.monotonic()
+    counts = replay(str(data), log, speedup=100, negatives=0)
+    assert counts["ratings"] == 2 and time.monotonic() - start >= 1.4  # 150 s / 100
