@@ -11,7 +11,8 @@ assigned partitions statically (``assignment=(member, members)``), offsets
 committed synchronously and only by ``commit``.
 """
 
-from monolith_tf.streaming.log import LogError, PartitionRouter, Record, _check_name
+from monolith_tf.streaming.log import (LogError, PartitionRouter, Record, _check_name,
+                                      assigned_partitions)
 
 _OURS = ("monolith.timeout_s", "monolith.create_topic")
 
@@ -153,20 +154,12 @@ class KafkaConsumer:
     """Reads Kafka partitions assigned statically, for one consumer group."""
 
     def __init__(self, log, group, topics, assignment=None):
-        _check_name(group, "group name")
+        partitions = assigned_partitions(log, group, topics, assignment)
         kafka = log._kafka
         self.log = log
-        if isinstance(topics, str):
-            topics = [topics]
-        member, members = assignment or (0, 1)
-        if not 0 <= member < members:
-            raise LogError(f"assignment must be (member, members) with 0 <= member < members, "
-                           f"got {assignment!r}")
         self._consumer = kafka.Consumer(log._client_config(**{
             "group.id": group, "enable.auto.commit": False, "auto.offset.reset": "earliest",
             "enable.partition.eof": False}))
-        partitions = [(topic, p) for topic in topics for p in range(log.partitions(topic))
-                      if p % members == member]
         committed = self._committed([kafka.TopicPartition(t, p) for t, p in partitions])
         self._positions = dict(committed)
         self._consumer.assign([kafka.TopicPartition(t, p, offset)

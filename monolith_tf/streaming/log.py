@@ -86,6 +86,21 @@ def _check_name(name, what):
         raise LogError(f"{what} must match [A-Za-z0-9._-]{{1,200}}, got {name!r}")
 
 
+def assigned_partitions(log, group, topics, assignment):
+    """The (topic, partition) pairs a consumer of ``group`` reads: with
+    ``assignment=(member, members)``, partition p goes to member p % members
+    (static: no rebalancing); validates the names."""
+    _check_name(group, "group name")
+    if isinstance(topics, str):
+        topics = [topics]
+    member, members = assignment or (0, 1)
+    if not 0 <= member < members:
+        raise LogError(f"assignment must be (member, members) with 0 <= member < members, "
+                       f"got {assignment!r}")
+    return [(topic, p) for topic in topics for p in range(log.partitions(topic))
+            if p % members == member]
+
+
 def _write_atomically(path, data):
     temporary = f"{path}.tmp-{os.getpid()}"
     with open(temporary, "wb") as f:
@@ -254,22 +269,13 @@ class EmbeddedConsumer:
     """Reads an EmbeddedLog's topics for one consumer group."""
 
     def __init__(self, log, group, topics, assignment=None):
-        _check_name(group, "group name")
+        partitions = assigned_partitions(log, group, topics, assignment)
         self.log = log
         self.group = group
-        if isinstance(topics, str):
-            topics = [topics]
-        member, members = assignment or (0, 1)
-        if not 0 <= member < members:
-            raise LogError(f"assignment must be (member, members) with 0 <= member < members, "
-                           f"got {assignment!r}")
         self._directory = os.path.join(log.path, "groups", group)
         os.makedirs(self._directory, exist_ok=True)
-        self._positions = {}  # (topic, partition) -> [next offset, byte position]
-        for topic in topics:
-            for partition in range(log.partitions(topic)):
-                if partition % members == member:
-                    self._positions[(topic, partition)] = self._load_committed(topic, partition)
+        # (topic, partition) -> [next offset, byte position]
+        self._positions = {key: self._load_committed(*key) for key in partitions}
         self._files = {}
         self._next_partition = 0
         self._caught_up = set()
