@@ -382,6 +382,8 @@ class TrainingWorker:
                     if self._stop_reason(max_steps, max_seconds, started):
                         break
                 if trained is None:
+                    if stream is not None:
+                        break  # a stream that ended (idle timeout) is not an epoch
                     self.epoch += 1
                     self.batch_in_epoch = 0
             stop_reason = self._stop_reason(max_steps, max_seconds, started) or STOP_END_OF_DATA

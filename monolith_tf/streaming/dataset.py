@@ -14,6 +14,8 @@ not the consumer group, is the source of truth (the group's offsets are not
 used or committed here).
 """
 
+import time
+
 import tensorflow as tf
 
 POSITION_KEY = "__stream_position"
@@ -32,10 +34,14 @@ class ExampleStream:
         batches are feature dicts only, for models that find their labels).
       topic / group: where examples come from; the group only names the
         consumer.
+      idle_timeout: end the dataset after this many seconds without a new
+        example (None: wait forever). A worker blocked on an empty stream
+        handles SIGTERM only once a batch arrives or the stream ends, so
+        jobs that must stop promptly when traffic stops set this.
     """
 
     def __init__(self, log, spec, batch_size, label=None, topic="examples",
-                 group="trainer", max_wait=1.0):
+                 group="trainer", max_wait=1.0, idle_timeout=None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if label is not None and label not in spec:
@@ -47,6 +53,7 @@ class ExampleStream:
         self.topic = topic
         self.group = group
         self.max_wait = float(max_wait)
+        self.idle_timeout = idle_timeout
         self.partitions = [(topic, p) for p in range(log.partitions(topic))]
 
     def _batches(self, start):
@@ -54,6 +61,7 @@ class ExampleStream:
         try:
             for (topic, partition), offset in zip(self.partitions, start):
                 consumer.seek(topic, partition, int(offset))
+            idle_since = time.monotonic()
             while True:
                 records = consumer.poll(max_records=self.batch_size, timeout=self.max_wait)
                 while records and len(records) < self.batch_size:
@@ -63,7 +71,11 @@ class ExampleStream:
                         break
                     records.extend(more)
                 if not records:
+                    if (self.idle_timeout is not None
+                            and time.monotonic() - idle_since >= self.idle_timeout):
+                        return
                     continue
+                idle_since = time.monotonic()
                 positions = consumer.positions()
                 yield ([r.value for r in records],
                        [positions[key] for key in self.partitions])

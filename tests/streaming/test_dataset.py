@@ -13,8 +13,9 @@ from monolith_tf.training import TrainingWorker
 BATCH = 32
 
 
-def fill(log, n, partitions=1):
-    log.create_topic("examples", partitions=partitions)
+def fill(log, n, partitions=1, create=True):
+    if create:
+        log.create_topic("examples", partitions=partitions)
     producer = log.producer()
     rng = np.random.default_rng(0)
     for i in range(n):
@@ -85,3 +86,19 @@ def test_worker_resumes_a_stream_after_the_last_trained_batch(tmp_path):
     assert second.data_time == 5_000 + 8 * BATCH - 1
     for a, b in zip(straight.weights, resumed_model.weights):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_quiet_stream_ends_after_its_idle_timeout(tmp_path):
+    log = EmbeddedLog(str(tmp_path / "log"))
+    fill(log, 3 * BATCH)
+    stream = ExampleStream(log, joined_feature_spec(["click"]), BATCH, label="label/click",
+                           max_wait=0.2, idle_timeout=1.0)
+    worker = TrainingWorker(compiled(), str(tmp_path / "run"), verbose=0)
+    result = worker.train(stream)   # no budget: ends when the stream goes quiet
+    assert result["stop_reason"] == "end_of_data" and result["examples"] == 3 * BATCH
+    assert worker.stream_position == [3 * BATCH]
+    # More traffic later: a restarted worker reads on from the saved offsets.
+    fill(log, 2 * BATCH, create=False)
+    again = TrainingWorker(compiled(), str(tmp_path / "run"), verbose=0)
+    result = again.train(stream)
+    assert result["examples"] == 5 * BATCH and again.stream_position == [5 * BATCH]
