@@ -85,8 +85,9 @@ $(ML100K): $(DEPS_STAMP)
 
 data: $(ML100K)
 
-# The quickstarts, then the main job: the training worker on ml-100k (two
-# epochs, sparse and dense checkpoints, TensorBoard logs, serving export).
+# The quickstarts, then the main jobs: the training worker on ml-100k files
+# (two epochs, sparse and dense checkpoints, TensorBoard logs, serving
+# export), and online training (replay -> logs -> joiner -> worker).
 DEMO_DIR := $(BUILD)/demo
 demo: native data
 	PYTHONPATH=$(CURDIR) $(PY) examples/table_quickstart.py
@@ -96,6 +97,7 @@ demo: native data
 	  --data $(ML100K) --model-dir $(DEMO_DIR)/ctr --epochs 2 --sparse-every-steps 100 \
 	  --dense-every-steps 300 --export $(DEMO_DIR)/ctr-serving
 	PYTHONPATH=$(CURDIR) $(PY) -m monolith_tf inspect $(DEMO_DIR)/ctr
+	PYTHONPATH=$(CURDIR) $(PY) examples/online_quickstart.py --dir $(DEMO_DIR)/online
 
 # Tests that run under tf_keras (TF_USE_LEGACY_KERAS=1): the layer tests a
 # second time, and tests/legacy_keras (TFRS, which needs tf_keras) only there.
