@@ -81,7 +81,8 @@ def main():
 
     model = build_model()
     stream = ExampleStream(log, joined_feature_spec(ACTIONS), batch_size=256,
-                           label="label/like", idle_timeout=2.0)
+                           label="label/like", idle_timeout=2.0,
+                           features=["user_id", "item_id", "timestamp"])
     worker = TrainingWorker(model, os.path.join(args.dir, "model"), sparse_every_steps=20,
                             dense_every_steps=100, log_every_steps=20, verbose=2)
     # Hold out the newest 10% of examples: train up to 90% of them.

@@ -357,18 +357,24 @@ class TrainingWorker:
         self._progbar = None
         stop_reason = STOP_END_OF_DATA
         try:
+            quiet_since = time.monotonic()
             while self.epoch < epochs and not self._stop_reason(max_steps, max_seconds, started):
                 if stream is not None:
-                    epoch_data = stream.dataset(self.stream_position)  # never ends
+                    # One segment: what the log holds and receives until it is
+                    # quiet for stream.max_wait; then stops are checked here
+                    # (signals included) and the next segment reads on.
+                    epoch_data = stream.dataset(self.stream_position)
                 elif self.batch_in_epoch:
                     epoch_data = dataset.skip(self.batch_in_epoch)
                 else:
                     epoch_data = dataset
                 iterator = iter(epoch_data)
+                trained_any = False
                 while True:
                     trained = self._train_next(iterator)
                     if trained is None:
                         break
+                    trained_any = True
                     logs, size = trained
                     self.step += 1
                     self.batch_in_epoch += 1
@@ -381,9 +387,14 @@ class TrainingWorker:
                     self._maybe_save()
                     if self._stop_reason(max_steps, max_seconds, started):
                         break
-                if trained is None:
-                    if stream is not None:
-                        break  # a stream that ended (idle timeout) is not an epoch
+                if stream is not None:
+                    now = time.monotonic()
+                    if trained_any:
+                        quiet_since = now
+                    elif (stream.idle_timeout is not None
+                          and now - quiet_since >= stream.idle_timeout):
+                        break  # the stream went quiet: not an epoch, just the end
+                elif trained is None:
                     self.epoch += 1
                     self.batch_in_epoch = 0
             stop_reason = self._stop_reason(max_steps, max_seconds, started) or STOP_END_OF_DATA

@@ -1,9 +1,18 @@
-"""tf.data adapter: an unbounded dataset of parsed, batched joined examples
+"""tf.data adapter: an unbounded stream of parsed, batched joined examples
 from the examples topic, resumable at the offsets the training worker saves.
 
     stream = ExampleStream(log, joined_feature_spec(["click"]), batch_size=256,
                            label="label/click")
     TrainingWorker(model, "/models/ctr").train(stream, max_seconds=3600)
+
+``stream.dataset(position)`` is one segment of the stream: a tf.data
+dataset of what the log holds and receives while it is read, which ends
+once no record arrives for ``max_wait`` seconds. The worker reads segment
+after segment from the saved offsets, checking its stops (budgets, SIGTERM)
+in between, until ``idle_timeout`` seconds pass without data (None: never).
+Ending quietly matters: a tf.data iterator cannot be dropped while its
+generator waits for data, so a dataset that never ended would hang the
+process that stops reading it.
 
 Each batch also carries, under ``POSITION_KEY`` in its features, the offset
 after its last record in every partition of the topic (int64 [partitions],
@@ -13,8 +22,6 @@ worker reads on exactly after the last batch it trained: the checkpoint,
 not the consumer group, is the source of truth (the group's offsets are not
 used or committed here).
 """
-
-import time
 
 import tensorflow as tf
 
@@ -29,23 +36,28 @@ class ExampleStream:
       spec: ``tf.io.parse_example`` spec (``records.joined_feature_spec``).
       batch_size: examples per batch; a batch is emitted early after
         ``max_wait`` seconds with at least one example (a quiet stream still
-        trains).
+        trains), and a segment ends after ``max_wait`` seconds with none.
       label: feature name moved out of the features as the label (None:
         batches are feature dicts only, for models that find their labels).
+      features: names of the features to keep (None: all of the spec but
+        the label), so a functional model gets exactly its inputs.
       topic / group: where examples come from; the group only names the
         consumer.
-      idle_timeout: end the dataset after this many seconds without a new
-        example (None: wait forever). A worker blocked on an empty stream
-        handles SIGTERM only once a batch arrives or the stream ends, so
-        jobs that must stop promptly when traffic stops set this.
+      idle_timeout: the worker stops training after this many seconds
+        without a new example (None: it waits for more forever, still
+        answering SIGTERM within about ``max_wait``).
     """
 
     def __init__(self, log, spec, batch_size, label=None, topic="examples",
-                 group="trainer", max_wait=1.0, idle_timeout=None):
+                 group="trainer", max_wait=1.0, idle_timeout=None, features=None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if label is not None and label not in spec:
             raise ValueError(f"label {label!r} is not in the parse spec")
+        unknown = sorted(set(features or ()) - set(spec))
+        if unknown:
+            raise ValueError(f"features {unknown} are not in the parse spec")
+        self.features = list(features) if features is not None else None
         self.log = log
         self.spec = dict(spec)
         self.batch_size = int(batch_size)
@@ -61,7 +73,6 @@ class ExampleStream:
         try:
             for (topic, partition), offset in zip(self.partitions, start):
                 consumer.seek(topic, partition, int(offset))
-            idle_since = time.monotonic()
             while True:
                 records = consumer.poll(max_records=self.batch_size, timeout=self.max_wait)
                 while records and len(records) < self.batch_size:
@@ -71,11 +82,7 @@ class ExampleStream:
                         break
                     records.extend(more)
                 if not records:
-                    if (self.idle_timeout is not None
-                            and time.monotonic() - idle_since >= self.idle_timeout):
-                        return
-                    continue
-                idle_since = time.monotonic()
+                    return  # quiet for max_wait: this segment ends
                 positions = consumer.positions()
                 yield ([r.value for r in records],
                        [positions[key] for key in self.partitions])
@@ -83,8 +90,9 @@ class ExampleStream:
             consumer.close()
 
     def dataset(self, position=None):
-        """The unbounded ``tf.data.Dataset``, starting at ``position`` (a list
-        of offsets in ``partitions`` order; None: the beginning)."""
+        """One segment of the stream as a ``tf.data.Dataset`` (module doc),
+        starting at ``position`` (a list of offsets in ``partitions`` order;
+        None: the beginning)."""
         start = list(position) if position is not None else [0] * len(self.partitions)
         if len(start) != len(self.partitions):
             raise ValueError(f"position has {len(start)} offsets, the topic "
@@ -95,11 +103,11 @@ class ExampleStream:
                               tf.TensorSpec([len(self.partitions)], tf.int64)))
 
         def parse(serialized, positions):
-            features = tf.io.parse_example(serialized, self.spec)
-            features[POSITION_KEY] = positions
-            if self.label is None:
-                return features
-            label = features.pop(self.label)
-            return features, label
+            parsed = tf.io.parse_example(serialized, self.spec)
+            label = parsed.pop(self.label) if self.label is not None else None
+            if self.features is not None:
+                parsed = {name: parsed[name] for name in self.features}
+            parsed[POSITION_KEY] = positions
+            return parsed if label is None else (parsed, label)
 
         return raw.map(parse).prefetch(2)

@@ -102,3 +102,38 @@ def test_a_quiet_stream_ends_after_its_idle_timeout(tmp_path):
     again = TrainingWorker(compiled(), str(tmp_path / "run"), verbose=0)
     result = again.train(stream)
     assert result["examples"] == 5 * BATCH and again.stream_position == [5 * BATCH]
+
+
+def test_feature_selection_and_bad_arguments(tmp_path):
+    import pytest
+
+    log = EmbeddedLog(str(tmp_path / "log"))
+    fill(log, BATCH)
+    spec = joined_feature_spec(["click"])
+    stream = ExampleStream(log, spec, BATCH, label="label/click", features=["user_id"])
+    features, _ = next(iter(stream.dataset()))
+    assert set(features) == {"user_id", POSITION_KEY}
+    with pytest.raises(ValueError, match="not in the parse spec"):
+        ExampleStream(log, spec, BATCH, features=["age"])
+    with pytest.raises(ValueError, match="label 'label/like'"):
+        ExampleStream(log, spec, BATCH, label="label/like")
+    with pytest.raises(ValueError, match="position has 2 offsets"):
+        stream.dataset([0, 0])
+
+
+def test_sigterm_stops_a_worker_waiting_on_a_quiet_stream(tmp_path):
+    import os
+    import signal
+    import threading
+
+    log = EmbeddedLog(str(tmp_path / "log"))
+    fill(log, 2 * BATCH)
+    worker = TrainingWorker(compiled(), str(tmp_path / "run"), verbose=0)
+    timer = threading.Timer(3.0, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    try:
+        result = worker.train(stream_of(log))   # no budget, no idle timeout
+    finally:
+        timer.cancel()
+    assert result["stop_reason"] == "signal" and result["examples"] == 2 * BATCH
+    assert worker.stream_position == [2 * BATCH]
