@@ -45,7 +45,7 @@ model's) is reported and the next older one is tried.
 Streams from a log: pass a ``monolith_tf.streaming.dataset.ExampleStream``
 instead of a dataset. Its batches carry their log offsets, which the worker
 saves with each sparse checkpoint (``stream_position``) and resumes from
-(no skipping); the stream never ends, so stop it with a budget or a signal.
+(no skipping); it ends only at its idle_timeout, a budget or a signal.
 """
 
 import inspect
