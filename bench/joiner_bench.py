@@ -18,7 +18,6 @@ is the joiner process's resident set above its start, sampled every ms.
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,8 +25,6 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import workers  # noqa: E402
 
-MOCK_KAFKA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                          "monolith_tf", "streaming", "mock_kafka.py")
 TOPICS = ("features", "actions", "examples", "dead_letter")
 PARTITIONS = 8
 
@@ -105,6 +102,7 @@ def main():
     import json
 
     from monolith_tf.streaming.log import open_log
+    from monolith_tf.streaming.mock_kafka import MockBrokerProcess
 
     arrivals = traffic(args.requests, args.rate, args.window, args.lateness)
     rows = []
@@ -116,16 +114,9 @@ def main():
                 config = {"path": os.path.join(scratch, "log")}
                 fill(open_log(config), arrivals)
             else:
-                broker = subprocess.Popen([sys.executable, MOCK_KAFKA], stdin=subprocess.PIPE,
-                                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                          text=True)
-                servers = broker.stdout.readline().strip().split("=", 1)[1]
-                for topic in TOPICS:
-                    broker.stdin.write(f"create {topic} {PARTITIONS}\n")
-                    broker.stdin.flush()
-                    assert broker.stdout.readline().strip() == "ok"
-                config = {"bootstrap.servers": servers}
-                fill(open_log(config), arrivals)
+                broker = MockBrokerProcess()
+                fill(open_log(broker.config()), arrivals)
+                config = {"bootstrap.servers": broker.bootstrap_servers}
             result = workers.run(__file__, [
                 "--worker", "1", "--config", json.dumps(config), "--state",
                 os.path.join(scratch, "state"), "--window", args.window, "--lateness",
@@ -133,8 +124,7 @@ def main():
             rows.append((backend, result))
         finally:
             if broker is not None:
-                broker.stdin.close()
-                broker.wait(timeout=60)
+                broker.stop()
             shutil.rmtree(scratch, ignore_errors=True)
     print(f"{args.requests:,} requests at {args.rate:g}/s of event time, window {args.window} s "
           f"(~{args.rate * args.window:,.0f} open impressions), lateness {args.lateness} s, "

@@ -205,7 +205,8 @@ class TrainingWorker:
             return []
         dense_paths = self.dense.checkpoints()[::-1]
         if self.resume == "latest":
-            newest_sparse = self.sparse.chains()[0][-1] if self.sparse.chains() else None
+            chains = self.sparse.chains()  # reads every manifest: once
+            newest_sparse = chains[0][-1] if chains else None
             if newest_sparse is None and not dense_paths:
                 return []
             return [(dense, newest_sparse) for dense in dense_paths] or [(None, newest_sparse)]

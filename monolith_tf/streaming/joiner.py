@@ -35,7 +35,8 @@ impressions, waiting actions, watermark, input positions) atomically, then
 commits the input offsets. A restart loads the snapshot and reads on from
 its positions; examples emitted after the last snapshot are emitted again
 (the only duplicates, bounded by one checkpoint interval of output).
-The snapshot is JSON with records as base64 protobufs; no pickle.
+The snapshot is JSON with the held records as the base64 of the bytes they
+arrived as (no re-encoding); no pickle.
 """
 
 import base64
@@ -47,9 +48,9 @@ import zlib
 
 from monolith_tf.streaming.log import LogError
 from monolith_tf.streaming.records import (RecordError, decode_action, decode_feature,
-                                           encode_action, encode_feature, encode_joined)
+                                           encode_joined)
 
-SNAPSHOT_FORMAT = "monolith_tf.joiner/1"
+SNAPSHOT_FORMAT = "monolith_tf.joiner/2"
 
 
 def keep_negative(request_id, negative_rate):
@@ -98,8 +99,10 @@ class Joiner:
         os.makedirs(state_dir, exist_ok=True)
         self._consumer = log.consumer(group, [feature_topic, action_topic])
         self._producer = log.producer()
-        self.pending = {}        # request id -> [FeatureRecord, {action: value}, joined any]
-        self.waiting = {}        # request id -> [ActionRecord, ...] (before their impression)
+        # request id -> [FeatureRecord, {action: value}, joined any, record bytes]
+        self.pending = {}
+        # request id -> [(ActionRecord, record bytes), ...] (before their impression)
+        self.waiting = {}
         self.newest_time = {}    # (topic, partition) -> newest event time seen
         self._closing, self._orphaning = [], []  # heaps: (window end, request id)
         self.counters = {"features": 0, "actions": 0, "emitted": 0, "positives": 0,
@@ -107,6 +110,7 @@ class Joiner:
                          "closed_early": 0, "dead_letters": 0}
         self._load_snapshot()
         self._last_checkpoint = time.monotonic()
+        self._changed = False  # input processed since the last checkpoint
 
     # -- state snapshot -----------------------------------------------------------
 
@@ -123,15 +127,17 @@ class Joiner:
         if snapshot.get("format") != SNAPSHOT_FORMAT:
             raise LogError(f"{self._snapshot_path}: format {snapshot.get('format')!r}, "
                            f"expected {SNAPSHOT_FORMAT}")
-        for request_id, (feature, labels, joined) in snapshot["pending"].items():
-            feature = decode_feature(base64.b64decode(feature))
-            self.pending[feature.request_id] = [feature, labels, joined]
+        for raw, labels, joined in snapshot["pending"]:
+            raw = base64.b64decode(raw)
+            feature = decode_feature(raw)
+            self.pending[feature.request_id] = [feature, labels, joined, raw]
             self._closing.append((feature.event_time + self.config.window, feature.request_id))
-        for request_id, actions in snapshot["waiting"].items():
-            actions = [decode_action(base64.b64decode(a)) for a in actions]
-            self.waiting[actions[0].request_id] = actions
-            self._orphaning.append((max(a.event_time for a in actions) + self.config.window,
-                                    actions[0].request_id))
+        for raws in snapshot["waiting"]:
+            actions = [(decode_action(raw), raw) for raw in map(base64.b64decode, raws)]
+            request_id = actions[0][0].request_id
+            self.waiting[request_id] = actions
+            self._orphaning.append((max(a.event_time for a, _ in actions) + self.config.window,
+                                    request_id))
         heapq.heapify(self._closing)
         heapq.heapify(self._orphaning)
         self.newest_time = {tuple(key): t for key, t in snapshot["newest_time"]}
@@ -140,16 +146,15 @@ class Joiner:
             self._consumer.seek(key[0], key[1], offset)
 
     def checkpoint(self):
-        """Output durable, then state snapshot, then input offsets committed."""
+        """Output durable, then state snapshot, then input offsets committed.
+        Held records go into the snapshot as the bytes they arrived as."""
         self._producer.flush()
         snapshot = {
             "format": SNAPSHOT_FORMAT,
-            "pending": {base64.b64encode(r).decode(): [
-                base64.b64encode(encode_feature(f)).decode(), labels, joined]
-                for r, (f, labels, joined) in self.pending.items()},
-            "waiting": {base64.b64encode(r).decode(): [
-                base64.b64encode(encode_action(a)).decode() for a in actions]
-                for r, actions in self.waiting.items()},
+            "pending": [[base64.b64encode(raw).decode(), labels, joined]
+                        for _, labels, joined, raw in self.pending.values()],
+            "waiting": [[base64.b64encode(raw).decode() for _, raw in actions]
+                        for actions in self.waiting.values()],
             "newest_time": [[list(key), t] for key, t in self.newest_time.items()],
             "counters": self.counters,
             "positions": [[list(key), offset] for key, offset in
@@ -162,6 +167,7 @@ class Joiner:
         os.replace(temporary, self._snapshot_path)
         self._consumer.commit()
         self._last_checkpoint = time.monotonic()
+        self._changed = False
 
     # -- joining ------------------------------------------------------------------
 
@@ -193,7 +199,7 @@ class Joiner:
         self.counters["emitted"] += 1
 
     def _join_action(self, request_id, action):
-        feature, labels, _ = self.pending[request_id]
+        feature, labels, _, _ = self.pending[request_id]
         if not feature.event_time <= action.event_time <= feature.event_time + \
                 self.config.window:
             return  # outside this impression's window
@@ -211,10 +217,10 @@ class Joiner:
         self._advance(record, feature.event_time)
         if feature.request_id in self.pending:
             return  # a replayed duplicate
-        self.pending[feature.request_id] = [feature, {}, False]
+        self.pending[feature.request_id] = [feature, {}, False, record.value]
         heapq.heappush(self._closing, (feature.event_time + self.config.window,
                                        feature.request_id))
-        for action in self.waiting.pop(feature.request_id, []):
+        for action, _ in self.waiting.pop(feature.request_id, []):
             self._join_action(feature.request_id, action)
 
     def _on_action(self, record, action):
@@ -223,12 +229,12 @@ class Joiner:
         if action.request_id in self.pending:
             self._join_action(action.request_id, action)
         else:
-            self.waiting.setdefault(action.request_id, []).append(action)
+            self.waiting.setdefault(action.request_id, []).append((action, record.value))
             heapq.heappush(self._orphaning, (action.event_time + self.config.window,
                                              action.request_id))
 
     def _close(self, request_id):
-        feature, labels, joined = self.pending.pop(request_id)
+        feature, labels, joined, _ = self.pending.pop(request_id)
         if joined:
             if self.config.emit == "impression":
                 self._emit(feature, labels, 1.0)
@@ -251,7 +257,7 @@ class Joiner:
         while self._orphaning and self._orphaning[0][0] < watermark:
             _, request_id = heapq.heappop(self._orphaning)
             actions = self.waiting.get(request_id, [])
-            if actions and max(a.event_time for a in actions) + self.config.window < watermark:
+            if actions and max(a.event_time for a, _ in actions) + self.config.window < watermark:
                 self.counters["orphan_actions"] += len(self.waiting.pop(request_id))
         while len(self.pending) > self.config.max_pending:
             _, request_id = heapq.heappop(self._closing)  # the oldest window first
@@ -270,6 +276,7 @@ class Joiner:
             except RecordError:
                 self._dead_letter(record)
         self._close_windows()
+        self._changed = True
 
     def run(self, max_seconds=None, idle_timeout=None, should_stop=None):
         """Consumes and joins until ``max_seconds`` pass, no input arrives for
@@ -282,8 +289,8 @@ class Joiner:
             if records:
                 self.process(records)
                 idle_since = now
-            if now - self._last_checkpoint >= self.checkpoint_every:
-                self.checkpoint()
+            if self._changed and now - self._last_checkpoint >= self.checkpoint_every:
+                self.checkpoint()  # an idle joiner rewrites nothing
             if ((max_seconds is not None and now - started >= max_seconds)
                     or (idle_timeout is not None and now - idle_since >= idle_timeout)
                     or (should_stop is not None and should_stop())):

@@ -15,6 +15,7 @@ import argparse
 import ctypes
 import glob
 import os
+import subprocess
 import sys
 
 _PRODUCER = 0
@@ -65,6 +66,38 @@ class MockCluster:
                                                     int(partitions), 1)
         if code != 0:
             raise RuntimeError(f"mock topic {topic!r}: librdkafka error code {code}")
+
+
+class MockBrokerProcess:
+    """This module run as a subprocess (so the caller's process holds no
+    librdkafka cluster threads), with a client for its stdin protocol.
+    ``config()`` is an ``open_log`` config that creates topics through it."""
+
+    def __init__(self, brokers=1):
+        self.process = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "--brokers", str(brokers)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        line = self.process.stdout.readline().strip()
+        if not line.startswith("bootstrap.servers="):
+            self.process.kill()
+            raise RuntimeError(f"mock broker did not start: {line!r}")
+        self.bootstrap_servers = line.split("=", 1)[1]
+
+    def create_topic(self, topic, partitions):
+        """Creates ``topic``; raises RuntimeError with the broker's answer."""
+        self.process.stdin.write(f"create {topic} {partitions}\n")
+        self.process.stdin.flush()
+        answer = self.process.stdout.readline().strip()
+        if answer != "ok":
+            raise RuntimeError(f"mock broker: {answer}")
+
+    def config(self, timeout_s=10):
+        return {"bootstrap.servers": self.bootstrap_servers,
+                "monolith.create_topic": self.create_topic, "monolith.timeout_s": timeout_s}
+
+    def stop(self):
+        self.process.stdin.close()
+        self.process.wait(timeout=30)
 
 
 def main():
