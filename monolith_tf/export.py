@@ -27,22 +27,12 @@ import tensorflow as tf
 
 from monolith_tf.dense_checkpoint import as_tf_variable
 from monolith_tf.layers import hash_embedding_layers, model_tables
+from monolith_tf.schema import table_name
 
 
 def table_names(model):
     """Names of the model's tables in the exported ``upsert`` signature."""
     return list(model_tables(model))
-
-
-@contextlib.contextmanager
-def _serving_tables(specs_and_tables):
-    for spec, table in specs_and_tables:
-        spec.serving_table = table
-    try:
-        yield
-    finally:
-        for spec, _ in specs_and_tables:
-            spec.serving_table = None
 
 
 def _input_specs(model):
@@ -118,29 +108,34 @@ def export_saved_model(model, path, row_dtype="float32"):
         raise ValueError("export_saved_model: the model has no HashEmbedding or "
                          "HashEmbeddingCollection layer; save it with tf.saved_model.save")
     module = tf.Module()
-    names, stock, specs_and_tables = [], [], []
+    names, stock, lookups = [], [], []  # lookups: one {feature: fn} per layer
     for layer in layers:
-        for feature, (table, spec) in layer.feature_tables().items():
+        lookups.append({})
+        for feature, table in layer.feature_tables().items():
+            name = table_name(layer.name, feature)
             rows = table.export()
             if row_dtype == "float16" and len(rows["values"]) and float(
                     tf.reduce_max(tf.abs(rows["values"]))) > _FLOAT16_MAX:
-                raise ValueError(f"{layer.name}/{feature}: rows exceed the float16 range "
+                raise ValueError(f"{name}: rows exceed the float16 range "
                                  f"({_FLOAT16_MAX}); export with row_dtype='float32'")
             stock_table = _ROW_TABLES[row_dtype](table.dim)
             stock_table.insert(rows["keys"], rows["values"])
-            names.append(f"{layer.name}/{feature}")
+            names.append(name)
             stock.append(stock_table)
-            specs_and_tables.append((spec, stock_table))
+            lookups[-1][feature] = stock_table.lookup
     module.tables = stock
     module.dense_variables = [as_tf_variable(v) for v in model.variables]
     input_spec = _input_specs(model)
 
-    with _serving_tables(specs_and_tables):
+    # The model's layers read the stock tables while the serving graph is traced.
+    with contextlib.ExitStack() as serving:
+        for layer, layer_lookups in zip(layers, lookups):
+            serving.enter_context(layer.serving_lookups(layer_lookups))
         if isinstance(input_spec, dict):
             def serve(**features):
                 return {"output": model(features, training=False)}
 
-            serving = tf.function(serve).get_concrete_function(**input_spec)
+            serving_fn = tf.function(serve).get_concrete_function(**input_spec)
         else:
             specs = input_spec if isinstance(input_spec, (list, tuple)) else [input_spec]
 
@@ -148,7 +143,7 @@ def export_saved_model(model, path, row_dtype="float32"):
                 inputs = features if isinstance(input_spec, (list, tuple)) else features[0]
                 return {"output": model(inputs, training=False)}
 
-            serving = tf.function(serve).get_concrete_function(*specs)
+            serving_fn = tf.function(serve).get_concrete_function(*specs)
 
     table_names_const = tf.constant(names)
 
@@ -170,6 +165,6 @@ def export_saved_model(model, path, row_dtype="float32"):
         return {"rows": tf.switch_case(index, [insert_into(i) for i in range(len(stock))])}
 
     module.upsert = upsert
-    tf.saved_model.save(module, path, signatures={"serving_default": serving,
+    tf.saved_model.save(module, path, signatures={"serving_default": serving_fn,
                                                   "upsert": upsert.get_concrete_function()})
     return names

@@ -15,18 +15,23 @@ gradient for the trigger. ``predict``/``evaluate`` (training=False) compute
 no gradient, so they neither update nor insert.
 """
 
+import contextlib
+
 import tensorflow as tf
 
 from monolith_tf import table as table_lib
+from monolith_tf.schema import ROW_FIELDS, TABLE_DEFAULTS, table_name
 
 keras = tf.keras
+# tf_keras (Keras 2) expresses shapes as TensorShape, Keras 3 as tuples.
+_LEGACY_KERAS = keras.__version__.startswith("2.")
 
 COMBINERS = (None, "sum", "mean", "sqrtn")
 # Strings become ids through TF's 64-bit fingerprint, kept non-negative.
 _STRING_ID_BUCKETS = 2**63 - 1
-_EXPORT_FIELDS = ("keys", "values", "state", "timestamps", "counts")
 # Memory control options of each table (see HashTable).
-MEMORY_CONTROL_DEFAULTS = {"occurrence_threshold": 0, "admission_filter": "counting",
+MEMORY_CONTROL_DEFAULTS = {"occurrence_threshold": TABLE_DEFAULTS["occurrence_threshold"],
+                           "admission_filter": TABLE_DEFAULTS["admission_filter"],
                            "expire_after": None, "evict_every": None, "evict_on_save": False}
 
 
@@ -62,10 +67,10 @@ def hash_embedding_layers(model):
 
 
 def model_tables(model):
-    """``{"<layer name>/<feature>": HashTable}`` of every table in ``model``:
-    the names used by checkpoints, TensorBoard and the serving export."""
-    return {f"{layer.name}/{feature}": table for layer in hash_embedding_layers(model)
-            for feature, (table, _) in layer.feature_tables().items()}
+    """``{table name: HashTable}`` of every table in ``model``, named by
+    ``monolith_tf.schema.table_name`` (``<layer name>/<feature>``)."""
+    return {table_name(layer.name, feature): table for layer in hash_embedding_layers(model)
+            for feature, table in layer.feature_tables().items()}
 
 
 def _serialize_learning_rate(learning_rate):
@@ -80,8 +85,9 @@ def _deserialize_learning_rate(config):
     return float(config)
 
 
-class _FeatureSpec:
-    """One feature's table and how its rows are combined."""
+class FeatureTable:
+    """One feature of a layer: its HashTable, learning rate and combiner, and
+    the layer config that rebuilds them (``config``)."""
 
     def __init__(self, name, dim, initializer, optimizer, learning_rate, combiner,
                  capacity_hint, seed, memory_control=None):
@@ -92,13 +98,13 @@ class _FeatureSpec:
         self.name = name
         self.combiner = combiner
         self.learning_rate = learning_rate
-        # Set only while monolith_tf.export traces a serving graph.
-        self.serving_table = None
         memory_control = dict(memory_control or {})
         unknown = set(memory_control) - set(MEMORY_CONTROL_DEFAULTS)
         if unknown:
             raise ValueError(f"{name}: unknown arguments {sorted(unknown)}")
         memory_control = {**MEMORY_CONTROL_DEFAULTS, **memory_control}
+        initializer = TABLE_DEFAULTS["initializer"] if initializer is None else initializer
+        optimizer = TABLE_DEFAULTS["optimizer"] if optimizer is None else optimizer
         self.config = {"dim": dim, "initializer": initializer, "optimizer": optimizer,
                        "learning_rate": _serialize_learning_rate(learning_rate),
                        "combiner": combiner, "capacity_hint": capacity_hint, "seed": seed,
@@ -180,13 +186,34 @@ def _reduce(total, count, combiner):
     return tf.math.divide_no_nan(total, tf.sqrt(count))
 
 
+def _as_output_shape(shape):
+    """``shape`` (a tuple) as the flavour's shape type: TensorShape under
+    tf_keras, a tuple under Keras 3."""
+    return tf.TensorShape(shape) if _LEGACY_KERAS else tuple(shape)
+
+
+def _embedding_shape(feature, input_shape):
+    """Output shape of ``feature`` (a FeatureTable) for ids of ``input_shape``."""
+    shape = tuple(tf.TensorShape(input_shape).as_list())
+    dim = feature.config["dim"]
+    if feature.combiner is not None and len(shape) == 2:
+        return _as_output_shape((shape[0], dim))
+    return _as_output_shape(shape + (dim,))
+
+
 class _HashEmbeddingBase(keras.layers.Layer):
-    """Trigger variable, update counter and the trained fused lookup."""
+    """Trigger variable, update counter, the trained fused lookup and the
+    serving-lookup hook.
+
+    Rows stay float32 in the tables; outputs are cast to the layer's compute
+    dtype (float16 under a ``mixed_float16`` policy), as Keras layers do.
+    """
 
     def _make_update_weights(self):
         # Always zero: its gradient path carries the table updates (module doc).
         self.update_trigger = self.add_weight(
-            name="update_trigger", shape=(), initializer="zeros", trainable=True)
+            name="update_trigger", shape=(), initializer="zeros", trainable=True,
+            dtype="float32")
         # Table updates applied so far: the step of learning rate schedules.
         self.update_steps = self.add_weight(
             name="update_steps", shape=(), dtype="int64", initializer="zeros", trainable=False)
@@ -194,16 +221,31 @@ class _HashEmbeddingBase(keras.layers.Layer):
         # worker; stamps updated rows when a call passes no timestamps.
         self.data_time = self.add_weight(
             name="data_time", shape=(), dtype="int64", initializer="zeros", trainable=False)
+        self._serving_lookups = None
 
-    def _lookup(self, specs, flat_ids, training, timestamp=None):
-        tables = [spec.table for spec in specs]
+    @contextlib.contextmanager
+    def serving_lookups(self, lookups):
+        """While the context is open, inference calls read rows through
+        ``lookups`` (``{feature: fn(int64 ids) -> float32 rows}``) instead of
+        this layer's tables. ``monolith_tf.export`` uses it to trace a serving
+        graph over stock tables; training calls are not affected."""
+        missing = set(self._feature_names()) - set(lookups)
+        if missing:
+            raise ValueError(f"{self.name}: serving lookups lack features {sorted(missing)}")
+        self._serving_lookups = dict(lookups)
+        try:
+            yield self
+        finally:
+            self._serving_lookups = None
+
+    def _lookup(self, features, flat_ids, training, timestamp=None):
+        tables = [feature.table for feature in features]
         if not training:
-            if all(spec.serving_table is not None for spec in specs):
-                # Traced by export_saved_model: stock tables, no custom op. Their
-                # lookup has no shape function for the value width; state it.
-                return [tf.ensure_shape(spec.serving_table.lookup(ids),
-                                        ids.shape.concatenate([spec.config["dim"]]))
-                        for spec, ids in zip(specs, flat_ids)]
+            if self._serving_lookups is not None:
+                # Stock serving tables state no value width; Keras needs it.
+                return [tf.ensure_shape(self._serving_lookups[feature.name](ids),
+                                        ids.shape.concatenate([feature.config["dim"]]))
+                        for feature, ids in zip(features, flat_ids)]
             return table_lib.lookup_many(tables, flat_ids, training=False)
         steps = self.update_steps
 
@@ -212,13 +254,13 @@ class _HashEmbeddingBase(keras.layers.Layer):
             rows = table_lib.lookup_many(tables, flat_ids, training=True)
 
             def backward(*row_grads):
-                row_grads = [tf.zeros_like(r) if g is None else g
+                row_grads = [tf.zeros_like(r) if g is None else tf.cast(g, tf.float32)
                              for r, g in zip(rows, row_grads)]
                 # After the gradients exist: a step that fails before them
                 # (e.g. on an exhausted input iterator) must not count.
                 with tf.control_dependencies(row_grads):
                     step = steps.assign_add(1)
-                rates = tf.stack([spec.rate(step) for spec in specs])
+                rates = tf.stack([feature.rate(step) for feature in features])
                 times = None if timestamp is None else [timestamp] * len(tables)
                 updated = table_lib.apply_gradients_many(tables, flat_ids, row_grads, rates,
                                                          times)
@@ -230,10 +272,10 @@ class _HashEmbeddingBase(keras.layers.Layer):
 
         return trained_lookup(tf.convert_to_tensor(self.update_trigger))
 
-    def _embed(self, specs, inputs, training, timestamps=None):
+    def _embed(self, features, inputs, training, timestamps=None):
         flat, combines = [], []
-        for spec, ids in zip(specs, inputs):
-            ids_flat, combine = _flatten(ids, spec.name, spec.combiner)
+        for feature, ids in zip(features, inputs):
+            ids_flat, combine = _flatten(ids, feature.name, feature.combiner)
             flat.append(ids_flat)
             combines.append(combine)
         # Data time of the batch (seconds): the newest example's, as a scalar.
@@ -241,36 +283,43 @@ class _HashEmbeddingBase(keras.layers.Layer):
             timestamp = tf.reduce_max(ids_to_int64(tf.convert_to_tensor(timestamps), "timestamps"))
         else:
             timestamp = tf.convert_to_tensor(self.data_time)
-        rows = self._lookup(specs, flat, bool(training), timestamp)
-        return [combine(r) for r, combine in zip(rows, combines)]
+        rows = self._lookup(features, flat, bool(training), timestamp)
+        outputs = [combine(r) for r, combine in zip(rows, combines)]
+        if self.compute_dtype != "float32":
+            outputs = [tf.cast(out, self.compute_dtype) for out in outputs]
+        return outputs
 
     # Keras 3 (and tf_keras' .keras format) save weights through these hooks;
     # the table is not a Keras variable, so its rows ride along here.
     def save_own_variables(self, store):
         for i, weight in enumerate(self.weights):
             store[str(i)] = weight.numpy()
-        for spec in self._specs():
-            for field, value in spec.table.export().items():
-                store[f"{spec.name}/{field}"] = value.numpy()
-            state, now = spec.table.save_filter_state()
-            store[f"{spec.name}/filter_state"] = state.numpy()
-            store[f"{spec.name}/now"] = now.numpy()
+        for feature in self._features():
+            for field, value in feature.table.export().items():
+                store[f"{feature.name}/{field}"] = value.numpy()
+            state, now = feature.table.save_filter_state()
+            store[f"{feature.name}/filter_state"] = state.numpy()
+            store[f"{feature.name}/now"] = now.numpy()
 
     def load_own_variables(self, store):
         for i, weight in enumerate(self.weights):
             weight.assign(store[str(i)])
-        for spec in self._specs():
-            spec.table.import_rows(**{f: store[f"{spec.name}/{f}"][...] for f in _EXPORT_FIELDS},
-                                   clear=True)
-            spec.table.restore_filter_state(store[f"{spec.name}/filter_state"][...],
-                                            store[f"{spec.name}/now"][...])
+        for feature in self._features():
+            feature.table.import_rows(
+                **{f: store[f"{feature.name}/{f}"][...] for f in ROW_FIELDS}, clear=True)
+            feature.table.restore_filter_state(store[f"{feature.name}/filter_state"][...],
+                                               store[f"{feature.name}/now"][...])
 
-    def _specs(self):
+    def _features(self):
+        """This layer's FeatureTables, in a fixed order."""
         raise NotImplementedError
 
+    def _feature_names(self):
+        return [feature.name for feature in self._features()]
+
     def feature_tables(self):
-        """``{feature name: (HashTable, _FeatureSpec)}`` of this layer."""
-        return {spec.name: (spec.table, spec) for spec in self._specs()}
+        """``{feature name: HashTable}`` of this layer."""
+        return {feature.name: feature.table for feature in self._features()}
 
 
 @keras.utils.register_keras_serializable(package="monolith_tf")
@@ -279,9 +328,11 @@ class HashEmbedding(_HashEmbeddingBase):
 
     Args:
       dim: floats per embedding row.
-      initializer: spec of new rows, e.g. ``"truncated_normal(stddev=0.05)"``.
+      initializer: spec of new rows, e.g. ``"truncated_normal(stddev=0.05)"``;
+        None: the core's default (``monolith_tf.schema.TABLE_DEFAULTS``).
       optimizer: spec of the table's own sparse optimizer: ``"sgd"``,
-        ``"adagrad(initial_accumulator=0.1)"``, ``"adam"``, ``"ftrl(l1=0.01)"``.
+        ``"adagrad(initial_accumulator=0.1)"``, ``"adam"``, ``"ftrl(l1=0.01)"``;
+        None: the core's default (adagrad).
       learning_rate: float, or a Keras ``LearningRateSchedule`` called with the
         number of table updates so far.
       combiner: for multi-hot ids ([batch, n] dense, ragged or 2-D sparse):
@@ -293,38 +344,40 @@ class HashEmbedding(_HashEmbeddingBase):
 
     Input: int64/int32/string ids, ``[batch]`` or ``[batch, n]`` dense,
     ``tf.RaggedTensor`` or ``tf.SparseTensor``. Output: ``ids.shape + [dim]``,
-    or ``[batch, dim]`` with a combiner. Training inserts new ids; inference
-    reads unseen ids as zeros and inserts nothing.
+    or ``[batch, dim]`` with a combiner, in the layer's compute dtype. Training
+    inserts new ids; inference reads unseen ids as zeros and inserts nothing.
     """
 
-    def __init__(self, dim, initializer="uniform(minval=-0.05, maxval=0.05)",
-                 optimizer="adagrad", learning_rate=0.01, combiner=None, capacity_hint=0,
-                 seed=0, **kwargs):
+    def __init__(self, dim, initializer=None, optimizer=None, learning_rate=0.01,
+                 combiner=None, capacity_hint=0, seed=0, **kwargs):
         memory_control = {k: kwargs.pop(k) for k in list(kwargs) if k in MEMORY_CONTROL_DEFAULTS}
         super().__init__(**kwargs)
         self.dim = int(dim)
-        self._spec = _FeatureSpec(self.name, self.dim, initializer, optimizer, learning_rate,
-                                  combiner, capacity_hint, seed, memory_control)
-        self.table = self._spec.table
+        self._feature = FeatureTable(self.name, self.dim, initializer, optimizer,
+                                     learning_rate, combiner, capacity_hint, seed,
+                                     memory_control)
+        self.table = self._feature.table
         self._make_update_weights()
 
-    def _specs(self):
-        return [self._spec]
+    def _features(self):
+        return [self._feature]
+
+    @property
+    def learning_rate(self):
+        """The table's learning rate: a float or a LearningRateSchedule."""
+        return self._feature.learning_rate
 
     def call(self, inputs, training=None, timestamps=None):
         """``timestamps``: optional data time (seconds) of the examples; the
         batch's newest one stamps the updated rows (for expiry)."""
-        return self._embed([self._spec], [inputs], training, timestamps)[0]
+        return self._embed([self._feature], [inputs], training, timestamps)[0]
 
     def compute_output_shape(self, input_shape):
-        input_shape = tuple(input_shape)
-        if self._spec.combiner is not None and len(input_shape) == 2:
-            return (input_shape[0], self.dim)
-        return input_shape + (self.dim,)
+        return _embedding_shape(self._feature, input_shape)
 
     def get_config(self):
         config = super().get_config()
-        config.update({k: v for k, v in self._spec.config.items()})
+        config.update(self._feature.config)
         return config
 
     @classmethod
@@ -346,7 +399,7 @@ class HashEmbeddingCollection(_HashEmbeddingBase):
     Input: a dict of ids per feature (as for ``HashEmbedding``), plus
     optionally ``timestamp_feature`` (default ``"timestamp"``): the examples'
     data time in seconds, which stamps the updated rows (for expiry). Output:
-    a dict of embeddings, one per feature.
+    a dict of embeddings, one per feature, in the layer's compute dtype.
     """
 
     def __init__(self, features, timestamp_feature="timestamp", **kwargs):
@@ -355,43 +408,36 @@ class HashEmbeddingCollection(_HashEmbeddingBase):
         if not features:
             raise ValueError("features must name at least one feature")
         self.features = {}
-        self._feature_specs = []
-        for feature, args in sorted(features.items()):
+        self._feature_list = []
+        for name, args in sorted(features.items()):
             args = dict(args)
-            spec = _FeatureSpec(
-                feature, int(args.pop("dim")),
-                args.pop("initializer", "uniform(minval=-0.05, maxval=0.05)"),
-                args.pop("optimizer", "adagrad"),
+            feature = FeatureTable(
+                name, int(args.pop("dim")), args.pop("initializer", None),
+                args.pop("optimizer", None),
                 _deserialize_learning_rate(args.pop("learning_rate", 0.01)),
                 args.pop("combiner", None), args.pop("capacity_hint", 0), args.pop("seed", 0),
                 memory_control=args)
-            self.features[feature] = spec.config
-            self._feature_specs.append(spec)
-        self.tables = {spec.name: spec.table for spec in self._feature_specs}
+            self.features[name] = feature.config
+            self._feature_list.append(feature)
+        self.tables = {feature.name: feature.table for feature in self._feature_list}
         self._make_update_weights()
 
-    def _specs(self):
-        return self._feature_specs
+    def _features(self):
+        return self._feature_list
 
     def call(self, inputs, training=None):
-        missing = [s.name for s in self._feature_specs if s.name not in inputs]
+        missing = [f.name for f in self._feature_list if f.name not in inputs]
         if missing:
             raise _invalid(f"inputs lack features {missing}")
-        outputs = self._embed(self._feature_specs,
-                              [inputs[s.name] for s in self._feature_specs], training,
+        outputs = self._embed(self._feature_list,
+                              [inputs[f.name] for f in self._feature_list], training,
                               inputs.get(self.timestamp_feature))
-        return {spec.name: out for spec, out in zip(self._feature_specs, outputs)}
+        return {feature.name: out for feature, out in zip(self._feature_list, outputs)}
 
     def compute_output_shape(self, input_shape):
-        shapes = {}
-        for spec in self._feature_specs:  # the timestamp feature has no output
-            shape = tuple(input_shape[spec.name])
-            dim = spec.config["dim"]
-            if spec.combiner is not None and len(shape) == 2:
-                shapes[spec.name] = (shape[0], dim)
-            else:
-                shapes[spec.name] = shape + (dim,)
-        return shapes
+        # The timestamp feature has no output.
+        return {feature.name: _embedding_shape(feature, input_shape[feature.name])
+                for feature in self._feature_list}
 
     def get_config(self):
         config = super().get_config()

@@ -31,13 +31,15 @@ import zlib
 
 import numpy as np
 
+from monolith_tf.schema import ROW_FIELD_DTYPES
+
 FORMAT = "monolith_tf.sparse/2"
 _MAGIC = b"MTSPROWS"
 _VERSION = 2
 _HEADER = struct.Struct("<8sIIIQ")
 _NAME = re.compile(r"^sparse-(\d{8})-(full|delta)$")
-_FIELDS = (("keys", np.int64), ("values", np.float32), ("state", np.float32),
-           ("timestamps", np.int64), ("counts", np.int64))
+# Block arrays in the core's row-field order: keys, values, state, timestamps, counts.
+_FIELDS = tuple(ROW_FIELD_DTYPES.items())
 _READ_BYTES = 1 << 22  # CRC checks read files in pieces of this size
 
 
@@ -61,8 +63,8 @@ def _fsync_write(path, chunks):
 def _block_buffers(rows):
     """The header and arrays of one block, as buffers (no copy of the rows)."""
     arrays = [np.ascontiguousarray(rows[name], dtype) for name, dtype in _FIELDS]
-    n, dim = arrays[1].shape
-    header = _HEADER.pack(_MAGIC, _VERSION, dim, arrays[2].shape[1], n)
+    n, dim = rows["values"].shape
+    header = _HEADER.pack(_MAGIC, _VERSION, dim, rows["state"].shape[1], n)
     return [header] + [memoryview(a.reshape(-1).view(np.uint8)) for a in arrays]
 
 
@@ -127,15 +129,16 @@ def iter_row_blocks(path):
             if magic != _MAGIC or version != _VERSION:
                 raise CheckpointError(f"{path}: not a monolith_tf row file (magic {magic!r}, "
                                       f"version {version}, expected {_VERSION})")
-            block = {}
-            for (name, dtype), width in zip(_FIELDS, (1, dim, state_dim, 1, 1)):
+            block, widths = {}, {"values": dim, "state": state_dim}
+            for name, dtype in _FIELDS:
+                width = widths.get(name, 1)
                 size = n * width * np.dtype(dtype).itemsize
                 data = f.read(size)
                 if len(data) != size:
                     raise CheckpointError(f"{path}: truncated block ({name}: {len(data)} of "
                                           f"{size} bytes)")
                 array = np.frombuffer(data, dtype)
-                block[name] = array.reshape(n, width) if name in ("values", "state") else array
+                block[name] = array.reshape(n, width) if name in widths else array
             yield block
 
 

@@ -24,16 +24,3 @@ def make_spec(name, **params):
         return name
     items = ", ".join(f"{key}={float(value)!r}" for key, value in sorted(params.items()))
     return f"{name}({items})"
-
-
-def optimizer_state_dim(optimizer, dim):
-    """Floats of optimizer state per row for ``optimizer`` (a spec) at ``dim``.
-
-    Mirrors the core's layout: sgd 0, adagrad dim (accumulator), adam
-    2*dim+1 (m, v, step), ftrl 2*dim (z, n).
-    """
-    name = optimizer.split("(", 1)[0].strip()
-    per_name = {"sgd": 0, "adagrad": dim, "adam": 2 * dim + 1, "ftrl": 2 * dim}
-    if name not in per_name:
-        raise ValueError(f"unknown optimizer {name!r}; expected sgd, adagrad, adam or ftrl")
-    return per_name[name]

@@ -9,10 +9,7 @@ saved with ``tf.train.Checkpoint`` and SavedModel.
 import tensorflow as tf
 
 from monolith_tf.ops import table_ops
-from monolith_tf.specs import optimizer_state_dim
-
-_EXPORT_FIELDS = ("keys", "values", "state", "timestamps", "counts")
-STATS_FIELDS = ("size", "admitted", "rejected", "evicted", "memory_bytes", "now")
+from monolith_tf.schema import ROW_FIELDS, STATS_FIELDS, TABLE_DEFAULTS, optimizer_state_dim
 
 
 def _invalid(message):
@@ -51,17 +48,20 @@ class HashTable(tf.saved_model.experimental.TrackableResource):
     Args:
       dim: floats per embedding row (> 0).
       initializer: spec of new rows' values, e.g. ``"zeros"`` or
-        ``"truncated_normal(stddev=0.02)"``. Random initializers are seeded by
+        ``"truncated_normal(stddev=0.02)"``; None: the core's default
+        (``TABLE_DEFAULTS`` in ``monolith_tf.schema``). Random initializers are seeded by
         ``(seed, id)``: a row's first value does not depend on insertion order.
       optimizer: spec of the sparse optimizer applied by ``apply_gradients``:
-        ``sgd``, ``adagrad``, ``adam`` or ``ftrl`` (see ``monolith_tf.specs``).
+        ``sgd``, ``adagrad``, ``adam`` or ``ftrl`` (see ``monolith_tf.specs``);
+        None: the core's default.
       seed: seeds the hash functions and the initializer.
       capacity_hint: rows that fit before the table first grows (>= 0).
       name: name of the table in checkpoints and graphs.
       occurrence_threshold: an id gets an entry only at its k-th training
         lookup (0: at the first); before that it reads as zeros and its
         gradients are dropped.
-      admission_filter: ``"counting(width=1048576, depth=4)"`` (count-min
+      admission_filter: None (the core's default, ``"counting"``),
+        ``"counting(width=1048576, depth=4)"`` (count-min
         sketch, never admits early unless ids collide in every row) or
         ``"probabilistic(admit_probability=0.95)"`` (no per-id state).
       expire_after: seconds of data time after which an entry not updated is
@@ -74,31 +74,30 @@ class HashTable(tf.saved_model.experimental.TrackableResource):
         otherwise it is private to this object and freed with it.
     """
 
-    def __init__(self, dim, initializer="uniform(minval=-0.05, maxval=0.05)",
-                 optimizer="adagrad", seed=0, capacity_hint=0, name="hash_table",
-                 occurrence_threshold=0, admission_filter="counting", expire_after=None,
-                 evict_every=None, evict_on_save=False, shared_name=None):
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0:
-            raise _invalid(f"dim must be a positive int, got {dim!r}")
-        if isinstance(capacity_hint, bool) or not isinstance(capacity_hint, int) \
-                or capacity_hint < 0:
-            raise _invalid(f"capacity_hint must be an int >= 0, got {capacity_hint!r}")
-        if isinstance(occurrence_threshold, bool) or not isinstance(occurrence_threshold, int) \
-                or occurrence_threshold < 0:
-            raise _invalid(f"occurrence_threshold must be an int >= 0 (0: off), got "
-                           f"{occurrence_threshold!r}")
+    def __init__(self, dim, initializer=None, optimizer=None, seed=0, capacity_hint=0,
+                 name="hash_table", occurrence_threshold=0, admission_filter=None,
+                 expire_after=None, evict_every=None, evict_on_save=False, shared_name=None):
+        # Types are checked here; ranges and specs by the core when the table
+        # is created (one validation for every bridge).
+        for option, value in (("dim", dim), ("capacity_hint", capacity_hint),
+                              ("occurrence_threshold", occurrence_threshold)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise _invalid(f"{option} must be an int, got {value!r}")
         for option, value in (("expire_after", expire_after), ("evict_every", evict_every)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)
                                       or value <= 0):
                 raise _invalid(f"{option} must be a positive int or None (off), got {value!r}")
+        if admission_filter is None:
+            admission_filter = TABLE_DEFAULTS["admission_filter"]
         self._memory_control = {"occurrence_threshold": occurrence_threshold,
                                 "admission_filter": str(admission_filter),
                                 "expire_after": expire_after or 0,
                                 "evict_every": evict_every or 0}
         self._evict_on_save = bool(evict_on_save)
         self._dim = dim
-        self._initializer = str(initializer)
-        self._optimizer = str(optimizer)
+        self._initializer = str(TABLE_DEFAULTS["initializer"] if initializer is None
+                                else initializer)
+        self._optimizer = str(TABLE_DEFAULTS["optimizer"] if optimizer is None else optimizer)
         self._seed = int(seed)
         self._capacity_hint = capacity_hint
         self._name = name
@@ -108,6 +107,8 @@ class HashTable(tf.saved_model.experimental.TrackableResource):
         # does not own a handle that dies with that function's graph.
         with tf.init_scope():
             self._resource_handle = self._create_resource()
+        # After creation, so a bad spec is the core's InvalidArgumentError.
+        self._state_dim = optimizer_state_dim(self._optimizer, self._dim)
 
     @property
     def dim(self):
@@ -117,7 +118,7 @@ class HashTable(tf.saved_model.experimental.TrackableResource):
     @property
     def state_dim(self):
         """Floats of optimizer state per row."""
-        return optimizer_state_dim(self._optimizer, self._dim)
+        return self._state_dim
 
     @property
     def name(self):
@@ -128,7 +129,10 @@ class HashTable(tf.saved_model.experimental.TrackableResource):
         return {"dim": self._dim, "initializer": self._initializer,
                 "optimizer": self._optimizer, "seed": self._seed,
                 "capacity_hint": self._capacity_hint, "name": self._name,
-                **self._memory_control, "evict_on_save": self._evict_on_save}
+                **self._memory_control, "evict_on_save": self._evict_on_save,
+                # 0 is how the op spells "off"; the constructor's is None.
+                "expire_after": self._memory_control["expire_after"] or None,
+                "evict_every": self._memory_control["evict_every"] or None}
 
     def _create_resource(self):
         return table_ops.monolith_hash_table(
@@ -217,7 +221,7 @@ class HashTable(tf.saved_model.experimental.TrackableResource):
             self.resource_handle, tf.constant(chunk, tf.int64),
             tf.constant(num_chunks, tf.int64), dim=self._dim, only_dirty=bool(only_dirty),
             clear_dirty=bool(clear_dirty))
-        return dict(zip(_EXPORT_FIELDS, outputs))
+        return dict(zip(ROW_FIELDS, outputs))
 
     def import_rows(self, keys, values, state, timestamps, counts, clear=False):
         """Upserts full rows as ``export`` returns them; with ``clear=True``
@@ -250,7 +254,7 @@ class HashTable(tf.saved_model.experimental.TrackableResource):
         return tensors
 
     def _restore_from_tensors(self, restored_tensors):
-        rows = {k: restored_tensors[k] for k in _EXPORT_FIELDS}
+        rows = {k: restored_tensors[k] for k in ROW_FIELDS}
         imported = self.import_rows(**rows, clear=True)
         deps = [imported] if imported is not None else []
         with tf.control_dependencies(deps):

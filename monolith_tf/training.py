@@ -58,6 +58,7 @@ import tensorflow as tf
 
 from monolith_tf.dense_checkpoint import DenseCheckpointError, DenseCheckpointer
 from monolith_tf.layers import hash_embedding_layers, model_tables
+from monolith_tf.schema import STATS_FIELDS, table_file_name
 from monolith_tf.sparse_checkpoint import (CheckpointError, SparseCheckpointer,
                                            list_checkpoints, read_manifest)
 from monolith_tf.streaming.dataset import POSITION_KEY, ExampleStream
@@ -68,7 +69,8 @@ STOP_END_OF_DATA = "end_of_data"
 STOP_MAX_STEPS = "max_steps"
 STOP_MAX_SECONDS = "max_seconds"
 STOP_SIGNAL = "signal"
-_TABLE_STATS = ("size", "admitted", "rejected", "evicted", "memory_bytes")
+# Table counters written to TensorBoard; "now" is written once, as data_time.
+_TABLE_STATS = tuple(field for field in STATS_FIELDS if field != "now")
 
 
 class Schedule:
@@ -151,10 +153,9 @@ class TrainingWorker:
         self.verbose = verbose
         self.layers = hash_embedding_layers(model)
         self.tables = model_tables(model)
-        # File names of tables: "<layer>/<feature>" with the slash replaced.
         self.sparse = SparseCheckpointer(
             os.path.join(model_dir, "sparse"),
-            {name.replace("/", "."): table for name, table in self.tables.items()},
+            {table_file_name(name): table for name, table in self.tables.items()},
             keep_full=keep_full)
         self.dense = DenseCheckpointer(os.path.join(model_dir, "dense"), model, keep=keep_dense)
         self._sparse_schedule = Schedule(sparse_every_steps, sparse_every_secs)

@@ -193,7 +193,7 @@ def test_get_config_round_trip_with_a_schedule():
     config = emb.get_config()
     clone = HashEmbedding.from_config(config)
     assert clone.get_config() == config
-    assert isinstance(clone._spec.learning_rate,
+    assert isinstance(clone.learning_rate,
                       keras.optimizers.schedules.ExponentialDecay)
 
 

@@ -1,4 +1,5 @@
 // Kernels: validate inputs, call the core, turn its errors into Status.
+#include <algorithm>
 #include <string>
 
 #include "cc/ops/table_resource.h"
@@ -105,42 +106,26 @@ tensorflow::Status CheckRowsMatchIds(const Tensor& ids, const Tensor& rows,
 class CreateTableOp : public OpKernel {
  public:
   explicit CreateTableOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    tensorflow::int64 dim, seed, capacity_hint;
+    tensorflow::int64 dim, seed, occurrence_threshold;
     OP_REQUIRES_OK(ctx, ctx->GetAttr("dim", &dim));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("initializer", &config_.initializer));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("optimizer", &config_.optimizer));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("seed", &seed));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("capacity_hint", &capacity_hint));
-    tensorflow::int64 occurrence_threshold, expire_after, evict_every;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("capacity_hint", &config_.capacity_hint));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("occurrence_threshold", &occurrence_threshold));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("admission_filter", &config_.admission_filter));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("expire_after", &expire_after));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("evict_every", &evict_every));
-    OP_REQUIRES(ctx, occurrence_threshold >= 0 && occurrence_threshold <= (1 << 30),
-                errors::InvalidArgument("occurrence_threshold must be >= 0, got ",
-                                        occurrence_threshold));
-    config_.occurrence_threshold = static_cast<int>(occurrence_threshold);
-    config_.expire_after = expire_after;
-    config_.evict_every = evict_every;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("expire_after", &config_.expire_after));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("evict_every", &config_.evict_every));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("container", &container_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("shared_name", &shared_name_));
-    OP_REQUIRES(ctx, dim > 0 && dim <= (1 << 20),
-                errors::InvalidArgument("dim must be in [1, 2^20], got ", dim));
-    OP_REQUIRES(ctx, capacity_hint >= 0,
-                errors::InvalidArgument("capacity_hint must be >= 0, got ", capacity_hint));
-    config_.dim = static_cast<int>(dim);
+    // Out-of-range int64 attrs are clamped to an invalid int so that the
+    // core's validation names them (a plain cast could wrap into range).
+    config_.dim = static_cast<int>(std::clamp<tensorflow::int64>(dim, -1, kMaxDim + 1));
+    config_.occurrence_threshold = static_cast<int>(
+        std::clamp<tensorflow::int64>(occurrence_threshold, -1, kMaxOccurrenceThreshold + 1));
     config_.seed = static_cast<uint64_t>(seed);
-    config_.capacity_hint = capacity_hint;
-    // Reject bad specs when the graph is built, not at first use (a probe
-    // table with a small filter, so validation costs little memory).
-    OP_REQUIRES_OK(ctx, CallCore([&] {
-                     TableConfig probe = config_;
-                     probe.capacity_hint = 0;
-                     if (probe.occurrence_threshold > 0) MakeAdmissionFilter(
-                         probe.admission_filter, probe.occurrence_threshold, probe.seed);
-                     probe.occurrence_threshold = 0;
-                     EmbeddingTable check(probe);
-                   }));
+    // Bad configs fail when the graph is built, not at first use.
+    OP_REQUIRES_OK(ctx, CallCore([&] { ValidateTableConfig(config_); }));
   }
 
   void Compute(OpKernelContext* ctx) override {
@@ -166,13 +151,10 @@ class CreateTableOp : public OpKernel {
                             }));
     tensorflow::core::ScopedUnref unref(resource);
     const TableConfig& existing = resource->table().config();
-    OP_REQUIRES(ctx,
-                existing.dim == config_.dim && existing.initializer == config_.initializer &&
-                    existing.optimizer == config_.optimizer,
-                errors::InvalidArgument("table '", shared_name_, "' already exists as ",
-                                        resource->DebugString(), "; asked for dim=",
-                                        config_.dim, ", initializer=", config_.initializer,
-                                        ", optimizer=", config_.optimizer));
+    OP_REQUIRES(ctx, SameTableConfig(existing, config_),
+                errors::InvalidArgument("table '", shared_name_, "' already exists with ",
+                                        DescribeTableConfig(existing), "; asked for ",
+                                        DescribeTableConfig(config_)));
     handle->scalar<tensorflow::ResourceHandle>()() =
         tensorflow::MakeResourceHandle<HashTableResource>(ctx, container, shared_name_);
   }
@@ -292,16 +274,11 @@ class StatsOp : public TableOpKernel {
 
  protected:
   void ComputeWithTable(OpKernelContext* ctx, EmbeddingTable& table) override {
-    const TableStats stats = table.Stats();
+    const auto values = table.Stats().Values();
     Tensor* out;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({6}), &out));
-    auto v = out->vec<int64_t>();
-    v(0) = stats.size;
-    v(1) = stats.admitted;
-    v(2) = stats.rejected;
-    v(3) = stats.evicted;
-    v(4) = stats.memory_bytes;
-    v(5) = stats.now;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(
+                            0, TensorShape({static_cast<int64_t>(values.size())}), &out));
+    std::copy(values.begin(), values.end(), out->flat<int64_t>().data());
   }
 };
 

@@ -1,5 +1,8 @@
 // Op registrations with full shape functions (Keras 3 infers output specs from
 // them). Names are namespaced "Monolith*". Kernels are in table_kernels.cc.
+#include <string>
+
+#include "cc/table/table_config.h"
 #include "tensorflow/core/framework/common_shape_fns.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/shape_inference.h"
@@ -27,19 +30,30 @@ Status CheckTimestamps(InferenceContext* c, ShapeHandle ids, ShapeHandle ts) {
   return c->Merge(ids, ts, &unused);
 }
 
+// Attr defaults are the core's TableConfig defaults.
+const TableConfig kDefaults;
+
+std::string StringAttr(const char* name, const std::string& fallback) {
+  return std::string(name) + ": string = '" + fallback + "'";
+}
+
+std::string IntAttr(const char* name, int64_t fallback) {
+  return std::string(name) + ": int = " + std::to_string(fallback);
+}
+
 }  // namespace
 
 REGISTER_OP("MonolithHashTable")
     .Output("table_handle: resource")
     .Attr("dim: int")
-    .Attr("initializer: string = 'uniform(minval=-0.05, maxval=0.05)'")
-    .Attr("optimizer: string = 'adagrad'")
-    .Attr("seed: int = 0")
-    .Attr("capacity_hint: int = 0")
-    .Attr("occurrence_threshold: int = 0")
-    .Attr("admission_filter: string = 'counting'")
-    .Attr("expire_after: int = 0")
-    .Attr("evict_every: int = 0")
+    .Attr(StringAttr("initializer", kDefaults.initializer))
+    .Attr(StringAttr("optimizer", kDefaults.optimizer))
+    .Attr(IntAttr("seed", static_cast<int64_t>(kDefaults.seed)))
+    .Attr(IntAttr("capacity_hint", kDefaults.capacity_hint))
+    .Attr(IntAttr("occurrence_threshold", kDefaults.occurrence_threshold))
+    .Attr(StringAttr("admission_filter", kDefaults.admission_filter))
+    .Attr(IntAttr("expire_after", kDefaults.expire_after))
+    .Attr(IntAttr("evict_every", kDefaults.evict_every))
     .Attr("container: string = ''")
     .Attr("shared_name: string = ''")
     .SetIsStateful()
@@ -144,10 +158,11 @@ REGISTER_OP("MonolithHashTableStats")
     .Output("stats: int64")
     .SetIsStateful()
     .SetShapeFn([](InferenceContext* c) {
-      c->set_output(0, c->Vector(6));
+      c->set_output(0, c->Vector(TableStats::kNumFields));
       return tensorflow::OkStatus();
     })
-    .Doc("[size, admitted, rejected, evicted, memory_bytes, now (data time)].");
+    .Doc("Counters in the order of the core's TableStats::FieldNames(): size, admitted, "
+         "rejected, evicted, memory_bytes, now (data time).");
 
 REGISTER_OP("MonolithHashTableSaveFilter")
     .Input("table_handle: resource")

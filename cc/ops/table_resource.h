@@ -21,9 +21,7 @@ class HashTableResource : public tensorflow::ResourceBase {
   EmbeddingTable& table() { return table_; }
 
   std::string DebugString() const override {
-    const TableConfig& c = table_.config();
-    return "MonolithHashTable(dim=" + std::to_string(c.dim) + ", initializer=" +
-           c.initializer + ", optimizer=" + c.optimizer + ")";
+    return "MonolithHashTable(" + DescribeTableConfig(table_.config()) + ")";
   }
   int64_t MemoryUsed() const override {
     return static_cast<int64_t>(table_.memory_bytes());

@@ -5,6 +5,7 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <iterator>
 #include <stdexcept>
 #include <thread>
 #include <vector>
@@ -58,10 +59,15 @@ void CheckRows(const CArray<float>& rows, int64_t n, int width, const char* what
   }
 }
 
+// Keyword defaults of EmbeddingTable(): the core's.
+const TableConfig kDefaults;
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "TF-free core of monolith_tf: the cuckoo-hash embedding table.";
+  m.def("table_schema_json", &monolith::TableSchemaJson,
+        "Defaults, stats and row field names (as the op library reports them).");
   py::class_<EmbeddingTable>(m, "EmbeddingTable")
       .def(py::init([](int dim, const std::string& initializer,
                        const std::string& optimizer, uint64_t seed,
@@ -80,24 +86,22 @@ PYBIND11_MODULE(_core, m) {
              config.evict_every = evict_every;
              return new EmbeddingTable(config);
            }),
-           py::arg("dim"), py::arg("initializer") = "zeros",
-           py::arg("optimizer") = "sgd", py::arg("seed") = 0,
-           py::arg("capacity_hint") = 0, py::arg("occurrence_threshold") = 0,
-           py::arg("admission_filter") = "counting", py::arg("expire_after") = 0,
-           py::arg("evict_every") = 0)
+           py::arg("dim"), py::arg("initializer") = kDefaults.initializer,
+           py::arg("optimizer") = kDefaults.optimizer, py::arg("seed") = kDefaults.seed,
+           py::arg("capacity_hint") = kDefaults.capacity_hint,
+           py::arg("occurrence_threshold") = kDefaults.occurrence_threshold,
+           py::arg("admission_filter") = kDefaults.admission_filter,
+           py::arg("expire_after") = kDefaults.expire_after,
+           py::arg("evict_every") = kDefaults.evict_every)
       .def("evict_expired", [](EmbeddingTable& t) {
         py::gil_scoped_release release;
         return t.EvictExpired();
       })
       .def("stats", [](const EmbeddingTable& t) {
-        const monolith::TableStats s = t.Stats();
+        const auto values = t.Stats().Values();
+        const auto& names = monolith::TableStats::FieldNames();
         py::dict d;
-        d["size"] = s.size;
-        d["admitted"] = s.admitted;
-        d["rejected"] = s.rejected;
-        d["evicted"] = s.evicted;
-        d["memory_bytes"] = s.memory_bytes;
-        d["now"] = s.now;
+        for (size_t i = 0; i < values.size(); ++i) d[names[i]] = values[i];
         return d;
       })
       .def("save_filter_state", [](const EmbeddingTable& t) {
@@ -187,12 +191,13 @@ PYBIND11_MODULE(_core, m) {
                out.counts = counts.mutable_data();
                return out;
              }, only_dirty, clear_dirty);
+             // In the core's field order (RowFieldNames).
+             const py::object fields[] = {keys, values, state, timestamps, counts};
+             static_assert(std::size(fields) == monolith::kNumRowFields);
              py::dict d;
-             d["keys"] = keys;
-             d["values"] = values;
-             d["state"] = state;
-             d["timestamps"] = timestamps;
-             d["counts"] = counts;
+             for (int i = 0; i < monolith::kNumRowFields; ++i) {
+               d[monolith::RowFieldNames()[i]] = fields[i];
+             }
              return d;
            },
            py::arg("chunk") = 0, py::arg("num_chunks") = 1, py::arg("only_dirty") = false,

@@ -90,13 +90,24 @@ class ProbabilisticFilter : public AdmissionFilter {
 
 }  // namespace
 
-std::unique_ptr<AdmissionFilter> MakeAdmissionFilter(const std::string& text, int threshold,
-                                                     uint64_t seed) {
+namespace {
+
+// A filter spec checked against its threshold; no memory allocated yet.
+struct FilterPlan {
+  bool counting = true;
+  size_t width = 0;
+  int depth = 0;
+  double admit_per_occurrence = 0;
+  uint64_t seed_offset = 0;
+};
+
+FilterPlan PlanAdmissionFilter(const std::string& text, int threshold) {
   if (threshold < 1) {
     throw std::invalid_argument("occurrence_threshold must be >= 1 for a filter, got " +
                                 std::to_string(threshold));
   }
   const Spec spec = ParseSpec(text, "admission filter");
+  FilterPlan plan;
   if (spec.name == "counting") {
     CheckParamNames(spec, "admission filter", {"width", "depth"});
     const double width = spec.Get("width", 1 << 20), depth = spec.Get("depth", 4);
@@ -113,8 +124,9 @@ std::unique_ptr<AdmissionFilter> MakeAdmissionFilter(const std::string& text, in
       throw std::invalid_argument("counting filter counts to 255: occurrence_threshold must be "
                                   "<= 255, got " + std::to_string(threshold));
     }
-    return std::make_unique<CountingFilter>(threshold, static_cast<size_t>(width),
-                                            static_cast<int>(depth), seed);
+    plan.width = static_cast<size_t>(width);
+    plan.depth = static_cast<int>(depth);
+    return plan;
   }
   if (spec.name == "probabilistic") {
     CheckParamNames(spec, "admission filter", {"admit_probability", "seed"});
@@ -122,12 +134,29 @@ std::unique_ptr<AdmissionFilter> MakeAdmissionFilter(const std::string& text, in
     if (!(q > 0 && q < 1)) {
       throw std::invalid_argument("admit_probability must be in (0, 1)");
     }
-    const double p = 1.0 - std::pow(1.0 - q, 1.0 / threshold);
-    return std::make_unique<ProbabilisticFilter>(
-        p, seed ^ static_cast<uint64_t>(spec.Get("seed", 0)));
+    plan.counting = false;
+    plan.admit_per_occurrence = 1.0 - std::pow(1.0 - q, 1.0 / threshold);
+    plan.seed_offset = static_cast<uint64_t>(spec.Get("seed", 0));
+    return plan;
   }
   throw std::invalid_argument("unknown admission filter '" + spec.name +
                               "'; expected counting or probabilistic");
+}
+
+}  // namespace
+
+void CheckAdmissionFilter(const std::string& spec, int threshold) {
+  PlanAdmissionFilter(spec, threshold);
+}
+
+std::unique_ptr<AdmissionFilter> MakeAdmissionFilter(const std::string& text, int threshold,
+                                                     uint64_t seed) {
+  const FilterPlan plan = PlanAdmissionFilter(text, threshold);
+  if (plan.counting) {
+    return std::make_unique<CountingFilter>(threshold, plan.width, plan.depth, seed);
+  }
+  return std::make_unique<ProbabilisticFilter>(plan.admit_per_occurrence,
+                                               seed ^ plan.seed_offset);
 }
 
 }  // namespace monolith

@@ -37,6 +37,9 @@ class AdmissionFilter {
 std::unique_ptr<AdmissionFilter> MakeAdmissionFilter(const std::string& spec, int threshold,
                                                      uint64_t seed);
 
+// Checks what MakeAdmissionFilter would check, without allocating the filter.
+void CheckAdmissionFilter(const std::string& spec, int threshold);
+
 }  // namespace monolith
 
 #endif  // MONOLITH_TF_CC_TABLE_ADMISSION_FILTER_H_

@@ -51,14 +51,7 @@ void CheckCount(int64_t n, const char* what) {
 }
 
 const TableConfig& Validated(const TableConfig& config) {
-  if (config.dim <= 0) {
-    throw std::invalid_argument("dim must be > 0, got " +
-                                std::to_string(config.dim));
-  }
-  CheckCount(config.capacity_hint, "capacity_hint");
-  CheckCount(config.occurrence_threshold, "occurrence_threshold");
-  CheckCount(config.expire_after, "expire_after (seconds)");
-  CheckCount(config.evict_every, "evict_every");
+  ValidateTableConfig(config);
   return config;
 }
 

@@ -24,37 +24,9 @@
 #include "cc/table/entry_arena.h"
 #include "cc/table/initializer.h"
 #include "cc/table/optimizer.h"
+#include "cc/table/table_config.h"
 
 namespace monolith {
-
-struct TableConfig {
-  int dim = 0;
-  std::string initializer = "uniform(minval=-0.05, maxval=0.05)";
-  std::string optimizer = "adagrad";
-  uint64_t seed = 0;
-  // Rows that fit before the index first grows.
-  int64_t capacity_hint = 0;
-  // Memory control. An id gets an entry at its occurrence_threshold-th
-  // training lookup (0: at the first); until then it reads as zeros and its
-  // gradients are dropped. admission_filter is a spec (admission_filter.h).
-  int occurrence_threshold = 0;
-  std::string admission_filter = "counting";
-  // Entries whose last update is more than expire_after seconds of data time
-  // older than the newest data time seen are evicted by EvictExpired (0: off),
-  // automatically after every evict_every-th gradient apply (0: never).
-  int64_t expire_after = 0;
-  int64_t evict_every = 0;
-};
-
-// Counters of one table (ids, bytes, seconds of data time).
-struct TableStats {
-  int64_t size = 0;
-  int64_t admitted = 0;   // entries created by training lookups and applies
-  int64_t rejected = 0;   // occurrences the admission filter turned away
-  int64_t evicted = 0;    // entries removed by expiry
-  int64_t memory_bytes = 0;
-  int64_t now = 0;        // newest data time seen
-};
 
 // Splits [0, n) into ranges for fn(begin, end), possibly on several threads.
 // The TensorFlow bridge passes TF's intra-op pool; the default runs inline.

@@ -158,6 +158,7 @@ def test_import_validates_before_changing_anything():
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(dim=0), "dim must be > 0"),
+    (dict(dim=2**21), "dim must be > 0 and <="),
     (dict(dim=-3), "dim must be > 0"),
     (dict(dim=4, capacity_hint=-1), "capacity_hint must be >= 0"),
     (dict(dim=4, optimizer="rmsprop"), "unknown optimizer 'rmsprop'"),
