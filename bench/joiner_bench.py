@@ -68,7 +68,7 @@ def fill(log, arrivals):
 
 def worker(config, args, state_dir):
     from monolith_tf.streaming.joiner import Joiner, JoinerConfig
-    from monolith_tf.streaming.log import open_log
+    from monolith_tf.streaming import open_log
 
     log = open_log(config)
     joiner = Joiner(log, JoinerConfig(["click"], window=args.window,
@@ -101,8 +101,8 @@ def main():
         return
     import json
 
-    from monolith_tf.streaming.log import open_log
-    from monolith_tf.streaming.mock_kafka import MockBrokerProcess
+    from monolith_tf.streaming import open_log
+    from tools.mock_kafka import MockBrokerProcess
 
     arrivals = traffic(args.requests, args.rate, args.window, args.lateness)
     rows = []

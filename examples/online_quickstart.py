@@ -28,7 +28,7 @@ import monolith_tf as mt  # noqa: E402
 from monolith_tf.datasets import movielens  # noqa: E402
 from monolith_tf.streaming.dataset import POSITION_KEY, ExampleStream  # noqa: E402
 from monolith_tf.streaming.joiner import Joiner, JoinerConfig  # noqa: E402
-from monolith_tf.streaming.log import open_log  # noqa: E402
+from monolith_tf.streaming import open_log  # noqa: E402
 from monolith_tf.streaming.records import joined_feature_spec  # noqa: E402
 from monolith_tf.streaming.replay import replay  # noqa: E402
 from monolith_tf.training import TrainingWorker  # noqa: E402

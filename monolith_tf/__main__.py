@@ -135,7 +135,7 @@ def train(args):
 
 def open_log_from_args(args):
     """The log named by --log DIR or --kafka SERVERS (+ --kafka-config)."""
-    from monolith_tf.streaming.log import open_log
+    from monolith_tf.streaming import open_log
 
     if (args.log is None) == (args.kafka is None):
         raise ValueError("give exactly one of --log DIR and --kafka SERVERS")

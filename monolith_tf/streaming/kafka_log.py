@@ -1,4 +1,4 @@
-"""The Kafka backend of the log interface (see monolith_tf.streaming.log),
+"""The Kafka backend of the log interface (``monolith_tf.streaming.log``),
 through confluent-kafka. The config dict is passed to librdkafka as it is
 (``bootstrap.servers``, security settings, ...), plus two of ours:
 ``monolith.timeout_s`` (default 10): the bounded wait for brokers before a
@@ -11,8 +11,8 @@ assigned partitions statically (``assignment=(member, members)``), offsets
 committed synchronously and only by ``commit``.
 """
 
-from monolith_tf.streaming.log import (LogError, PartitionRouter, Record, _check_name,
-                                      assigned_partitions)
+from monolith_tf.streaming.log import (LogError, PartitionRouter, Record, assigned_partitions,
+                                       check_name)
 
 _OURS = ("monolith.timeout_s", "monolith.create_topic")
 
@@ -56,7 +56,7 @@ class KafkaLog:
     def create_topic(self, name, partitions=1):
         """Creates ``name`` with ``partitions`` partitions (admin API, or the
         configured creator); an existing topic must have the same count."""
-        _check_name(name, "topic name")
+        check_name(name, "topic name")
         if not isinstance(partitions, int) or partitions < 1:
             raise LogError(f"partitions must be a positive int, got {partitions!r}")
         existing = self.topics()

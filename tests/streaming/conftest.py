@@ -3,8 +3,8 @@
 
 import pytest
 
-from monolith_tf.streaming.log import open_log
-from monolith_tf.streaming.mock_kafka import MockBrokerProcess
+from monolith_tf.streaming import open_log
+from tools.mock_kafka import MockBrokerProcess
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from monolith_tf.streaming.joiner import Joiner, JoinerConfig
-from monolith_tf.streaming.log import EmbeddedLog
+from monolith_tf.streaming.embedded_log import EmbeddedLog
 
 from joiner_data import ACTIONS, LATENESS, WINDOW, random_logs, reference
 from test_joiner import produce, read_examples

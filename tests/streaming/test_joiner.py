@@ -115,7 +115,7 @@ def test_joiner_killed_mid_stream_resumes_without_loss(log, tmp_path):
 
 
 def test_per_action_emission_and_bounded_state(tmp_path):
-    from monolith_tf.streaming.log import EmbeddedLog
+    from monolith_tf.streaming.embedded_log import EmbeddedLog
     from monolith_tf.streaming.records import ActionRecord, FeatureRecord
 
     features = [FeatureRecord(f"r{i}".encode(), i, i, 1000 + 10 * i) for i in range(6)]

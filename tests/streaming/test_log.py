@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from monolith_tf.streaming.log import EmbeddedLog, LogError, open_log
+from monolith_tf.streaming import Consumer, EmbeddedLog, Log, LogError, Producer, open_log
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -23,6 +23,25 @@ def drain(consumer, expected, timeout=10.0):
             break
         records.extend(batch)
     return records
+
+
+def test_every_backend_implements_the_declared_interface(log):
+    """Each backend provides every method of the Log, Producer and Consumer
+    protocols, with the protocol's parameter names."""
+    import inspect
+
+    log.create_topic("interface", partitions=2)
+    producer, consumer = log.producer(), log.consumer("g", ["interface"])
+    for instance, protocol in ((log, Log), (producer, Producer), (consumer, Consumer)):
+        assert isinstance(instance, protocol), (type(instance).__name__, protocol.__name__)
+        for name, member in vars(protocol).items():
+            if name.startswith("_") or not callable(member):
+                continue
+            expected = list(inspect.signature(member).parameters)[1:]
+            got = list(inspect.signature(getattr(instance, name)).parameters)
+            assert got == expected, (type(instance).__name__, name)
+    producer.close()
+    consumer.close()
 
 
 def test_keyed_records_keep_order_per_partition(log):
@@ -86,7 +105,7 @@ def test_unknown_topic_and_bad_input_are_clear_errors(log):
 
 PRODUCER = textwrap.dedent("""
     import sys
-    from monolith_tf.streaming.log import open_log
+    from monolith_tf.streaming import open_log
     log = open_log({"path": sys.argv[1]})
     producer = log.producer()
     for i in range(int(sys.argv[3])):
@@ -146,7 +165,7 @@ def test_producer_killed_mid_stream_loses_only_unflushed_records(tmp_path):
     log.create_topic("t")
     script = textwrap.dedent("""
         import os, signal, sys
-        from monolith_tf.streaming.log import open_log
+        from monolith_tf.streaming import open_log
         producer = open_log({"path": sys.argv[1]}).producer()
         for i in range(1000):
             producer.produce("t", str(i).encode())

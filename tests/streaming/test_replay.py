@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from monolith_tf.streaming.log import EmbeddedLog
+from monolith_tf.streaming.embedded_log import EmbeddedLog
 from monolith_tf.streaming.records import decode_action, decode_feature
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

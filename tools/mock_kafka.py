@@ -1,7 +1,7 @@
 """A Kafka-protocol broker for tests and demos: librdkafka's mock cluster,
 which ships inside the confluent-kafka wheel, started through ctypes.
 
-    python -m monolith_tf.streaming.mock_kafka [--brokers 1]
+    python tools/mock_kafka.py [--brokers 1]
 
 prints ``bootstrap.servers=<host:port,...>`` and then serves until stdin
 closes, reading commands from stdin, one per line:
@@ -9,6 +9,11 @@ closes, reading commands from stdin, one per line:
 The mock has no topic admin API of its own, keeps nothing on disk, and drops
 old messages past about 5 MiB per partition: enough for tests, not for
 production.
+
+It lives in tools/, not in the package: it is no part of the library's API
+(nothing in monolith_tf needs it), it drives librdkafka's private test hooks
+through ctypes, and an installed monolith_tf should not offer a broker that
+loses data. Tests and the joiner bench import it from the repository root.
 """
 
 import argparse
