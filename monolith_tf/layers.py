@@ -24,7 +24,7 @@ from monolith_tf.schema import ROW_FIELDS, TABLE_DEFAULTS, table_name
 
 keras = tf.keras
 # tf_keras (Keras 2) expresses shapes as TensorShape, Keras 3 as tuples.
-_LEGACY_KERAS = keras.__version__.startswith("2.")
+_LEGACY_KERAS = keras.__name__.startswith("tf_keras")
 
 COMBINERS = (None, "sum", "mean", "sqrtn")
 # Strings become ids through TF's 64-bit fingerprint, kept non-negative.

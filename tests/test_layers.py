@@ -290,4 +290,5 @@ def test_model_save_and_load_predicts_identically(tmp_path):
     tf.saved_model.save(Serving(model), export_dir)
     reloaded = tf.saved_model.load(export_dir)
     served = reloaded.serve(*(tf.constant(probe[k]) for k in ("user", "item", "tags")))
-    np.testing.assert_allclose(served.numpy(), expected, rtol=1e-6)
+    # atol: outputs near zero differ by float32 roundoff between the graphs.
+    np.testing.assert_allclose(served.numpy(), expected, rtol=1e-6, atol=1e-7)
