@@ -185,10 +185,11 @@ def test_unbounded_stream_stops_on_time_budget_and_on_signal(tmp_path):
         timer.cancel()
     assert result["stop_reason"] == "signal"
     # The final save pairs a dense checkpoint with a sparse one at the last step.
-    newest = trainer.dense.checkpoints()[-1]
-    step, sequence = trainer.dense.peek(newest)
+    newest = trainer.checkpoint_policy.dense.checkpoints()[-1]
+    step, sequence = trainer.checkpoint_policy.dense.peek(newest)
     assert step == result["steps"]
-    sparse = [p for seq, _, p in list_checkpoints(trainer.sparse.directory) if seq == sequence]
+    sparse = [p for seq, _, p in list_checkpoints(trainer.checkpoint_policy.sparse.directory)
+              if seq == sequence]
     assert read_manifest(sparse[0])["metadata"]["step"] == step
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
@@ -199,12 +200,12 @@ def test_resume_policies_and_schedules(tmp_path):
     first = worker(fresh_model(), run, sparse_every_steps=4, dense_every_steps=10)
     first.train(job.make_dataset([data], BATCH), max_steps=27)
     # Dense at 10, 20 and the final 27; sparse at 4, 8, 10, 12, ..., 24, 27.
-    assert [first.dense.peek(p)[0] for p in first.dense.checkpoints()] == [10, 20, 27]
+    assert [first.checkpoint_policy.dense.peek(p)[0] for p in first.checkpoint_policy.dense.checkpoints()] == [10, 20, 27]
     # Simulate a crash after step 24: drop the final pair.
-    newest_dense = first.dense.checkpoints()[-1]
+    newest_dense = first.checkpoint_policy.dense.checkpoints()[-1]
     for file in glob.glob(newest_dense + ".*"):
         os.remove(file)
-    shutil.rmtree(list_checkpoints(first.sparse.directory)[-1][2])
+    shutil.rmtree(list_checkpoints(first.checkpoint_policy.sparse.directory)[-1][2])
     with open(os.path.join(run, "dense", "checkpoint"), "w") as f:
         f.write('model_checkpoint_path: "dense-20"\nall_model_checkpoint_paths: "dense-10"\n'
                 'all_model_checkpoint_paths: "dense-20"\n')
@@ -216,7 +217,7 @@ def test_resume_policies_and_schedules(tmp_path):
     assert result["resumed_from"]["dense"].endswith("dense-20")
     assert result["steps"] == 20  # resumed at 20: nothing left to do
     steps = [read_manifest(p)["metadata"]["step"] for _, _, p in
-             list_checkpoints(consistent.sparse.directory)]
+             list_checkpoints(consistent.checkpoint_policy.sparse.directory)]
     assert max(steps) == 20  # the sparse saves after the dense one were discarded
 
     latest = worker(fresh_model(), latest_dir, resume="latest")
@@ -255,7 +256,7 @@ def test_corrupt_newest_pair_falls_back_and_foreign_model_is_refused(tmp_path, c
     run = tmp_path / "run"
     first = worker(fresh_model(), run, dense_every_steps=5, sparse_every_steps=5)
     first.train(job.make_dataset([data], BATCH), max_steps=10)
-    newest_sparse = list_checkpoints(first.sparse.directory)[-1][2]
+    newest_sparse = list_checkpoints(first.checkpoint_policy.sparse.directory)[-1][2]
     row_file = sorted(glob.glob(os.path.join(newest_sparse, "*.rows.*")))[0]
     with open(row_file, "r+b") as f:
         f.seek(30)
@@ -296,7 +297,7 @@ def test_bad_arguments(tmp_path):
     with pytest.raises(TypeError, match="tf.data.Dataset"):
         worker(model, tmp_path).train([1, 2, 3])
     with pytest.raises(DenseCheckpointError, match="no such dense checkpoint"):
-        worker(model, tmp_path).dense.restore(str(tmp_path / "dense" / "dense-99"))
+        worker(model, tmp_path).checkpoint_policy.dense.restore(str(tmp_path / "dense" / "dense-99"))
 
 
 def _cli_train(model_dir, data, max_steps, extra=()):

@@ -14,7 +14,10 @@ Ending quietly matters: a tf.data iterator cannot be dropped while its
 generator waits for data, so a dataset that never ended would hang the
 process that stops reading it.
 
-Each batch also carries, under ``POSITION_KEY`` in its features, the offset
+An ExampleStream is a ``monolith_tf.data_source.DataSource``: it keeps the
+offsets after the last batch the worker trained (``position()``) and
+starts the next segment there. Each batch carries, under ``POSITION_KEY``
+in its features, the offset
 after its last record in every partition of the topic (int64 [partitions],
 in ``stream.partitions`` order). The worker removes it before the model
 sees the batch and saves it with each sparse checkpoint, so a restarted
@@ -25,7 +28,7 @@ used or committed here).
 
 import tensorflow as tf
 
-POSITION_KEY = "__stream_position"
+from monolith_tf.data_source import POSITION_KEY, IdleClock
 
 
 class ExampleStream:
@@ -67,6 +70,9 @@ class ExampleStream:
         self.max_wait = float(max_wait)
         self.idle_timeout = idle_timeout
         self.partitions = [(topic, p) for p in range(log.partitions(topic))]
+        # DataSource state: offsets after the last trained batch (None: start).
+        self.offsets = None
+        self._idle = IdleClock()
 
     def _batches(self, start):
         consumer = self.log.consumer(self.group, [self.topic])
@@ -111,3 +117,26 @@ class ExampleStream:
             return parsed if label is None else (parsed, label)
 
         return raw.map(parse).prefetch(2)
+
+    # -- DataSource (monolith_tf.data_source) ------------------------------------
+
+    def begin(self):
+        self._idle.reset()
+
+    def next_segment(self):
+        return self.dataset(self.offsets)
+
+    def batch_trained(self, batch_position):
+        self.offsets = [int(o) for o in batch_position]
+
+    def segment_ended(self, trained_any):
+        quiet = self._idle.quiet_for(trained_any)
+        # A stream's end is not an epoch: it ends only when quiet too long.
+        return self.idle_timeout is None or quiet < self.idle_timeout
+
+    def position(self):
+        return {} if self.offsets is None else {"stream_position": list(self.offsets)}
+
+    def restore(self, position):
+        offsets = position.get("stream_position")
+        self.offsets = None if offsets is None else [int(o) for o in offsets]

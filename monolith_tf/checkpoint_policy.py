@@ -1,0 +1,191 @@
+"""When the training worker saves, what it saves together, and what it
+resumes from.
+
+``CheckpointPolicy`` pairs the two kinds of checkpoint under a model dir:
+``sparse/`` (every table's rows, ``monolith_tf.sparse_checkpoint``: a full
+snapshot every ``full_every`` sparse saves, deltas between) and ``dense/``
+(model weights and optimizer state, ``monolith_tf.dense_checkpoint``), each
+on its own ``Schedule``. A dense save always writes a sparse save at the
+same step first, so the newest dense checkpoint has a sparse partner. Each
+sparse manifest records the caller's metadata (the worker's step and data
+position).
+
+Resuming, ``resume=``:
+  ``"consistent"`` (default): the newest dense checkpoint and the sparse
+      checkpoint of the same step. Sparse saves made after it are deleted
+      (they belong to a history that is replayed). With a deterministic
+      input pipeline the result equals a run that never stopped.
+  ``"latest"``: the newest sparse chain (fresher rows, e.g. saved every few
+      seconds) with the newest dense checkpoint, which may be older.
+  None: existing checkpoints are ignored (the first save is a full one).
+A pair that fails to restore (corrupt, or not this model's) is reported and
+the next older one is tried.
+"""
+
+import os
+import time
+
+from monolith_tf.dense_checkpoint import DenseCheckpointError, DenseCheckpointer
+from monolith_tf.sparse_checkpoint import (CheckpointError, SparseCheckpointer,
+                                           list_checkpoints, read_manifest)
+
+RESUME_POLICIES = ("consistent", "latest", None)
+
+
+class Schedule:
+    """Fires every ``steps`` steps or every ``seconds`` seconds of wall time,
+    whichever comes first; both None means never."""
+
+    def __init__(self, steps=None, seconds=None):
+        for name, value in (("steps", steps), ("seconds", seconds)):
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be > 0 or None (off), got {value!r}")
+        self.steps, self.seconds = steps, seconds
+        self._last_step, self._last_time = 0, time.monotonic()
+
+    def due(self, step):
+        """Whether the scheduled action is due at ``step``."""
+        return bool((self.steps and step - self._last_step >= self.steps) or
+                    (self.seconds and time.monotonic() - self._last_time >= self.seconds))
+
+    def done(self, step):
+        """Records that the scheduled action ran at ``step``."""
+        self._last_step, self._last_time = step, time.monotonic()
+
+
+class CheckpointPolicy:
+    """Sparse and dense checkpoints of one model, paired (module doc).
+
+    Args:
+      model_dir: holds ``sparse/`` and ``dense/``.
+      model: the compiled Keras model (dense part).
+      tables: ``{file name: HashTable}`` (sparse part).
+      sparse_schedule / dense_schedule: Schedules of the two kinds.
+      full_every: every n-th sparse save is a full snapshot.
+      keep_full: full sparse chains to keep; keep_dense: dense checkpoints.
+      resume: ``"consistent"``, ``"latest"`` or None.
+      warn: called with a message for each checkpoint skipped on resume.
+    """
+
+    def __init__(self, model_dir, model, tables, sparse_schedule, dense_schedule,
+                 full_every=10, keep_full=2, keep_dense=3, resume="consistent", warn=print):
+        if resume not in RESUME_POLICIES:
+            raise ValueError(f"resume must be 'consistent', 'latest' or None, got {resume!r}")
+        if full_every < 1:
+            raise ValueError(f"full_every must be >= 1, got {full_every!r}")
+        self.sparse = SparseCheckpointer(os.path.join(model_dir, "sparse"), tables,
+                                         keep_full=keep_full)
+        self.dense = DenseCheckpointer(os.path.join(model_dir, "dense"), model, keep=keep_dense)
+        self.sparse_schedule, self.dense_schedule = sparse_schedule, dense_schedule
+        self.full_every = int(full_every)
+        self.resume = resume
+        self._warn = warn
+        self._sparse_saves = 0
+        # Steps of the newest sparse and dense saves, and the sparse one's path.
+        self._sparse_saved, self._dense_saved, self._sparse_path = -1, -1, None
+
+    def save(self, step, metadata, dense=True):
+        """Writes a sparse checkpoint at ``step`` with ``metadata`` (a delta
+        unless a full one is due) and, with ``dense``, a dense one paired with
+        it; what was saved at this step already is not written again.
+        Returns the sparse checkpoint's path."""
+        if self._sparse_saved != step:
+            full = self._sparse_saves % self.full_every == 0
+            self._sparse_path = self.sparse.save(full=full, metadata=metadata)
+            self._sparse_saves += 1
+            self._sparse_saved = step
+            self.sparse_schedule.done(step)
+        if dense and self._dense_saved != step:
+            self.dense.save(step, int(read_manifest(self._sparse_path)["sequence"]))
+            self._dense_saved = step
+            self.dense_schedule.done(step)
+        return self._sparse_path
+
+    def save_if_due(self, step, metadata):
+        """Saves what the schedules say is due at ``step`` (dense implies sparse)."""
+        if self.dense_schedule.due(step):
+            self.save(step, metadata, dense=True)
+        elif self.sparse_schedule.due(step):
+            self.save(step, metadata, dense=False)
+
+    def candidates(self):
+        """(dense path or None, sparse path or None) pairs to resume from,
+        best first; empty when there is nothing (or resume is None)."""
+        if self.resume is None:
+            return []
+        dense_paths = self.dense.checkpoints()[::-1]
+        if self.resume == "latest":
+            chains = self.sparse.chains()  # reads every manifest: once
+            newest_sparse = chains[0][-1] if chains else None
+            if newest_sparse is None and not dense_paths:
+                return []
+            return [(dense, newest_sparse) for dense in dense_paths] or [(None, newest_sparse)]
+        sparse_by_sequence = {seq: path for seq, _, path in list_checkpoints(self.sparse.directory)}
+        candidates = []
+        for dense_path in dense_paths:
+            try:
+                _, sequence = self.dense.peek(dense_path)
+            except DenseCheckpointError as error:
+                self._warn(f"skipping {error}")
+                continue
+            if sequence in sparse_by_sequence:
+                candidates.append((dense_path, sparse_by_sequence[sequence]))
+            else:
+                self._warn(f"skipping {dense_path}: its sparse checkpoint (sequence "
+                           f"{sequence}) is gone")
+        return candidates
+
+    def restore(self, dense_path, sparse_path):
+        """Restores one candidate pair; returns the metadata saved with its
+        sparse checkpoint (``{"step": ...}`` from the dense one without it).
+        Raises CheckpointError or DenseCheckpointError when it cannot."""
+        metadata, applied = {}, None
+        if sparse_path is not None:
+            upto = sparse_path if self.resume == "consistent" else None
+            applied = self.sparse.restore(upto=upto, discard_newer=True)
+            metadata = dict(read_manifest(applied)["metadata"])
+        if dense_path is not None:
+            step, _ = self.dense.restore(dense_path)
+            metadata.setdefault("step", step)
+        step = int(metadata.get("step", 0))
+        self._sparse_saved = step if applied else -1
+        self._dense_saved = step if dense_path else -1
+        self._sparse_path = applied
+        self._sparse_saves = 1  # the next sparse save is a delta on the restored chain
+        self.sparse_schedule.done(step)
+        self.dense_schedule.done(step)
+        return metadata
+
+    def restore_best(self, before_restore=None):
+        """Restores the best candidate that works; returns ``(metadata,
+        {"dense": path, "sparse": path})``, or None when there is none.
+        ``before_restore`` runs once before the first attempt (the worker
+        builds the model's variables there). Raises CheckpointError when
+        candidates exist but none restores."""
+        candidates = self.candidates()
+        if not candidates:
+            return None
+        if before_restore is not None:
+            before_restore()
+        errors = []
+        for dense_path, sparse_path in candidates:
+            try:
+                metadata = self.restore(dense_path, sparse_path)
+            except (CheckpointError, DenseCheckpointError) as error:
+                self._warn(f"cannot resume from {dense_path or sparse_path}: {error}")
+                errors.append(error)
+                continue
+            return metadata, {"dense": dense_path, "sparse": sparse_path}
+        raise CheckpointError(f"{os.path.dirname(self.sparse.directory)}: no checkpoint could "
+                              f"be restored; first error: {errors[0]}")
+
+    # -- a step task of the training worker (monolith_tf.training.StepTask) -----
+
+    def begin(self, worker):
+        pass
+
+    def after_step(self, worker):
+        self.save_if_due(worker.step, worker.checkpoint_metadata())
+
+    def finish(self, worker):
+        self.save(worker.step, worker.checkpoint_metadata(), dense=True)
