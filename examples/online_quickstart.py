@@ -60,7 +60,9 @@ def main():
     parser.add_argument("--max-ratings", type=int, default=30_000)
     parser.add_argument("--dir", default=os.path.join(REPO, "build", "online"))
     parser.add_argument("--kafka", help="bootstrap.servers (topics must exist or be creatable)")
+    parser.add_argument("--seed", type=int, default=1, help="seeds the dense layers' weights")
     args = parser.parse_args()
+    keras.utils.set_random_seed(args.seed)
     shutil.rmtree(args.dir, ignore_errors=True)
     log = open_log({"bootstrap.servers": args.kafka} if args.kafka else
                    {"path": os.path.join(args.dir, "log")})

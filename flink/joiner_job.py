@@ -14,7 +14,7 @@ without actions, a negative kept by the same request-id hash as
 Runs in its own virtualenv (`make flink-venv`), with no TensorFlow:
 
     .venv-flink/bin/python flink/joiner_job.py --features F.jsonl --actions A.jsonl \\
-        --output OUT.jsonl --actions-types click,like --window 600 --lateness 60
+        --output OUT.jsonl --action-types click,like --window 600 --lateness 60
 
 Inputs here are JSON-lines files (one record per line: feature records
 ``{"request_id", "user_id", "item_id", "event_time"}``, action records

@@ -10,8 +10,8 @@ change.
 Table names: a layer's table is called ``<layer name>/<feature>`` in
 TensorBoard tags and the serving export's ``upsert`` signature; sparse
 checkpoints (their files and manifests) use ``<layer name>.<feature>``, the
-same name with the slash, which cannot be part of a file name, replaced. ``table_name`` and ``table_file_name`` are the only
-places that spell these.
+same name with the slash, which cannot be part of a file name, replaced.
+``table_name`` and ``table_file_name`` are the only places that spell these.
 """
 
 import ctypes

@@ -82,8 +82,10 @@ def test_fit_matches_a_dense_embedding_over_a_remapped_vocabulary(kind):
 
     np.testing.assert_allclose(hash_emb.table.lookup(raw_vocab).numpy(),
                                dense_emb.get_weights()[0], atol=1e-5)
-    for got, want in zip(hashed.get_layer("head").get_weights(),
-                         dense.get_layer("head").get_weights()):
+    head_got, head_want = (hashed.get_layer("head").get_weights(),
+                           dense.get_layer("head").get_weights())
+    assert len(head_got) == len(head_want) == 2
+    for got, want in zip(head_got, head_want):
         np.testing.assert_allclose(got, want, atol=1e-5)
     assert float(hash_emb.update_trigger.numpy()) == 0.0
     assert int(hash_emb.update_steps.numpy()) == STEPS

@@ -57,6 +57,7 @@ def sorted_rows(table):
 
 
 def assert_same_model(a, b, exact=True):
+    assert len(a.weights) == len(b.weights)
     for wa, wb in zip(a.weights, b.weights):
         if exact:
             np.testing.assert_array_equal(np.asarray(wa), np.asarray(wb), err_msg=wa.name)
@@ -200,7 +201,8 @@ def test_resume_policies_and_schedules(tmp_path):
     first = worker(fresh_model(), run, sparse_every_steps=4, dense_every_steps=10)
     first.train(job.make_dataset([data], BATCH), max_steps=27)
     # Dense at 10, 20 and the final 27; sparse at 4, 8, 10, 12, ..., 24, 27.
-    assert [first.checkpoint_policy.dense.peek(p)[0] for p in first.checkpoint_policy.dense.checkpoints()] == [10, 20, 27]
+    dense = first.checkpoint_policy.dense
+    assert [dense.peek(p)[0] for p in dense.checkpoints()] == [10, 20, 27]
     # Simulate a crash after step 24: drop the final pair.
     newest_dense = first.checkpoint_policy.dense.checkpoints()[-1]
     for file in glob.glob(newest_dense + ".*"):
@@ -297,7 +299,8 @@ def test_bad_arguments(tmp_path):
     with pytest.raises(TypeError, match="tf.data.Dataset"):
         worker(model, tmp_path).train([1, 2, 3])
     with pytest.raises(DenseCheckpointError, match="no such dense checkpoint"):
-        worker(model, tmp_path).checkpoint_policy.dense.restore(str(tmp_path / "dense" / "dense-99"))
+        dense = worker(model, tmp_path).checkpoint_policy.dense
+        dense.restore(str(tmp_path / "dense" / "dense-99"))
 
 
 def _cli_train(model_dir, data, max_steps, extra=()):
