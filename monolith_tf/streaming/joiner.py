@@ -247,8 +247,18 @@ class Joiner:
 
     def _close_windows(self):
         watermark = self._watermark()
-        if watermark is None:
-            return
+        if watermark is not None:
+            self._close_passed(watermark)
+        # The bound on held state holds whether or not the watermark is known.
+        while len(self.pending) > self.config.max_pending:
+            _, request_id = heapq.heappop(self._closing)  # the oldest window first
+            if request_id in self.pending:
+                self._close(request_id)
+                self.counters["closed_early"] += 1
+
+    def _close_passed(self, watermark):
+        """Closes the windows and drops the waiting actions that ``watermark``
+        (event time, seconds) has passed."""
         # Heaps of (window end, request id); entries already closed are skipped.
         while self._closing and self._closing[0][0] < watermark:
             _, request_id = heapq.heappop(self._closing)
@@ -259,11 +269,6 @@ class Joiner:
             actions = self.waiting.get(request_id, [])
             if actions and max(a.event_time for a, _ in actions) + self.config.window < watermark:
                 self.counters["orphan_actions"] += len(self.waiting.pop(request_id))
-        while len(self.pending) > self.config.max_pending:
-            _, request_id = heapq.heappop(self._closing)  # the oldest window first
-            if request_id in self.pending:
-                self._close(request_id)
-                self.counters["closed_early"] += 1
 
     def process(self, records):
         """Joins a batch of input records (as the consumer returned them)."""

@@ -187,7 +187,7 @@ def test_bad_learning_rate_is_rejected_without_change():
         np.testing.assert_array_equal(before[field], after[field])
 
 
+@pytest.mark.skipif(not UNDER_ASAN, reason="checks the `make asan` run only")
 def test_asan_run_loads_the_sanitized_build():
     # `make asan` sets MONOLITH_ASAN=1; make sure it did not test the -O3 build.
-    if UNDER_ASAN:
-        assert os.sep + "asan" + os.sep in _core.__file__
+    assert os.sep + "asan" + os.sep in _core.__file__

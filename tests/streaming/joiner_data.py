@@ -1,10 +1,11 @@
 """Randomized feature/action logs and their expected join (a pandas
 interval join), shared by the joiner and Flink job tests."""
 
+import zlib
+
 import numpy as np
 import pandas as pd
 
-from monolith_tf.streaming.joiner import keep_negative
 from monolith_tf.streaming.records import ActionRecord, FeatureRecord
 
 ACTIONS = ("click", "like")
@@ -34,6 +35,13 @@ def random_logs(n=300, seed=0):
     return features, actions, [(topic, record) for _, topic, record in arrivals]
 
 
+def reference_keeps_negative(request_id, negative_rate):
+    """The documented sampling rule, written here on its own: a negative is
+    kept when CRC-32 of its request id, as a fraction of 2^32, is below the
+    rate."""
+    return zlib.crc32(request_id) / float(1 << 32) < negative_rate
+
+
 def reference(features, actions, negative_rate):
     """Expected examples as a set of (request id, click, like, sample rate)."""
     f = pd.DataFrame({"request_id": [r.request_id for r in features],
@@ -48,5 +56,5 @@ def reference(features, actions, negative_rate):
     expected = {(rid, float(row.get("click", 0.0)), float(row.get("like", 0.0)), 1.0)
                 for rid, row in labels.iterrows()}
     expected |= {(rid, 0.0, 0.0, negative_rate) for rid in f.request_id
-                 if rid not in labels.index and keep_negative(rid, negative_rate)}
+                 if rid not in labels.index and reference_keeps_negative(rid, negative_rate)}
     return expected
