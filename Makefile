@@ -25,7 +25,7 @@ USE_VENV ?= 1
 DEPS_STAMP := $(if $(filter 1,$(USE_VENV)),$(VENV)/.deps-stamp,)
 MAKEFLAGS += -j2
 
-.PHONY: all deps native data demo test test-fast asan bench clean flink-venv
+.PHONY: all deps native data demo test test-fast asan cc-test bench clean flink-venv
 
 all: native
 
@@ -107,7 +107,7 @@ LEGACY_KERAS_TESTS := tests/test_layers.py tests/test_memory_control_ops.py \
 
 # The whole suite, slow cases and the AddressSanitizer run of the core included;
 # the Keras layer tests run under Keras 3 and again under tf_keras.
-test: native asan data flink-venv
+test: native asan cc-test data flink-venv
 	$(PY) -m pytest tests -q --ignore=tests/legacy_keras $(PYTEST_FLAGS)
 	TF_USE_LEGACY_KERAS=1 PYTHONPATH=$(CURDIR) $(PY) -m pytest $(LEGACY_KERAS_TESTS) -q $(PYTEST_FLAGS)
 
@@ -127,6 +127,16 @@ asan: $(BUILD)/flags.stamp
 	  ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	  MONOLITH_ASAN=1 PYTHONPATH=$(CURDIR)/$(ASAN_DIR):$(CURDIR)/tests $(CURDIR)/$(VENV)/bin/pytest \
 	  -q -p no:cacheprovider --rootdir=$(CURDIR)/$(ASAN_DIR) $(CURDIR)/tests/core
+
+# C++ unit tests of the core (index, arena, config), with ASan and UBSan; g++ only.
+CC_TEST := $(BUILD)/core_test
+$(CC_TEST): cc/tests/core_test.cc $(CORE_SRCS) $(CORE_HDRS)
+	@mkdir -p $(BUILD)
+	$(CXX) -std=c++17 -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined \
+	  -fno-sanitize-recover=undefined -I. cc/tests/core_test.cc $(CORE_SRCS) -o $@
+
+cc-test: $(CC_TEST)
+	ASAN_OPTIONS=detect_leaks=1 $(CC_TEST)
 
 bench: native
 	PYTHONPATH=$(CURDIR) $(PY) bench/table_bench.py

@@ -1,0 +1,355 @@
+// Unit tests of the TF-free core's building blocks: the cuckoo index (kicks,
+// stash, growth, re-seeding on crafted collisions) and the entry arena. Each
+// suite is one fixture run over several configurations, after Monolith's
+// parameterized table tests. No test framework: a check that fails prints
+// where and why, and the binary exits non-zero. Built and run by `make test`
+// (with AddressSanitizer and UBSan).
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <random>
+#include <set>
+#include <stdexcept>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "cc/table/cuckoo_index.h"
+#include "cc/table/entry_arena.h"
+#include "cc/table/table_config.h"
+
+namespace monolith {
+namespace {
+
+int failures = 0;
+std::string current_test;
+
+#define CHECK(condition)                                                              \
+  do {                                                                                \
+    if (!(condition)) {                                                               \
+      std::fprintf(stderr, "FAIL %s: %s:%d: %s\n", current_test.c_str(), __FILE__,    \
+                   __LINE__, #condition);                                             \
+      ++failures;                                                                     \
+      return;                                                                         \
+    }                                                                                 \
+  } while (0)
+
+#define CHECK_EQ(a, b)                                                                \
+  do {                                                                                \
+    const auto check_a = (a);                                                         \
+    const auto check_b = (b);                                                         \
+    if (!(check_a == check_b)) {                                                      \
+      std::fprintf(stderr, "FAIL %s: %s:%d: %s == %s (%s vs %s)\n",                   \
+                   current_test.c_str(), __FILE__, __LINE__, #a, #b,                  \
+                   std::to_string(check_a).c_str(), std::to_string(check_b).c_str()); \
+      ++failures;                                                                     \
+      return;                                                                         \
+    }                                                                                 \
+  } while (0)
+
+// --- the cuckoo index --------------------------------------------------------
+
+struct IndexParams {
+  uint64_t seed;
+  size_t capacity_hint;
+};
+
+const IndexParams kIndexParams[] = {{0, 0}, {1, 0}, {42, 1000}, {7, 100000}};
+
+// Which bucket holds each key (a tiling walk over the buckets).
+std::unordered_map<int64_t, uint64_t> BucketOfEachKey(const CuckooIndex& index) {
+  std::unordered_map<int64_t, uint64_t> where;
+  for (size_t b = 0; b < index.num_buckets(); ++b) {
+    index.ForEachInRange(b, b + 1, [&](int64_t key, uint32_t) { where[key] = b; });
+  }
+  return where;
+}
+
+// `count` keys, searched from `start`, whose candidate buckets are exactly
+// {first, second} (in this order when `ordered`).
+std::vector<int64_t> KeysWithBuckets(const CuckooIndex& index, uint64_t first, uint64_t second,
+                                     size_t count, bool ordered, int64_t start = 1) {
+  std::vector<int64_t> keys;
+  for (int64_t key = start; keys.size() < count; ++key) {
+    const auto buckets = index.CandidateBuckets(key);
+    if ((buckets.first == first && buckets.second == second) ||
+        (!ordered && buckets.first == second && buckets.second == first)) {
+      keys.push_back(key);
+    }
+  }
+  return keys;
+}
+
+void IndexMatchesAMapUnderInsertsAndErases(const IndexParams& p) {
+  CuckooIndex index(p.capacity_hint, p.seed);
+  std::unordered_map<int64_t, uint32_t> reference;
+  std::mt19937_64 rng(p.seed + 11);
+  std::vector<int64_t> special = {0, -1, 1, std::numeric_limits<int64_t>::min(),
+                                  std::numeric_limits<int64_t>::max()};
+  for (int round = 0; round < 60000; ++round) {
+    int64_t key = round < 5 ? special[round] : static_cast<int64_t>(rng() % 40000) - 20000;
+    if (rng() % 4 == 0) {
+      const uint32_t erased = index.Erase(key);
+      auto it = reference.find(key);
+      CHECK_EQ(erased, it == reference.end() ? CuckooIndex::kNoEntry : it->second);
+      if (it != reference.end()) reference.erase(it);
+    } else {
+      bool inserted = false;
+      const uint32_t id = index.FindOrInsert(key, [&] { return uint32_t(round); }, &inserted);
+      auto it = reference.find(key);
+      CHECK_EQ(inserted, it == reference.end());
+      if (inserted) reference[key] = id;
+      CHECK_EQ(id, reference[key]);
+    }
+  }
+  CHECK_EQ(index.size(), reference.size());
+  for (const auto& kv : reference) CHECK_EQ(index.Find(kv.first), kv.second);
+  CHECK_EQ(index.Find(123456789), CuckooIndex::kNoEntry);
+  // Tiling the buckets visits every key once.
+  size_t visited = 0;
+  for (size_t b = 0; b < index.num_buckets(); b += 3) {
+    index.ForEachInRange(b, b + 3, [&](int64_t key, uint32_t id) {
+      ++visited;
+      if (reference.count(key) == 0 || reference[key] != id) ++failures;
+    });
+  }
+  CHECK_EQ(visited, reference.size());
+}
+
+void GrowthKeepsEveryKeyAndTheLoadBound(const IndexParams& p) {
+  CuckooIndex index(p.capacity_hint, p.seed);
+  const size_t initial_buckets = index.num_buckets();
+  const int64_t n = 200000;
+  for (int64_t key = 0; key < n; ++key) index.Insert(key * 7919, uint32_t(key));
+  CHECK_EQ(index.size(), size_t(n));
+  CHECK(index.num_buckets() > initial_buckets);
+  CHECK((index.num_buckets() & (index.num_buckets() - 1)) == 0);  // a power of two
+  CHECK(index.load_factor() <= CuckooIndex::kMaxLoadFactor);
+  CHECK(index.load_factor() > CuckooIndex::kMaxLoadFactor / 2.1);  // doubled, not more
+  for (int64_t key = 0; key < n; ++key) CHECK_EQ(index.Find(key * 7919), uint32_t(key));
+  index.Clear();
+  CHECK_EQ(index.size(), size_t(0));
+  CHECK_EQ(index.Find(7919), CuckooIndex::kNoEntry);
+}
+
+void KicksMoveResidentsToTheirOtherBucket(const IndexParams& p) {
+  CuckooIndex index(0, p.seed);  // 4 buckets, 20 slots: grows past 17 keys
+  CHECK_EQ(index.num_buckets(), size_t(4));
+  // Buckets 0 and 1 filled by keys whose other bucket (2 or 3) is empty.
+  const auto via0 = KeysWithBuckets(index, 0, 2, CuckooIndex::kSlotsPerBucket, true);
+  const auto via1 = KeysWithBuckets(index, 1, 3, CuckooIndex::kSlotsPerBucket, true);
+  bool inserted = false;
+  uint32_t id = 0;
+  for (int64_t key : via0) index.FindOrInsert(key, [&] { return id++; }, &inserted);
+  for (int64_t key : via1) index.FindOrInsert(key, [&] { return id++; }, &inserted);
+  auto where = BucketOfEachKey(index);
+  for (int64_t key : via0) CHECK_EQ(where[key], uint64_t(0));
+  for (int64_t key : via1) CHECK_EQ(where[key], uint64_t(1));
+  // A key whose two buckets are both full gets a slot by displacing a resident.
+  const int64_t newcomer = KeysWithBuckets(index, 0, 1, 1, false)[0];
+  const uint32_t newcomer_id =
+      index.FindOrInsert(newcomer, [&] { return id++; }, &inserted);
+  CHECK(inserted);
+  CHECK_EQ(index.stash_size(), size_t(0));
+  CHECK_EQ(index.num_buckets(), size_t(4));  // no growth was needed
+  where = BucketOfEachKey(index);
+  CHECK(where[newcomer] == 0 || where[newcomer] == 1);
+  size_t moved = 0;
+  for (int64_t key : via0) moved += where[key] == 2;
+  for (int64_t key : via1) moved += where[key] == 3;
+  CHECK(moved >= 1);
+  CHECK_EQ(index.Find(newcomer), newcomer_id);
+  for (size_t i = 0; i < via0.size(); ++i) CHECK_EQ(index.Find(via0[i]), uint32_t(i));
+}
+
+void KeysSharingBothBucketsOverflowToTheStash(const IndexParams& p) {
+  CuckooIndex index(0, p.seed);
+  // 2 buckets * 5 slots hold 10 keys of the pair {0, 1}; kicks cannot help
+  // the 11th, whose every displacement stays inside the pair.
+  const auto keys = KeysWithBuckets(index, 0, 1, 2 * CuckooIndex::kSlotsPerBucket + 1, false);
+  for (size_t i = 0; i < keys.size(); ++i) index.Insert(keys[i], uint32_t(i));
+  CHECK_EQ(index.stash_size(), size_t(1));
+  CHECK_EQ(index.num_buckets(), size_t(4));
+  for (size_t i = 0; i < keys.size(); ++i) CHECK_EQ(index.Find(keys[i]), uint32_t(i));
+  size_t erased_from_stash = 0;
+  for (size_t i = 0; i < keys.size(); ++i) {
+    const size_t before = index.stash_size();
+    CHECK_EQ(index.Erase(keys[i]), uint32_t(i));
+    erased_from_stash += before - index.stash_size();
+  }
+  CHECK_EQ(erased_from_stash, size_t(1));
+  CHECK_EQ(index.size(), size_t(0));
+}
+
+void CraftedCollisionsAtLowLoadReseedInsteadOfGrowing(const IndexParams& p) {
+  CuckooIndex index(200, p.seed);  // 64 buckets, 320 slots
+  const size_t buckets = index.num_buckets();
+  CHECK_EQ(buckets, size_t(64));
+  // More colliding keys than two buckets and the stash limit (16) hold, at
+  // a load far below one half.
+  const auto keys = KeysWithBuckets(index, 5, 9, 40, false);
+  for (size_t i = 0; i < keys.size(); ++i) index.Insert(keys[i], uint32_t(i));
+  CHECK(index.load_factor() < 0.5);
+  CHECK_EQ(index.num_buckets(), buckets);  // re-seeded, not doubled
+  CHECK(index.stash_size() <= 16);
+  size_t still_colliding = 0;
+  for (int64_t key : keys) {
+    const auto b = index.CandidateBuckets(key);
+    still_colliding += (b.first == 5 || b.first == 9) && (b.second == 5 || b.second == 9);
+  }
+  CHECK(still_colliding < keys.size());  // the hash functions changed
+  for (size_t i = 0; i < keys.size(); ++i) CHECK_EQ(index.Find(keys[i]), uint32_t(i));
+}
+
+void ReserveRebuildsWithoutLosingKeys(const IndexParams& p) {
+  CuckooIndex index(p.capacity_hint, p.seed);
+  for (int64_t key = 0; key < 5000; ++key) index.Insert(-key, uint32_t(key));
+  index.Reserve(100000);
+  CHECK(index.num_buckets() * CuckooIndex::kSlotsPerBucket * CuckooIndex::kMaxLoadFactor >=
+        100000);
+  const size_t reserved = index.num_buckets();
+  for (int64_t key = 0; key < 5000; ++key) CHECK_EQ(index.Find(-key), uint32_t(key));
+  index.Reserve(10);  // never shrinks
+  CHECK_EQ(index.num_buckets(), reserved);
+}
+
+// --- the entry arena ---------------------------------------------------------
+
+const int kFloatsPerEntry[] = {1, 16, 68};
+
+void ArenaEntriesAreDisjointAcrossChunks(int floats) {
+  EntryArena arena(floats);
+  // Header + floats, rounded up to 8 bytes so every header stays aligned.
+  const size_t payload = sizeof(EntryHeader) + sizeof(float) * size_t(floats);
+  CHECK_EQ(arena.entry_bytes(), (payload + 7) / 8 * 8);
+  const uint32_t n = (1u << 16) + 100;  // past the first chunk
+  for (uint32_t i = 0; i < n; ++i) {
+    CHECK_EQ(arena.Allocate(), i);
+    arena.InitHeader(i);
+    for (int f = 0; f < floats; ++f) arena.Floats(i)[f] = float(i) + f * 0.5f;
+  }
+  CHECK_EQ(arena.live_entries(), size_t(n));
+  for (uint32_t i = 0; i < n; i += 97) {
+    for (int f = 0; f < floats; ++f) CHECK(arena.Floats(i)[f] == float(i) + f * 0.5f);
+    CHECK_EQ(arena.Header(i)->count, uint32_t(0));
+    CHECK_EQ(arena.Header(i)->timestamp, int64_t(0));
+  }
+  CHECK(arena.memory_bytes() >= 2 * (size_t(1) << 16) * arena.entry_bytes());
+}
+
+void ArenaReusesFreedEntriesFirst(int floats) {
+  EntryArena arena(floats);
+  for (int i = 0; i < 10; ++i) arena.Allocate();
+  arena.Free(3);
+  arena.Free(7);
+  CHECK_EQ(arena.live_entries(), size_t(8));
+  CHECK_EQ(arena.Allocate(), uint32_t(7));  // the newest freed first
+  CHECK_EQ(arena.Allocate(), uint32_t(3));
+  CHECK_EQ(arena.Allocate(), uint32_t(10));
+  const size_t bytes = arena.memory_bytes();
+  arena.Reset();
+  CHECK_EQ(arena.live_entries(), size_t(0));
+  CHECK_EQ(arena.Allocate(), uint32_t(0));
+  CHECK(arena.memory_bytes() >= bytes - 64);  // chunks are kept for reuse
+}
+
+void ArenaDirtyBitsAreOnePerEntry(int floats) {
+  EntryArena arena(floats);
+  for (int i = 0; i < 200; ++i) arena.Allocate();
+  for (uint32_t i = 0; i < 200; i += 3) arena.MarkDirty(i);
+  for (uint32_t i = 0; i < 200; ++i) CHECK_EQ(arena.IsDirty(i), i % 3 == 0);
+  arena.MarkDirty(63);
+  arena.MarkDirty(63);  // idempotent
+  arena.ClearDirty(0);
+  CHECK(!arena.IsDirty(0) && arena.IsDirty(3) && arena.IsDirty(63) && !arena.IsDirty(64));
+  arena.Free(3);  // a freed entry's mark goes with it
+  CHECK(!arena.IsDirty(3));
+  CHECK_EQ(arena.Allocate(), uint32_t(3));
+  CHECK(!arena.IsDirty(3));
+  arena.Reset();
+  for (uint32_t i = 0; i < 200; ++i) CHECK(!arena.IsDirty(i));
+}
+
+// --- table configuration -----------------------------------------------------
+
+void ConfigValidationNamesTheField(int) {
+  TableConfig good;
+  good.dim = 8;
+  ValidateTableConfig(good);
+  const std::vector<std::pair<std::function<void(TableConfig&)>, std::string>> bad = {
+      {[](TableConfig& c) { c.dim = 0; }, "dim must be > 0"},
+      {[](TableConfig& c) { c.dim = kMaxDim + 1; }, "dim must be > 0 and <="},
+      {[](TableConfig& c) { c.capacity_hint = -1; }, "capacity_hint"},
+      {[](TableConfig& c) { c.occurrence_threshold = -1; }, "occurrence_threshold"},
+      {[](TableConfig& c) { c.expire_after = -5; }, "expire_after"},
+      {[](TableConfig& c) { c.evict_every = -1; }, "evict_every"},
+      {[](TableConfig& c) { c.optimizer = "rmsprop"; }, "unknown optimizer"},
+      {[](TableConfig& c) { c.initializer = "glorot"; }, "unknown initializer"},
+      {[](TableConfig& c) { c.occurrence_threshold = 2; c.admission_filter = "bloom"; },
+       "unknown admission filter"},
+      {[](TableConfig& c) { c.occurrence_threshold = 300; }, "counts to 255"},
+  };
+  for (const auto& [change, message] : bad) {
+    TableConfig config = good;
+    change(config);
+    bool threw = false;
+    try {
+      ValidateTableConfig(config);
+    } catch (const std::invalid_argument& e) {
+      threw = true;
+      CHECK(std::string(e.what()).find(message) != std::string::npos);
+    }
+    CHECK(threw);
+  }
+  TableConfig other = good;
+  CHECK(SameTableConfig(good, other));
+  other.capacity_hint = 1000;  // a hint, not a difference
+  CHECK(SameTableConfig(good, other));
+  other.occurrence_threshold = 3;
+  CHECK(!SameTableConfig(good, other));
+  CHECK_EQ(OptimizerStateDim("adam", 4), 9);
+  CHECK_EQ(OptimizerStateDim("sgd", 4), 0);
+}
+
+template <typename Param, size_t N>
+void Run(const char* name, void (*test)(const Param&), const Param (&params)[N]) {
+  for (size_t i = 0; i < N; ++i) {
+    current_test = std::string(name) + "/" + std::to_string(i);
+    const int before = failures;
+    test(params[i]);
+    std::printf("%s %s\n", failures == before ? "ok  " : "FAIL", current_test.c_str());
+  }
+}
+
+template <size_t N>
+void Run(const char* name, void (*test)(int), const int (&params)[N]) {
+  for (size_t i = 0; i < N; ++i) {
+    current_test = std::string(name) + "/" + std::to_string(params[i]);
+    const int before = failures;
+    test(params[i]);
+    std::printf("%s %s\n", failures == before ? "ok  " : "FAIL", current_test.c_str());
+  }
+}
+
+}  // namespace
+}  // namespace monolith
+
+int main() {
+  using namespace monolith;
+  Run("index_matches_a_map", IndexMatchesAMapUnderInsertsAndErases, kIndexParams);
+  Run("growth_keeps_keys", GrowthKeepsEveryKeyAndTheLoadBound, kIndexParams);
+  Run("kicks_move_residents", KicksMoveResidentsToTheirOtherBucket, kIndexParams);
+  Run("stash_takes_overflow", KeysSharingBothBucketsOverflowToTheStash, kIndexParams);
+  Run("collisions_reseed", CraftedCollisionsAtLowLoadReseedInsteadOfGrowing, kIndexParams);
+  Run("reserve_keeps_keys", ReserveRebuildsWithoutLosingKeys, kIndexParams);
+  Run("arena_disjoint_entries", ArenaEntriesAreDisjointAcrossChunks, kFloatsPerEntry);
+  Run("arena_reuses_freed", ArenaReusesFreedEntriesFirst, kFloatsPerEntry);
+  Run("arena_dirty_bits", ArenaDirtyBitsAreOnePerEntry, kFloatsPerEntry);
+  const int once[] = {0};
+  Run("config_validation", ConfigValidationNamesTheField, once);
+  std::printf("core_test: %d failed checks\n", failures);
+  return failures == 0 ? 0 : 1;
+}
