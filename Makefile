@@ -25,7 +25,7 @@ USE_VENV ?= 1
 DEPS_STAMP := $(if $(filter 1,$(USE_VENV)),$(VENV)/.deps-stamp,)
 MAKEFLAGS += -j2
 
-.PHONY: all deps native data demo test test-fast asan cc-test bench clean flink-venv
+.PHONY: all deps native installed wheel data demo test test-fast asan cc-test bench clean flink-venv
 
 all: native
 
@@ -77,6 +77,21 @@ $(CORE_EXT_STAMP): cc/pybind/core_bindings.cc $(CORE_OBJS) $(CORE_HDRS)
 
 native: $(OPS_LIB) $(CORE_EXT_STAMP)
 
+# monolith_tf installed (editable) into the virtualenv, so scripts and
+# notebooks anywhere import it without PYTHONPATH; the libraries are the ones
+# `native` builds in place.
+INSTALLED_STAMP := $(VENV)/.monolith-installed
+$(INSTALLED_STAMP): setup.py $(DEPS_STAMP)
+	$(PY) -m pip install --no-build-isolation --no-deps -e .
+	touch $@
+
+installed: native $(INSTALLED_STAMP)
+
+# A wheel with both libraries inside, tagged with the TensorFlow it was built
+# against (0.1.0+tf<version>), in dist/.
+wheel: native
+	MONOLITH_BUILD_DIR=$(BUILD) $(PY) -m pip wheel --no-build-isolation --no-deps -w dist .
+
 # MovieLens 100k, extracted from the recbole wheel (never committed: the
 # MovieLens licence forbids redistribution).
 ML100K := data/ml-100k/u.data
@@ -89,15 +104,15 @@ data: $(ML100K)
 # (two epochs, sparse and dense checkpoints, TensorBoard logs, serving
 # export), and online training (replay -> logs -> joiner -> worker).
 DEMO_DIR := $(BUILD)/demo
-demo: native data
-	PYTHONPATH=$(CURDIR) $(PY) examples/table_quickstart.py
-	PYTHONPATH=$(CURDIR) $(PY) examples/movielens_quickstart.py
+demo: installed data
+	$(PY) examples/table_quickstart.py
+	$(PY) examples/movielens_quickstart.py
 	rm -rf $(DEMO_DIR)
-	PYTHONPATH=$(CURDIR) $(PY) -m monolith_tf train --job examples/movielens_ctr_job.py \
+	$(PY) -m monolith_tf train --job examples/movielens_ctr_job.py \
 	  --data $(ML100K) --model-dir $(DEMO_DIR)/ctr --epochs 2 --sparse-every-steps 100 \
 	  --dense-every-steps 300 --export $(DEMO_DIR)/ctr-serving
-	PYTHONPATH=$(CURDIR) $(PY) -m monolith_tf inspect $(DEMO_DIR)/ctr
-	PYTHONPATH=$(CURDIR) $(PY) examples/online_quickstart.py --dir $(DEMO_DIR)/online
+	$(PY) -m monolith_tf inspect $(DEMO_DIR)/ctr
+	$(PY) examples/online_quickstart.py --dir $(DEMO_DIR)/online
 
 # Tests that run under tf_keras (TF_USE_LEGACY_KERAS=1): the layer tests a
 # second time, and tests/legacy_keras (TFRS, which needs tf_keras) only there.
@@ -107,11 +122,11 @@ LEGACY_KERAS_TESTS := tests/test_layers.py tests/test_memory_control_ops.py \
 
 # The whole suite, slow cases and the AddressSanitizer run of the core included;
 # the Keras layer tests run under Keras 3 and again under tf_keras.
-test: native asan cc-test data flink-venv
+test: installed asan cc-test data flink-venv
 	$(PY) -m pytest tests -q --ignore=tests/legacy_keras $(PYTEST_FLAGS)
 	TF_USE_LEGACY_KERAS=1 PYTHONPATH=$(CURDIR) $(PY) -m pytest $(LEGACY_KERAS_TESTS) -q $(PYTEST_FLAGS)
 
-test-fast: native data
+test-fast: installed data
 	$(PY) -m pytest tests -q -m "not slow" --ignore=tests/legacy_keras $(PYTEST_FLAGS)
 
 # The core and its bindings built with AddressSanitizer, run against the core
@@ -142,4 +157,4 @@ bench: native
 	PYTHONPATH=$(CURDIR) $(PY) bench/table_bench.py
 
 clean:
-	rm -rf $(BUILD) $(OPS_LIB) monolith_tf/_core*.so
+	rm -rf $(BUILD) $(OPS_LIB) monolith_tf/_core*.so dist
