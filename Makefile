@@ -116,7 +116,7 @@ demo: installed data
 
 # Tests that run under tf_keras (TF_USE_LEGACY_KERAS=1): the layer tests a
 # second time, and tests/legacy_keras (TFRS, which needs tf_keras) only there.
-LEGACY_KERAS_TESTS := tests/test_layers.py tests/test_memory_control_ops.py \
+LEGACY_KERAS_TESTS := tests/test_layers.py tests/test_layer_conformance.py tests/test_memory_control_ops.py \
                       tests/test_export.py tests/test_cli.py tests/test_training.py \
                       tests/legacy_keras
 
