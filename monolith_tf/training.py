@@ -202,6 +202,7 @@ class TrainingWorker:
             print(f"monolith_tf.training: {message}", flush=True)
 
     # -- the loop -----------------------------------------------------------------
+
     @property
     def data_time(self):
         """Newest data time (seconds) handed to the tables so far."""
@@ -249,7 +250,7 @@ class TrainingWorker:
         if not next_batch.has_value():
             return None
         logs, size, position = self._step_function(next_batch)
-        return logs, int(size), position.numpy().tolist()
+        return logs, int(size), position.numpy().tolist() if position.shape[0] else []
 
     def _install_signal_handlers(self):
         self._stop_requested = None
