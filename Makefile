@@ -79,10 +79,13 @@ native: $(OPS_LIB) $(CORE_EXT_STAMP)
 
 # monolith_tf installed (editable) into the virtualenv, so scripts and
 # notebooks anywhere import it without PYTHONPATH; the libraries are the ones
-# `native` builds in place.
+# `native` builds in place. "compat" mode puts the checkout on sys.path through
+# a .pth file, after PYTHONPATH, so a run that puts another build first (the
+# ASan run) gets it; the default mode's import hook would win over PYTHONPATH.
 INSTALLED_STAMP := $(VENV)/.monolith-installed
 $(INSTALLED_STAMP): setup.py $(DEPS_STAMP)
-	$(PY) -m pip install --no-build-isolation --no-deps -e .
+	$(PY) -m pip install --no-build-isolation --no-deps \
+	  --config-settings editable_mode=compat -e .
 	touch $@
 
 installed: native $(INSTALLED_STAMP)
