@@ -1,10 +1,28 @@
 """Fixtures of the streaming tests: the log under test, embedded or Kafka
 (librdkafka's mock cluster in a subprocess)."""
 
+import importlib.util
+import os
+
 import pytest
 
 from monolith_tf.streaming import open_log
-from tools.mock_kafka import MockBrokerProcess
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _load_mock_kafka():
+    """tools/mock_kafka.py, loaded from its path: tools/ is not a package on
+    the tests' import path (the repository root is kept off it so that runs
+    which put another build first, like `make asan`, get that build)."""
+    spec = importlib.util.spec_from_file_location(
+        "mock_kafka", os.path.join(REPO, "tools", "mock_kafka.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+MockBrokerProcess = _load_mock_kafka().MockBrokerProcess
 
 
 @pytest.fixture
