@@ -159,7 +159,9 @@ def join(args):
     config = JoinerConfig([a for a in args.actions.split(",") if a], window=args.window,
                           allowed_lateness=args.allowed_lateness,
                           negative_rate=args.negative_rate, emit=args.emit,
-                          max_pending=args.max_pending)
+                          max_pending=args.max_pending,
+                          partition_idle_timeout=args.partition_idle_timeout or None,
+                          dedupe_horizon=args.dedupe_horizon)
     joiner = Joiner(log, config, args.state_dir, feature_topic=topics["features"],
                     action_topic=topics["actions"], output_topic=topics["examples"],
                     dead_letter_topic=topics["dead_letter"], group=args.group,
@@ -249,6 +251,11 @@ def main(argv=None):
     join_parser.add_argument("--negative-rate", type=float, default=1.0)
     join_parser.add_argument("--emit", choices=("impression", "action"), default="impression")
     join_parser.add_argument("--max-pending", type=int, default=1_000_000)
+    join_parser.add_argument("--partition-idle-timeout", type=float, default=30.0,
+                             help="seconds of wall time after which a partition with nothing "
+                                  "to read stops holding the watermark (0: never)")
+    join_parser.add_argument("--dedupe-horizon", type=int, default=3600,
+                             help="seconds of event time a closed request id is remembered")
     join_parser.add_argument("--output-topic", default="examples")
     join_parser.add_argument("--dead-letter-topic", default="dead_letter")
     join_parser.add_argument("--group", default="joiner")

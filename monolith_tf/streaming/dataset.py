@@ -89,9 +89,11 @@ class ExampleStream:
                     records.extend(more)
                 if not records:
                     return  # quiet for max_wait: this segment ends
-                positions = consumer.positions()
-                yield ([r.value for r in records],
-                       [positions[key] for key in self.partitions])
+                # A tombstone (null value) carries no example: skipped.
+                values = [r.value for r in records if r.value is not None]
+                if values:
+                    positions = consumer.positions()
+                    yield values, [positions[key] for key in self.partitions]
         finally:
             consumer.close()
 

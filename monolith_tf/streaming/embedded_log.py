@@ -5,7 +5,8 @@ Embedded log layout and durability:
   ``<dir>/topics/<topic>/meta.json``      partition count
   ``<dir>/topics/<topic>/<p>.log``        append-only frames:
       magic b"MTLR", u32 key length, u32 value length, i64 timestamp (ms),
-      u32 CRC-32 of (key, value), key bytes, value bytes (little-endian)
+      u32 CRC-32 of (key, value), key bytes, value bytes (little-endian);
+      value length 0xFFFFFFFF marks a null value (a tombstone: no value bytes)
   ``<dir>/groups/<group>/<topic>.<p>``    committed offset, written atomically
 Producers in any number of processes append under an exclusive ``flock`` of
 the partition file; a frame torn by a crashed producer is cut off by the next
@@ -29,6 +30,7 @@ from monolith_tf.streaming.log import (LogError, PartitionRouter, Record, assign
 
 _FRAME = struct.Struct("<4sIIqI")
 _MAGIC = b"MTLR"
+_NULL_LENGTH = 0xFFFFFFFF  # value length of a tombstone
 FSYNC_POLICIES = ("flush", "always", "never")
 
 
@@ -52,13 +54,16 @@ def _read_frame(f, position):
     magic, key_length, value_length, timestamp, crc = _FRAME.unpack(header)
     if magic != _MAGIC:
         raise LogError(f"{f.name}: bad frame at byte {position}")
-    body = f.read(key_length + value_length)
-    if len(body) < key_length + value_length:
+    tombstone = value_length == _NULL_LENGTH
+    body_length = key_length + (0 if tombstone else value_length)
+    body = f.read(body_length)
+    if len(body) < body_length:
         return None
     if zlib.crc32(body) != crc:
         raise LogError(f"{f.name}: CRC mismatch in the frame at byte {position}")
     key = body[:key_length] if key_length else None
-    return (key, body[key_length:], timestamp), position + _FRAME.size + len(body)
+    value = None if tombstone else body[key_length:]
+    return (key, value, timestamp), position + _FRAME.size + len(body)
 
 
 class EmbeddedLog:
@@ -149,12 +154,13 @@ class EmbeddedProducer:
         return self._files[key]
 
     def produce(self, topic, value, key=None, timestamp_ms=None, partition=None):
-        """Appends one record (``timestamp_ms`` defaults to now); returns its
-        partition."""
+        """Appends one record (``timestamp_ms`` defaults to now; ``value``
+        None: a tombstone); returns its partition."""
         partition = self._router.route(topic, value, key, partition)
         timestamp_ms = int(time.time() * 1000) if timestamp_ms is None else int(timestamp_ms)
-        body = (key or b"") + value
-        frame = _FRAME.pack(_MAGIC, len(key or b""), len(value), timestamp_ms,
+        body = (key or b"") + (value or b"")
+        value_length = _NULL_LENGTH if value is None else len(value)
+        frame = _FRAME.pack(_MAGIC, len(key or b""), value_length, timestamp_ms,
                             zlib.crc32(body)) + body
         f = self._file(topic, partition)
         fcntl.flock(f, fcntl.LOCK_EX)

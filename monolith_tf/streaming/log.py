@@ -9,15 +9,16 @@ are the pieces backends share. Backends, one module each:
 ``monolith_tf.streaming.kafka_log`` (confluent-kafka);
 ``monolith_tf.streaming.open_log(config)`` picks one.
 
-Semantics shared by both: a record has a topic, a partition, an offset
-(0, 1, 2, ... within its partition), an optional key, a value (bytes) and a
-timestamp in milliseconds. A producer sends a keyed record to partition
-``crc32(key) % partitions`` (unkeyed ones round-robin), so records of one
-key stay in order. A consumer of a group reads its partitions in offset
-order from the group's committed offsets (from the beginning when none);
-``commit`` stores the offsets after the records it has returned, so a
-restarted consumer of that group resumes after them (at-least-once: records
-returned but not committed are read again).
+Semantics shared by both: a record has a topic, a partition, an offset (0,
+1, 2, ... within its partition), an optional key, a value (bytes, or None
+for a tombstone: Kafka's null value) and a timestamp in milliseconds. A
+producer sends a keyed record to partition ``crc32(key) % partitions``
+(unkeyed ones round-robin), so records of one key stay in order. A consumer
+of a group reads its partitions in offset order from the group's committed
+offsets (from the beginning when none); ``commit`` stores the offsets after
+the records it has returned, so a restarted consumer of that group resumes
+after them (at-least-once: records returned but not committed are read
+again).
 """
 
 import collections
@@ -40,7 +41,8 @@ class Producer(Protocol):
     """Writes records to a log."""
 
     def produce(self, topic, value, key=None, timestamp_ms=None, partition=None):
-        """Sends one record (``value`` and ``key`` bytes; ``timestamp_ms``
+        """Sends one record (``value`` bytes or None for a tombstone, ``key``
+        bytes or None; ``timestamp_ms``
         defaults to now; ``partition`` defaults to crc32(key) % partitions,
         round-robin without a key); returns its partition."""
 
@@ -118,8 +120,9 @@ class PartitionRouter:
         self._partitions = {}
 
     def route(self, topic, value, key, partition):
-        if not isinstance(value, bytes):
-            raise LogError(f"value must be bytes, got {type(value).__name__}")
+        if value is not None and not isinstance(value, bytes):
+            raise LogError(f"value must be bytes or None (a tombstone), got "
+                           f"{type(value).__name__}")
         if key is not None and not isinstance(key, bytes):
             raise LogError(f"key must be bytes or None, got {type(key).__name__}")
         if topic not in self._partitions:

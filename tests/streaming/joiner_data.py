@@ -42,7 +42,7 @@ def reference_keeps_negative(request_id, negative_rate):
     return zlib.crc32(request_id) / float(1 << 32) < negative_rate
 
 
-def reference(features, actions, negative_rate):
+def reference(features, actions, negative_rate, window=WINDOW):
     """Expected examples as a set of (request id, click, like, sample rate)."""
     f = pd.DataFrame({"request_id": [r.request_id for r in features],
                       "t": [r.event_time for r in features]})
@@ -51,7 +51,7 @@ def reference(features, actions, negative_rate):
                       "value": [r.value for r in actions],
                       "ta": [r.event_time for r in actions]})
     joined = f.merge(a, on="request_id")
-    joined = joined[(joined.ta >= joined.t) & (joined.ta <= joined.t + WINDOW)]
+    joined = joined[(joined.ta >= joined.t) & (joined.ta <= joined.t + window)]
     labels = joined.groupby(["request_id", "action"]).value.max().unstack(fill_value=0.0)
     expected = {(rid, float(row.get("click", 0.0)), float(row.get("like", 0.0)), 1.0)
                 for rid, row in labels.iterrows()}

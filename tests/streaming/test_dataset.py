@@ -77,6 +77,18 @@ def test_batches_carry_labels_and_their_log_offsets(tmp_path):
         assert in_partition == sorted(in_partition)
 
 
+def test_tombstones_in_the_examples_log_are_skipped(tmp_path):
+    log = EmbeddedLog(str(tmp_path / "log"))
+    fill(log, BATCH)
+    producer = log.producer()
+    producer.produce("examples", None, key=b"gone")
+    producer.flush()
+    fill(log, BATCH, create=False)
+    batches = list(stream_of(log).dataset())
+    assert sum(int(b[1].shape[0]) for b in batches) == 2 * BATCH
+    assert int(batches[-1][0][POSITION_KEY].numpy().sum()) == 2 * BATCH + 1
+
+
 def test_worker_resumes_a_stream_after_the_last_trained_batch(tmp_path):
     log = EmbeddedLog(str(tmp_path / "log"))
     fill(log, 12 * BATCH)

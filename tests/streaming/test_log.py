@@ -66,6 +66,22 @@ def test_keyed_records_keep_order_per_partition(log):
         assert offsets == list(range(len(offsets)))
 
 
+def test_tombstones_keep_their_key_and_read_back_as_none(log):
+    log.create_topic("compacted", partitions=1)
+    producer = log.producer()
+    producer.produce("compacted", b"v1", key=b"k")
+    producer.produce("compacted", None, key=b"k")         # a tombstone
+    producer.produce("compacted", b"", key=b"empty")      # an empty value is not one
+    producer.produce("compacted", None)                   # neither key nor value
+    producer.flush()
+    records = drain(log.consumer("g", ["compacted"]), 4)
+    assert [(r.key, r.value) for r in records] == [(b"k", b"v1"), (b"k", None),
+                                                   (b"empty", b""), (None, None)]
+    assert [r.offset for r in records] == [0, 1, 2, 3]
+    with pytest.raises(LogError, match="bytes or None"):
+        producer.produce("compacted", "text")
+
+
 def test_committed_offsets_resume_a_group_and_other_groups_are_independent(log):
     log.create_topic("t", partitions=2)
     producer = log.producer()
