@@ -35,7 +35,9 @@ README state the same ones):
    still held (an action whose impression closed is an orphan).
 
 State is bounded by ``max_pending`` impressions: past it, the oldest windows
-close early (counted as ``closed_early``), watermark or not. Malformed
+close early (counted as ``closed_early``), watermark or not; the closed
+request ids remembered for rule 6 are bounded by the same number (the oldest
+forgotten first). Malformed
 records and tombstones (null values) go to the ``dead_letter`` topic with
 their key and value (empty for a tombstone) and are counted
 (``dead_letters``, of which ``tombstones``); the joiner keeps going.
@@ -313,6 +315,11 @@ class Joiner:
             forget_at = feature.event_time + self.config.window + self.config.dedupe_horizon
             self.closed[request_id] = forget_at
             heapq.heappush(self._forgetting, (forget_at, request_id))
+            # Remembered ids are bounded like held impressions: oldest forgotten first.
+            while len(self.closed) > self.config.max_pending:
+                oldest_at, oldest = heapq.heappop(self._forgetting)
+                if self.closed.get(oldest) == oldest_at:
+                    del self.closed[oldest]
         if joined:
             if self.config.emit == "impression":
                 self._emit(feature, labels, 1.0)

@@ -196,6 +196,22 @@ def test_a_repeated_impression_is_dropped_within_the_dedupe_horizon(log, tmp_pat
     assert joiner.counters["duplicate_impressions"] == 1
 
 
+def test_remembered_request_ids_are_bounded_by_max_pending(tmp_path):
+    from monolith_tf.streaming.embedded_log import EmbeddedLog
+
+    log = EmbeddedLog(str(tmp_path / "log"))
+    create_topics(log, partitions=1)
+    config = JoinerConfig(ACTIONS, window=WINDOW, allowed_lateness=0, max_pending=2)
+    joiner = Joiner(log, config, str(tmp_path / "state"))
+    producer = log.producer()
+    for i in range(5):
+        send(producer, impression(f"r{i}".encode(), 1000 + i))
+    producer.flush()
+    run_until_read(joiner, features=5)
+    joiner.flush_all()
+    assert sorted(joiner.closed) == [b"r3", b"r4"]  # the newest two
+
+
 def test_the_dedupe_memory_survives_a_restart(tmp_path):
     from monolith_tf.streaming.embedded_log import EmbeddedLog
 
