@@ -8,7 +8,7 @@ checkpoint/SavedModel support, and Keras layers over it
 
 from monolith_tf.specs import make_spec
 from monolith_tf.table import HashTable
-from monolith_tf.export import export_saved_model
+from monolith_tf.serving import export_saved_model
 
 __all__ = ["HashTable", "export_saved_model", "make_spec"]
 __version__ = "0.1.0"

@@ -227,7 +227,7 @@ class _HashEmbeddingBase(keras.layers.Layer):
     def serving_lookups(self, lookups):
         """While the context is open, inference calls read rows through
         ``lookups`` (``{feature: fn(int64 ids) -> float32 rows}``) instead of
-        this layer's tables. ``monolith_tf.export`` uses it to trace a serving
+        this layer's tables. ``monolith_tf.serving.export`` uses it to trace a serving
         graph over stock tables; training calls are not affected."""
         missing = set(self._feature_names()) - set(lookups)
         if missing:

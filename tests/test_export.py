@@ -26,7 +26,8 @@ loaded = tf.saved_model.load(path)
 serve = loaded.signatures["serving_default"]
 inputs = {k: tf.constant(v, tf.int64) for k, v in probe.items()}
 before = serve(**inputs)["output"].numpy().ravel().tolist()
-op_types = sorted({node.op for f in [serve] + [loaded.signatures["upsert"]]
+op_types = sorted({node.op for f in [serve] + [loaded.signatures[name]
+                                                 for name in ("upsert", "remove")]
                    for node in f.graph.as_graph_def().node} |
                   {node.op for f in serve.graph.as_graph_def().library.function
                    for node in f.node_def})
@@ -34,7 +35,23 @@ rows = loaded.signatures["upsert"](table=tf.constant("collection/user"),
                                    ids=tf.constant([1], tf.int64),
                                    values=tf.ones([1, 4]) * 3.0)["rows"].numpy()
 after = serve(**inputs)["output"].numpy().ravel().tolist()
-print(json.dumps({"before": before, "after": after, "rows": int(rows), "ops": op_types}))
+remove = loaded.signatures["remove"]
+try:
+    remove(table=tf.constant("collection/nope"), ids=tf.constant([5], tf.int64))
+    unknown_table = "accepted"
+except tf.errors.InvalidArgumentError as error:
+    unknown_table = "unknown table name" in str(error)
+unchanged = serve(**inputs)["output"].numpy().ravel().tolist()
+removed = int(remove(table=tf.constant("collection/user"),
+                     ids=tf.constant([1, 123456], tf.int64))["rows"].numpy())
+after_remove = serve(**inputs)["output"].numpy().ravel().tolist()
+# User 1 removed reads zeros: the prediction of a user never seen, same tags.
+unseen = serve(user=tf.constant([987654321], tf.int64),
+               tags=tf.constant([probe["tags"][0]], tf.int64))["output"].numpy().ravel()
+print(json.dumps({"before": before, "after": after, "rows": int(rows), "ops": op_types,
+                  "unknown_table": unknown_table, "unchanged": unchanged,
+                  "removed": removed, "after_remove": after_remove,
+                  "unseen": float(unseen[0])}))
 """
 
 
@@ -77,6 +94,14 @@ def test_export_loads_without_the_op_library_and_upserts(tmp_path, row_dtype, to
     # User 1's row became [3, 3, 3, 3]; the Dense kernel started at ones.
     assert answer["after"][0] != pytest.approx(answer["before"][0])
     assert answer["after"][1:] == pytest.approx(answer["before"][1:])
+    # remove: an unknown table is refused and changes nothing; removed rows
+    # read zeros (user 1 then predicts as an unseen user); others stay.
+    assert answer["unknown_table"] is True
+    assert answer["unchanged"] == answer["after"]
+    assert answer["removed"] == 2
+    assert answer["after_remove"][0] == pytest.approx(answer["unseen"], rel=1e-6, abs=1e-6)
+    assert answer["after_remove"][0] != pytest.approx(answer["after"][0])
+    assert answer["after_remove"][1:] == pytest.approx(answer["after"][1:])
 
     cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
     run = subprocess.run(

@@ -11,7 +11,12 @@ without this package's op library. Signatures:
 - ``upsert``: ``(table: string, ids: int64 [n], values: float32 [n, dim])``
   inserts or overwrites rows of one table in the loaded model, so a serving
   process applies fresh sparse rows without a reload. Returns the row count.
-  Table names are ``<layer name>/<feature>`` (see ``table_names``).
+- ``remove``: ``(table: string, ids: int64 [n])`` removes rows of one table
+  (rows that training evicted by expiry leave the server too); removed ids
+  read the default row (zeros) again, absent ids are ignored. Returns the
+  number of ids given.
+Table names are ``<layer name>/<feature>`` (see ``table_names``); an
+unknown table name is an InvalidArgumentError and changes nothing.
 
 ``row_dtype="float16"`` stores rows at half size. Stock hash tables have no
 float16 values, so each pair of float16 halves is packed into one int32
@@ -58,6 +63,9 @@ class _FloatRows(tf.Module):
     def insert(self, ids, values):
         return self.table.insert(ids, values)
 
+    def remove(self, ids):
+        return self.table.remove(ids)
+
     def lookup(self, ids):
         return self.table.lookup(ids)
 
@@ -83,6 +91,9 @@ class _HalfRows(tf.Module):
             halves = tf.pad(halves, [[0, 0], [0, 1]])
         packed = tf.bitcast(tf.reshape(halves, [-1, self.packed_dim, 2]), tf.int32)
         return self.table.insert(ids, packed)
+
+    def remove(self, ids):
+        return self.table.remove(ids)
 
     def lookup(self, ids):
         halves = tf.bitcast(self.table.lookup(ids), tf.float16)  # [..., packed, 2]
@@ -147,24 +158,37 @@ def export_saved_model(model, path, row_dtype="float32"):
 
     table_names_const = tf.constant(names)
 
+    def table_index(table):
+        """Position of ``table`` among the stock tables; fails for an unknown name."""
+        matches = tf.where(tf.equal(table_names_const, table))
+        check = tf.debugging.assert_equal(tf.size(matches), 1,
+                                          message="unknown table name")
+        with tf.control_dependencies([check]):
+            return tf.cast(tf.reshape(matches, [-1])[0], tf.int32)
+
+    def apply_to_table(table, ids, update):
+        """Runs ``update(stock_table)`` on the named table; returns len(ids)."""
+        def branch_for(stock_table):
+            def branch():
+                with tf.control_dependencies([update(stock_table)]):
+                    return tf.size(ids, out_type=tf.int64)
+            return branch
+
+        return tf.switch_case(table_index(table), [branch_for(t) for t in stock])
+
     @tf.function(input_signature=[tf.TensorSpec([], tf.string, name="table"),
                                   tf.TensorSpec([None], tf.int64, name="ids"),
                                   tf.TensorSpec([None, None], tf.float32, name="values")])
     def upsert(table, ids, values):
-        matches = tf.where(tf.equal(table_names_const, table))
-        tf.debugging.assert_equal(tf.size(matches), 1,
-                                  message="upsert: unknown table name")
-        index = tf.cast(tf.reshape(matches, [-1])[0], tf.int32)
+        return {"rows": apply_to_table(table, ids, lambda t: t.insert(ids, values))}
 
-        def insert_into(i):
-            def branch():
-                with tf.control_dependencies([stock[i].insert(ids, values)]):
-                    return tf.size(ids, out_type=tf.int64)
-            return branch
+    @tf.function(input_signature=[tf.TensorSpec([], tf.string, name="table"),
+                                  tf.TensorSpec([None], tf.int64, name="ids")])
+    def remove(table, ids):
+        return {"rows": apply_to_table(table, ids, lambda t: t.remove(ids))}
 
-        return {"rows": tf.switch_case(index, [insert_into(i) for i in range(len(stock))])}
-
-    module.upsert = upsert
+    module.upsert, module.remove = upsert, remove
     tf.saved_model.save(module, path, signatures={"serving_default": serving_fn,
-                                                  "upsert": upsert.get_concrete_function()})
+                                                  "upsert": upsert.get_concrete_function(),
+                                                  "remove": remove.get_concrete_function()})
     return names
