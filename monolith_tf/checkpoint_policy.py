@@ -102,11 +102,13 @@ class CheckpointPolicy:
         return self._sparse_path
 
     def save_if_due(self, step, metadata):
-        """Saves what the schedules say is due at ``step`` (dense implies sparse)."""
+        """Saves what the schedules say is due at ``step`` (dense implies
+        sparse). ``metadata`` is called only when a save is due: it reads
+        device state, which a step that saves nothing should not pay for."""
         if self.dense_schedule.due(step):
-            self.save(step, metadata, dense=True)
+            self.save(step, metadata(), dense=True)
         elif self.sparse_schedule.due(step):
-            self.save(step, metadata, dense=False)
+            self.save(step, metadata(), dense=False)
 
     def candidates(self):
         """(dense path or None, sparse path or None) pairs to resume from,
@@ -185,7 +187,7 @@ class CheckpointPolicy:
         pass
 
     def after_step(self, worker):
-        self.save_if_due(worker.step, worker.checkpoint_metadata())
+        self.save_if_due(worker.step, worker.checkpoint_metadata)
 
     def finish(self, worker):
         self.save(worker.step, worker.checkpoint_metadata(), dense=True)

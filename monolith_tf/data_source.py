@@ -17,7 +17,6 @@ its feature dict; the worker removes it before the model sees the batch
 and passes it to ``batch_trained``.
 """
 
-import time
 from typing import Protocol, runtime_checkable
 
 import tensorflow as tf
@@ -102,19 +101,3 @@ def as_data_source(data, epochs=1):
         return data
     raise TypeError("dataset must be a tf.data.Dataset or a DataSource (such as an "
                     f"ExampleStream), got {type(data).__name__}")
-
-
-class IdleClock:
-    """Seconds since data last arrived, for sources that end when quiet."""
-
-    def __init__(self):
-        self.reset()
-
-    def reset(self):
-        self._since = time.monotonic()
-
-    def quiet_for(self, trained_any):
-        """Restarts the clock if ``trained_any``; returns the quiet seconds."""
-        if trained_any:
-            self.reset()
-        return time.monotonic() - self._since

@@ -103,15 +103,15 @@ class FeatureTable:
         if unknown:
             raise ValueError(f"{name}: unknown arguments {sorted(unknown)}")
         memory_control = {**MEMORY_CONTROL_DEFAULTS, **memory_control}
-        initializer = TABLE_DEFAULTS["initializer"] if initializer is None else initializer
-        optimizer = TABLE_DEFAULTS["optimizer"] if optimizer is None else optimizer
-        self.config = {"dim": dim, "initializer": initializer, "optimizer": optimizer,
-                       "learning_rate": _serialize_learning_rate(learning_rate),
-                       "combiner": combiner, "capacity_hint": capacity_hint, "seed": seed,
-                       **memory_control}
         self.table = table_lib.HashTable(dim, initializer=initializer, optimizer=optimizer,
                                          seed=seed, capacity_hint=capacity_hint,
                                          name=f"{name}_table", **memory_control)
+        table_config = self.table.get_config()  # specs as resolved (None: the defaults)
+        self.config = {"dim": dim, "initializer": table_config["initializer"],
+                       "optimizer": table_config["optimizer"],
+                       "learning_rate": _serialize_learning_rate(learning_rate),
+                       "combiner": combiner, "capacity_hint": capacity_hint, "seed": seed,
+                       **memory_control}
 
     def rate(self, step):
         """Learning rate (float32 scalar) at update ``step``."""
@@ -229,7 +229,7 @@ class _HashEmbeddingBase(keras.layers.Layer):
         ``lookups`` (``{feature: fn(int64 ids) -> float32 rows}``) instead of
         this layer's tables. ``monolith_tf.serving.export`` uses it to trace a serving
         graph over stock tables; training calls are not affected."""
-        missing = set(self._feature_names()) - set(lookups)
+        missing = {feature.name for feature in self._features()} - set(lookups)
         if missing:
             raise ValueError(f"{self.name}: serving lookups lack features {sorted(missing)}")
         self._serving_lookups = dict(lookups)
@@ -313,9 +313,6 @@ class _HashEmbeddingBase(keras.layers.Layer):
     def _features(self):
         """This layer's FeatureTables, in a fixed order."""
         raise NotImplementedError
-
-    def _feature_names(self):
-        return [feature.name for feature in self._features()]
 
     def feature_tables(self):
         """``{feature name: HashTable}`` of this layer."""

@@ -37,8 +37,6 @@ STATS_FIELDS = tuple(_SCHEMA["stats_fields"])
 #: Fields of exported / imported rows, in op order, and their numpy dtypes.
 ROW_FIELDS = tuple(name for name, _ in _SCHEMA["row_fields"])
 ROW_FIELD_DTYPES = {name: np.dtype(dtype) for name, dtype in _SCHEMA["row_fields"]}
-#: Largest ``dim`` a table accepts.
-MAX_DIM = int(_SCHEMA["max_dim"])
 
 
 @functools.lru_cache(maxsize=None)

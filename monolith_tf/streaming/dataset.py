@@ -15,20 +15,21 @@ generator waits for data, so a dataset that never ended would hang the
 process that stops reading it.
 
 An ExampleStream is a ``monolith_tf.data_source.DataSource``: it keeps the
-offsets after the last batch the worker trained (``position()``) and
-starts the next segment there. Each batch carries, under ``POSITION_KEY``
-in its features, the offset
-after its last record in every partition of the topic (int64 [partitions],
-in ``stream.partitions`` order). The worker removes it before the model
+offsets after the last batch the worker trained (``position()``) and starts
+the next segment there. Each batch carries, under ``POSITION_KEY`` in its
+features, the offset after its last record in every partition of the topic
+(int64 [partitions], in ``stream.partitions`` order). The worker removes it before the model
 sees the batch and saves it with each sparse checkpoint, so a restarted
 worker reads on exactly after the last batch it trained: the checkpoint,
 not the consumer group, is the source of truth (the group's offsets are not
 used or committed here).
 """
 
+import time
+
 import tensorflow as tf
 
-from monolith_tf.data_source import POSITION_KEY, IdleClock
+from monolith_tf.data_source import POSITION_KEY
 
 
 class ExampleStream:
@@ -72,7 +73,7 @@ class ExampleStream:
         self.partitions = [(topic, p) for p in range(log.partitions(topic))]
         # DataSource state: offsets after the last trained batch (None: start).
         self.offsets = None
-        self._idle = IdleClock()
+        self._data_seen_at = time.monotonic()  # wall time a segment last had data
 
     def _batches(self, start):
         consumer = self.log.consumer(self.group, [self.topic])
@@ -123,7 +124,7 @@ class ExampleStream:
     # -- DataSource (monolith_tf.data_source) ------------------------------------
 
     def begin(self):
-        self._idle.reset()
+        self._data_seen_at = time.monotonic()
 
     def next_segment(self):
         return self.dataset(self.offsets)
@@ -132,9 +133,11 @@ class ExampleStream:
         self.offsets = [int(o) for o in batch_position]
 
     def segment_ended(self, trained_any):
-        quiet = self._idle.quiet_for(trained_any)
+        if trained_any:
+            self._data_seen_at = time.monotonic()
         # A stream's end is not an epoch: it ends only when quiet too long.
-        return self.idle_timeout is None or quiet < self.idle_timeout
+        return (self.idle_timeout is None
+                or time.monotonic() - self._data_seen_at < self.idle_timeout)
 
     def position(self):
         return {} if self.offsets is None else {"stream_position": list(self.offsets)}
