@@ -18,6 +18,11 @@
   replay --data FILE (--log DIR | --kafka SERVERS)
                           MovieLens ratings as impressions and actions, in
                           timestamp order, at --speedup
+  serve --model_base_path BASE [--model_name NAME] [--port 8500]
+        [--rest_api_port 8501]
+                          serves BASE/<newest version> over TF Serving's gRPC
+                          and REST APIs (flags as tensorflow_model_server's),
+                          on 127.0.0.1 unless --host; until SIGTERM/SIGINT
 """
 
 import argparse
@@ -196,6 +201,60 @@ def replay(args):
     return counts
 
 
+def serve(args):
+    """Runs the model server until SIGTERM or SIGINT (or --max_seconds), then
+    stops it gracefully. Prints a JSON line with the bound addresses once it
+    listens."""
+    import signal
+    import threading
+
+    from monolith_tf.serving.server import ModelServer
+
+    server = ModelServer(args.model_base_path, model_name=args.model_name, host=args.host,
+                         port=args.port,
+                         rest_api_port=args.rest_api_port if args.rest_api_port else None,
+                         poll_seconds=args.file_system_poll_wait_seconds,
+                         max_request_bytes=args.max_request_bytes,
+                         max_batch_size=args.max_batch_size,
+                         grpc_max_threads=args.grpc_max_threads,
+                         rest_api_num_threads=args.rest_api_num_threads,
+                         shutdown_grace_seconds=args.shutdown_grace_seconds)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: stop.set())
+    server.start()
+    rest = f"http://{args.host}:{server.rest_port}" if server.rest_port else None
+    print(json.dumps({"model_name": args.model_name, "version": server.version,
+                      "grpc": f"{args.host}:{server.grpc_port}", "rest": rest}), flush=True)
+    stop.wait(args.max_seconds)
+    server.stop()
+    print(json.dumps({"stopped": args.model_name}), flush=True)
+
+
+def _serve_arguments(parser):
+    # Names as tensorflow_model_server's where they mean the same.
+    parser.add_argument("--model_base_path", required=True,
+                        help="directory of numbered version directories (BASE/<version>/)")
+    parser.add_argument("--model_name", default="default")
+    parser.add_argument("--port", type=int, default=8500, help="gRPC port (0: a free one)")
+    parser.add_argument("--rest_api_port", type=int, default=8501,
+                        help="REST port (0: no REST API, as tensorflow_model_server)")
+    parser.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0,
+                        help="wall seconds between scans for new versions")
+    parser.add_argument("--grpc_max_threads", type=int, default=16)
+    parser.add_argument("--rest_api_num_threads", type=int, default=16)
+    # Ours.
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to bind (default loopback only; 0.0.0.0: all)")
+    parser.add_argument("--max_request_bytes", type=int, default=64 << 20,
+                        help="largest gRPC message or REST body (REST answers 413 beyond)")
+    parser.add_argument("--max_batch_size", type=int, default=8192,
+                        help="most examples in one prediction request")
+    parser.add_argument("--shutdown_grace_seconds", type=float, default=10.0,
+                        help="on SIGTERM, how long running requests may finish")
+    parser.add_argument("--max_seconds", type=float, help="stop after this many seconds")
+
+
 def _log_arguments(parser):
     parser.add_argument("--log", help="embedded log directory")
     parser.add_argument("--fsync", choices=("flush", "always", "never"), default="flush")
@@ -274,6 +333,8 @@ def main(argv=None):
     replay_parser.add_argument("--max-action-delay", type=int, default=60, help="seconds")
     replay_parser.add_argument("--max-ratings", type=int)
     replay_parser.add_argument("--seed", type=int, default=0)
+    serve_parser = commands.add_parser("serve", help="TF Serving-compatible model server")
+    _serve_arguments(serve_parser)
     args = parser.parse_args(argv)
     from monolith_tf.sparse_checkpoint import CheckpointError
     from monolith_tf.streaming.log import LogError
@@ -289,6 +350,8 @@ def main(argv=None):
             join(args)
         elif args.command == "replay":
             replay(args)
+        elif args.command == "serve":
+            serve(args)
         else:
             export(args.model, args.out, args.row_dtype)
     except (CheckpointError, LogError, ValueError, OSError) as error:
