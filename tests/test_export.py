@@ -27,7 +27,8 @@ serve = loaded.signatures["serving_default"]
 inputs = {k: tf.constant(v, tf.int64) for k, v in probe.items()}
 before = serve(**inputs)["output"].numpy().ravel().tolist()
 op_types = sorted({node.op for f in [serve] + [loaded.signatures[name]
-                                                 for name in ("upsert", "remove")]
+                                                 for name in ("upsert", "remove",
+                                                              "assign_dense")]
                    for node in f.graph.as_graph_def().node} |
                   {node.op for f in serve.graph.as_graph_def().library.function
                    for node in f.node_def})
@@ -48,7 +49,20 @@ after_remove = serve(**inputs)["output"].numpy().ravel().tolist()
 # User 1 removed reads zeros: the prediction of a user never seen, same tags.
 unseen = serve(user=tf.constant([987654321], tf.int64),
                tags=tf.constant([probe["tags"][0]], tf.int64))["output"].numpy().ravel()
+assign = loaded.signatures["assign_dense"]
+try:
+    assign(version=tf.constant(3, tf.int64), dense_0=tf.fill([7, 1], float("nan")),
+           dense_1=tf.zeros([1]))
+    nan_refused = "accepted"
+except tf.errors.InvalidArgumentError:
+    nan_refused = True
+after_nan = serve(**inputs)["output"].numpy().ravel().tolist()
+swapped_version = int(assign(version=tf.constant(3, tf.int64), dense_0=tf.zeros([7, 1]),
+                             dense_1=tf.fill([1], 2.0))["version"].numpy())
+swapped = serve(**inputs)["output"].numpy().ravel().tolist()
 print(json.dumps({"before": before, "after": after, "rows": int(rows), "ops": op_types,
+                  "nan_refused": nan_refused, "after_nan": after_nan,
+                  "swapped_version": swapped_version, "swapped": swapped,
                   "unknown_table": unknown_table, "unchanged": unchanged,
                   "removed": removed, "after_remove": after_remove,
                   "unseen": float(unseen[0])}))
@@ -102,6 +116,11 @@ def test_export_loads_without_the_op_library_and_upserts(tmp_path, row_dtype, to
     assert answer["after_remove"][0] == pytest.approx(answer["unseen"], rel=1e-6, abs=1e-6)
     assert answer["after_remove"][0] != pytest.approx(answer["after"][0])
     assert answer["after_remove"][1:] == pytest.approx(answer["after"][1:])
+    # assign_dense: NaN weights refused with nothing changed; then all weights at once.
+    assert answer["nan_refused"] is True
+    assert answer["after_nan"] == answer["after_remove"]
+    assert answer["swapped_version"] == 3
+    assert answer["swapped"] == pytest.approx([2.0, 2.0, 2.0])
 
     cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
     run = subprocess.run(

@@ -1,0 +1,87 @@
+"""TF Serving's REST JSON formats, parsed against signature specs."""
+
+import base64
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from monolith_tf.serving.errors import ServingError
+from monolith_tf.serving.json_format import parse_predict_request, predict_response, to_array
+
+SPECS = {"serving_default": {"ids": tf.TensorSpec([None], tf.int64),
+                             "text": tf.TensorSpec([None], tf.string),
+                             "dense": tf.TensorSpec([None, 2], tf.float32)},
+         "single": {"x": tf.TensorSpec([None, 2], tf.float32)}}
+
+
+def specs(signature):
+    return SPECS[signature or "serving_default"]
+
+
+def parse(document):
+    import json
+    return parse_predict_request(json.dumps(document).encode(), specs)
+
+
+def test_row_format_named_inputs_with_b64_strings():
+    name, inputs, row_format = parse({"instances": [
+        {"ids": 1, "text": "héllo", "dense": [1, 2.5]},
+        {"ids": 2, "text": {"b64": base64.b64encode(b"\xff\x00").decode()}, "dense": [3, 4]}]})
+    assert name == "" and row_format
+    assert inputs["ids"].dtype == np.int64 and inputs["ids"].tolist() == [1, 2]
+    assert inputs["text"].tolist() == ["héllo".encode(), b"\xff\x00"]
+    assert inputs["dense"].dtype == np.float32
+    np.testing.assert_array_equal(inputs["dense"], [[1, 2.5], [3, 4]])
+
+
+def test_columnar_and_bare_values_for_one_input():
+    _, inputs, row_format = parse({"signature_name": "single", "inputs": [[1, 2], [3, 4]]})
+    assert not row_format and inputs["x"].shape == (2, 2)
+    _, inputs, row_format = parse({"signature_name": "single", "instances": [[1, 2]]})
+    assert row_format and inputs["x"].tolist() == [[1.0, 2.0]]
+
+
+@pytest.mark.parametrize("document,message", [
+    ({"instances": []}, "non-empty"),
+    ({"instances": [{"ids": 1, "text": "a", "dense": [1, 2]}, {"ids": 2, "text": "b"}]},
+     "same input names"),
+    ({"instances": [1, 2]}, "one input"),
+    ({"inputs": {"ids": [1, "x"], "text": ["a", "b"], "dense": [[1, 2]]}}, "expected int64"),
+    ({"inputs": {"ids": [2**63], "text": ["a"], "dense": [[1, 2]]}}, "range"),
+    ({"inputs": {"ids": [1], "text": [3], "dense": [[1, 2]]}}, "expected strings"),
+    ({"inputs": {"ids": [1], "text": [{"b64": "***"}], "dense": [[1, 2]]}}, "base64"),
+    ({"inputs": {"ids": [1], "text": [["a"], "b"]}}, "ragged"),
+    ({"signature_name": 3, "inputs": {}}, "signature_name"),
+    ({}, "exactly one"),
+])
+def test_bad_requests_are_invalid_argument(document, message):
+    with pytest.raises(ServingError) as error:
+        parse(document)
+    assert error.value.http_status == 400
+    assert message in error.value.message
+
+
+def test_not_json_and_not_an_object():
+    for body in (b"{", b"[1, 2]", b"\xff"):
+        with pytest.raises(ServingError) as error:
+            parse_predict_request(body, specs)
+        assert "JSON Parse error" in error.value.message
+
+
+def test_replies_in_both_formats():
+    one = {"output": np.array([[0.5], [1.5]], np.float32)}
+    assert predict_response(one, True) == {"predictions": [[0.5], [1.5]]}
+    assert predict_response(one, False) == {"outputs": [[0.5], [1.5]]}
+    two = {"score": np.array([1.0, 2.0]), "label": np.array([b"a", b"\xff"], dtype=object)}
+    assert predict_response(two, True) == {"predictions": [
+        {"score": 1.0, "label": "a"}, {"score": 2.0, "label": {"b64": "/w=="}}]}
+    assert predict_response(two, False) == {"outputs": {
+        "score": [1.0, 2.0], "label": ["a", {"b64": "/w=="}]}}
+    with pytest.raises(ServingError, match="columnar"):
+        predict_response({"rows": np.int64(3)}, True)
+
+
+def test_to_array_keeps_empty_batches_typed():
+    assert to_array([], tf.int64, "ids").dtype == np.int64
+    assert to_array([True, False], tf.bool, "flags").tolist() == [True, False]
