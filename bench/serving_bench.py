@@ -1,0 +1,263 @@
+"""Serving throughput and latency: the model server over gRPC and REST
+against calling the same signature in-process, and p99 under sparse updates.
+
+A CTR model (user, item and 5 tags embedded at dim 16, MLP 256-128-64-1)
+with --users rows in its user table is exported once. Then, each with
+--clients concurrent client threads making --requests calls each at batch
+1 and 64:
+  in-process  the bench process calls the loaded SavedModel's
+              ``serving_default`` (the limit for this machine: no RPC),
+  gRPC        ``python -m monolith_tf serve`` in its own process, called
+              with the official tensorflow_serving.apis stubs,
+  REST        the same server, row-format JSON over keep-alive HTTP.
+Requests are built once per client; the server decodes and encodes every
+call. Last, gRPC at batch 64 again without and with --update-rate upserts/s
+of 64 rows each (Predict on the ``upsert`` signature, from another thread).
+
+    PYTHONPATH=. .venv/bin/python bench/serving_bench.py [--clients 4 --requests 400]
+"""
+
+import argparse
+import http.client
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+
+TAGS = 5
+
+
+def build_export(base, users, items, seed=0):
+    import tensorflow as tf
+
+    from monolith_tf.layers import HashEmbeddingCollection
+    from monolith_tf.serving import export_version
+
+    keras = tf.keras
+    features = {"user": {"dim": 16}, "item": {"dim": 16},
+                "tags": {"dim": 16, "combiner": "mean"}}
+    inputs = {"user": keras.Input(shape=(), dtype="int64", name="user"),
+              "item": keras.Input(shape=(), dtype="int64", name="item"),
+              "tags": keras.Input(shape=(TAGS,), dtype="int64", name="tags")}
+    embedded = HashEmbeddingCollection(features, name="embeddings")(inputs)
+    x = keras.layers.Concatenate()([embedded[k] for k in ("user", "item", "tags")])
+    for width in (256, 128, 64):
+        x = keras.layers.Dense(width, activation="relu")(x)
+    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(x))
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    rng = np.random.default_rng(seed)
+    n = max(users, items)
+    data = {"user": rng.permutation(n) % users, "item": rng.integers(0, items, n),
+            "tags": rng.integers(0, 1000, (n, TAGS))}
+    model.fit(data, rng.integers(0, 2, (n, 1)), batch_size=1024, epochs=1, verbose=0)
+    export_version(model, base, version=1)
+
+
+def make_batch(batch, users, items, seed):
+    rng = np.random.default_rng(seed)
+    return {"user": rng.integers(0, users, batch).astype(np.int64),
+            "item": rng.integers(0, items, batch).astype(np.int64),
+            "tags": rng.integers(0, 1000, (batch, TAGS)).astype(np.int64)}
+
+
+def run_clients(clients, requests, make_call):
+    """Runs ``clients`` threads, each calling ``make_call(i)()`` ``requests``
+    times; returns (calls per second, latencies in seconds)."""
+    callers = [make_call(i) for i in range(clients)]
+    for call in callers:  # warm-up, not timed
+        for _ in range(3):
+            call()
+    latencies = [[] for _ in range(clients)]
+
+    def worker(i):
+        call, own = callers[i], latencies[i]
+        for _ in range(requests):
+            started = time.perf_counter()
+            call()
+            own.append(time.perf_counter() - started)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - started
+    flat = np.concatenate([np.array(own) for own in latencies])
+    return clients * requests / wall, flat
+
+
+def summary(qps, latencies):
+    return {"qps": qps, "p50_ms": float(np.percentile(latencies, 50) * 1e3),
+            "p99_ms": float(np.percentile(latencies, 99) * 1e3)}
+
+
+def in_process(base, batch, args):
+    import tensorflow as tf
+
+    serve = tf.saved_model.load(f"{base}/1").signatures["serving_default"]
+
+    def make_call(i):
+        tensors = {k: tf.constant(v) for k, v in
+                   make_batch(batch, args.users, args.items, i).items()}
+        return lambda: serve(**tensors)["output"].numpy()
+
+    return summary(*run_clients(args.clients, args.requests, make_call))
+
+
+def grpc_calls(port, batch, args):
+    import grpc
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    def make_call(i):
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(
+            grpc.insecure_channel(f"127.0.0.1:{port}"))
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "ctr"
+        for name, value in make_batch(batch, args.users, args.items, i).items():
+            request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+
+        def call():
+            response = stub.Predict(request, timeout=60)
+            assert response.outputs["output"].tensor_shape.dim[0].size == batch
+        return call
+
+    return summary(*run_clients(args.clients, args.requests, make_call))
+
+
+def rest_calls(port, batch, args):
+    def make_call(i):
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        inputs = make_batch(batch, args.users, args.items, i)
+        body = json.dumps({"instances": [{k: v[j].tolist() for k, v in inputs.items()}
+                                         for j in range(batch)]}).encode()
+
+        def call():
+            connection.request("POST", "/v1/models/ctr:predict", body,
+                               {"Content-Type": "application/json"})
+            reply = connection.getresponse()
+            payload = reply.read()
+            assert reply.status == 200, payload[:200]
+        return call
+
+    return summary(*run_clients(args.clients, args.requests, make_call))
+
+
+class Updater:
+    """Sends ``rate`` upserts per second of 64 rows each over gRPC."""
+
+    def __init__(self, port, rate, users):
+        import grpc
+        import tensorflow as tf
+        from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+        self._stub = prediction_service_pb2_grpc.PredictionServiceStub(
+            grpc.insecure_channel(f"127.0.0.1:{port}"))
+        rng = np.random.default_rng(7)
+        self._requests = []
+        for _ in range(50):
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = "ctr"
+            request.model_spec.signature_name = "upsert"
+            request.inputs["table"].CopyFrom(tf.make_tensor_proto("embeddings/user"))
+            request.inputs["ids"].CopyFrom(tf.make_tensor_proto(
+                rng.integers(0, users, 64).astype(np.int64)))
+            request.inputs["values"].CopyFrom(tf.make_tensor_proto(
+                rng.normal(0, 0.1, (64, 16)).astype(np.float32)))
+            self._requests.append(request)
+        self.rate, self.sent = rate, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        started = time.perf_counter()
+        while not self._stop.is_set():
+            self._stub.Predict(self._requests[self.sent % len(self._requests)], timeout=60)
+            self.sent += 1
+            delay = started + self.sent / self.rate - time.perf_counter()
+            if delay > 0:
+                self._stop.wait(delay)
+
+    def __enter__(self):
+        self._started = time.perf_counter()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.achieved = self.sent / (time.perf_counter() - self._started)
+
+
+def start_server(base):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        rest_port = probe.getsockname()[1]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "monolith_tf", "serve", f"--model_base_path={base}",
+         "--model_name=ctr", "--port=0", f"--rest_api_port={rest_port}"],
+        stdout=subprocess.PIPE, text=True, env=env)
+    started = json.loads(process.stdout.readline())
+    return process, int(started["grpc"].rsplit(":", 1)[1]), rest_port
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--users", type=int, default=100_000)
+    parser.add_argument("--items", type=int, default=10_000)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--requests", type=int, default=400, help="calls per client")
+    parser.add_argument("--update-rate", type=float, default=100.0, help="upserts per second")
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+    base = tempfile.mkdtemp(prefix="serving_bench_")
+    results = {}
+    try:
+        build_export(base, args.users, args.items)
+        for batch in (1, 64):
+            results[f"in-process b{batch}"] = in_process(base, batch, args)
+        server, grpc_port, rest_port = start_server(base)
+        try:
+            for batch in (1, 64):
+                results[f"gRPC b{batch}"] = grpc_calls(grpc_port, batch, args)
+                results[f"REST b{batch}"] = rest_calls(rest_port, batch, args)
+            results["gRPC b64, no updates"] = grpc_calls(grpc_port, 64, args)
+            with Updater(grpc_port, args.update_rate, args.users) as updater:
+                results["gRPC b64, updates"] = grpc_calls(grpc_port, 64, args)
+            results["gRPC b64, updates"]["updates_per_s"] = updater.achieved
+        finally:
+            server.terminate()
+            server.wait(60)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+    print(f"\n{args.clients} client threads x {args.requests} calls, {os.cpu_count()} CPUs\n")
+    print("| path | batch | calls/s | examples/s | p50 ms | p99 ms | vs in-process |")
+    print("|---|---|---|---|---|---|---|")
+    for batch in (1, 64):
+        baseline = results[f"in-process b{batch}"]["qps"]
+        for path in ("in-process", "gRPC", "REST"):
+            r = results[f"{path} b{batch}"]
+            print(f"| {path} | {batch} | {r['qps']:,.0f} | {r['qps'] * batch:,.0f} | "
+                  f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['qps'] / baseline:.2f}x |")
+    quiet, busy = results["gRPC b64, no updates"], results["gRPC b64, updates"]
+    print(f"\ngRPC b64 p99: {quiet['p99_ms']:.2f} ms without updates, {busy['p99_ms']:.2f} ms "
+          f"with {busy['updates_per_s']:.0f} upserts/s of 64 rows: "
+          f"{busy['p99_ms'] / quiet['p99_ms']:.2f}x")
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump(results, out, indent=1)
+
+
+if __name__ == "__main__":
+    main()
