@@ -67,9 +67,13 @@ def make_batch(batch, users, items, seed):
             "tags": rng.integers(0, 1000, (batch, TAGS)).astype(np.int64)}
 
 
-def run_clients(clients, requests, make_call):
+def run_clients(clients, requests, make_call, serving_process=None):
     """Runs ``clients`` threads, each calling ``make_call(i)()`` ``requests``
-    times; returns (calls per second, latencies in seconds)."""
+    times; returns (calls per second, latencies in seconds, CPU seconds per
+    call of ``serving_process``: the server's pid, or None for this one)."""
+    import psutil
+
+    serving = psutil.Process(serving_process)
     callers = [make_call(i) for i in range(clients)]
     for call in callers:  # warm-up, not timed
         for _ in range(3):
@@ -84,19 +88,22 @@ def run_clients(clients, requests, make_call):
             own.append(time.perf_counter() - started)
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
+    cpu_before = sum(serving.cpu_times()[:2])
     started = time.perf_counter()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     wall = time.perf_counter() - started
+    cpu = sum(serving.cpu_times()[:2]) - cpu_before
     flat = np.concatenate([np.array(own) for own in latencies])
-    return clients * requests / wall, flat
+    return clients * requests / wall, flat, cpu / (clients * requests)
 
 
-def summary(qps, latencies):
+def summary(qps, latencies, cpu_per_call):
     return {"qps": qps, "p50_ms": float(np.percentile(latencies, 50) * 1e3),
-            "p99_ms": float(np.percentile(latencies, 99) * 1e3)}
+            "p99_ms": float(np.percentile(latencies, 99) * 1e3),
+            "cpu_ms_per_call": cpu_per_call * 1e3}
 
 
 def in_process(base, batch, args):
@@ -112,14 +119,14 @@ def in_process(base, batch, args):
     return summary(*run_clients(args.clients, args.requests, make_call))
 
 
-def grpc_calls(port, batch, args):
+def grpc_calls(server, batch, args):
     import grpc
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
     def make_call(i):
         stub = prediction_service_pb2_grpc.PredictionServiceStub(
-            grpc.insecure_channel(f"127.0.0.1:{port}"))
+            grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}"))
         request = predict_pb2.PredictRequest()
         request.model_spec.name = "ctr"
         for name, value in make_batch(batch, args.users, args.items, i).items():
@@ -130,12 +137,12 @@ def grpc_calls(port, batch, args):
             assert response.outputs["output"].tensor_shape.dim[0].size == batch
         return call
 
-    return summary(*run_clients(args.clients, args.requests, make_call))
+    return summary(*run_clients(args.clients, args.requests, make_call, server.pid))
 
 
-def rest_calls(port, batch, args):
+def rest_calls(server, batch, args):
     def make_call(i):
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        connection = http.client.HTTPConnection("127.0.0.1", server.rest_port, timeout=60)
         inputs = make_batch(batch, args.users, args.items, i)
         body = json.dumps({"instances": [{k: v[j].tolist() for k, v in inputs.items()}
                                          for j in range(batch)]}).encode()
@@ -148,7 +155,7 @@ def rest_calls(port, batch, args):
             assert reply.status == 200, payload[:200]
         return call
 
-    return summary(*run_clients(args.clients, args.requests, make_call))
+    return summary(*run_clients(args.clients, args.requests, make_call, server.pid))
 
 
 class Updater:
@@ -197,17 +204,28 @@ class Updater:
         self.achieved = self.sent / (time.perf_counter() - self._started)
 
 
-def start_server(base):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        rest_port = probe.getsockname()[1]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "monolith_tf", "serve", f"--model_base_path={base}",
-         "--model_name=ctr", "--port=0", f"--rest_api_port={rest_port}"],
-        stdout=subprocess.PIPE, text=True, env=env)
-    started = json.loads(process.stdout.readline())
-    return process, int(started["grpc"].rsplit(":", 1)[1]), rest_port
+class Server:
+    """``python -m monolith_tf serve`` in its own process."""
+
+    def __init__(self, base, *flags):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.rest_port = probe.getsockname()[1]
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "monolith_tf", "serve", f"--model_base_path={base}",
+             "--model_name=ctr", "--port=0", f"--rest_api_port={self.rest_port}", *flags],
+            stdout=subprocess.PIPE, text=True, env=env)
+        started = json.loads(self.process.stdout.readline())
+        self.grpc_port = int(started["grpc"].rsplit(":", 1)[1])
+        self.pid = self.process.pid
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.process.terminate()
+        self.process.wait(60)
 
 
 def main():
@@ -226,30 +244,33 @@ def main():
         build_export(base, args.users, args.items)
         for batch in (1, 64):
             results[f"in-process b{batch}"] = in_process(base, batch, args)
-        server, grpc_port, rest_port = start_server(base)
-        try:
+        with Server(base) as server:
             for batch in (1, 64):
-                results[f"gRPC b{batch}"] = grpc_calls(grpc_port, batch, args)
-                results[f"REST b{batch}"] = rest_calls(rest_port, batch, args)
-            results["gRPC b64, no updates"] = grpc_calls(grpc_port, 64, args)
-            with Updater(grpc_port, args.update_rate, args.users) as updater:
-                results["gRPC b64, updates"] = grpc_calls(grpc_port, 64, args)
+                results[f"gRPC b{batch}"] = grpc_calls(server, batch, args)
+                results[f"REST b{batch}"] = rest_calls(server, batch, args)
+            results["gRPC b64, no updates"] = grpc_calls(server, 64, args)
+            with Updater(server.grpc_port, args.update_rate, args.users) as updater:
+                results["gRPC b64, updates"] = grpc_calls(server, 64, args)
             results["gRPC b64, updates"]["updates_per_s"] = updater.achieved
-        finally:
-            server.terminate()
-            server.wait(60)
+        with Server(base, "--enable_batching") as server:
+            for batch in (1, 64):
+                results[f"gRPC batching b{batch}"] = grpc_calls(server, batch, args)
+                results[f"REST batching b{batch}"] = rest_calls(server, batch, args)
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
     print(f"\n{args.clients} client threads x {args.requests} calls, {os.cpu_count()} CPUs\n")
-    print("| path | batch | calls/s | examples/s | p50 ms | p99 ms | vs in-process |")
-    print("|---|---|---|---|---|---|---|")
+    print("| path | batch | calls/s | examples/s | p50 ms | p99 ms | calls/s vs in-process "
+          "| serving CPU ms/call | CPU/call vs in-process |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for batch in (1, 64):
-        baseline = results[f"in-process b{batch}"]["qps"]
-        for path in ("in-process", "gRPC", "REST"):
+        base_row = results[f"in-process b{batch}"]
+        for path in ("in-process", "gRPC", "REST", "gRPC batching", "REST batching"):
             r = results[f"{path} b{batch}"]
             print(f"| {path} | {batch} | {r['qps']:,.0f} | {r['qps'] * batch:,.0f} | "
-                  f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['qps'] / baseline:.2f}x |")
+                  f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['qps'] / base_row['qps']:.2f}x | "
+                  f"{r['cpu_ms_per_call']:.2f} | "
+                  f"{r['cpu_ms_per_call'] / base_row['cpu_ms_per_call']:.2f}x |")
     quiet, busy = results["gRPC b64, no updates"], results["gRPC b64, updates"]
     print(f"\ngRPC b64 p99: {quiet['p99_ms']:.2f} ms without updates, {busy['p99_ms']:.2f} ms "
           f"with {busy['updates_per_s']:.0f} upserts/s of 64 rows: "

@@ -218,7 +218,10 @@ def serve(args):
                          max_batch_size=args.max_batch_size,
                          grpc_max_threads=args.grpc_max_threads,
                          rest_api_num_threads=args.rest_api_num_threads,
-                         shutdown_grace_seconds=args.shutdown_grace_seconds)
+                         shutdown_grace_seconds=args.shutdown_grace_seconds,
+                         enable_batching=args.enable_batching,
+                         batch_timeout_micros=args.batch_timeout_micros,
+                         num_batch_threads=args.num_batch_threads)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, frame: stop.set())
@@ -241,6 +244,8 @@ def _serve_arguments(parser):
                         help="REST port (0: no REST API, as tensorflow_model_server)")
     parser.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0,
                         help="wall seconds between scans for new versions")
+    parser.add_argument("--enable_batching", action="store_true",
+                        help="merge concurrent prediction requests into one model call")
     parser.add_argument("--grpc_max_threads", type=int, default=16)
     parser.add_argument("--rest_api_num_threads", type=int, default=16)
     # Ours.
@@ -249,7 +254,13 @@ def _serve_arguments(parser):
     parser.add_argument("--max_request_bytes", type=int, default=64 << 20,
                         help="largest gRPC message or REST body (REST answers 413 beyond)")
     parser.add_argument("--max_batch_size", type=int, default=8192,
-                        help="most examples in one prediction request")
+                        help="most examples in one prediction request (and, batching, in "
+                             "one merged call)")
+    parser.add_argument("--batch_timeout_micros", type=int, default=0,
+                        help="batching: longest wait for requests to merge (0: merge what "
+                             "is queued)")
+    parser.add_argument("--num_batch_threads", type=int,
+                        help="batching: merged calls at once (default: CPU count)")
     parser.add_argument("--shutdown_grace_seconds", type=float, default=10.0,
                         help="on SIGTERM, how long running requests may finish")
     parser.add_argument("--max_seconds", type=float, help="stop after this many seconds")

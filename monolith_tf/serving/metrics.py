@@ -11,7 +11,8 @@ Names (all prefixed ``monolith_serving_``):
 - ``rows_applied_total{table, kind}``: rows upserted or removed (kind);
 - ``last_update_timestamp_seconds``: wall time of the newest applied update;
 - ``last_update_data_time_seconds``: the newest data time an update carried;
-- ``dense_swaps_total``, ``dense_version{model}``, ``model_version{model}``.
+- ``dense_swaps_total``, ``dense_version{model}``, ``model_version{model}``;
+- ``batched_requests``: histogram of requests per model call (batching on).
 """
 
 import threading
@@ -54,8 +55,15 @@ class ServingMetrics:
                               registry=self.registry)
         self._dense_version = Gauge(prefix + "dense_version", "Dense version served",
                                     ["model"], registry=self.registry)
+        self._batched = Histogram(prefix + "batched_requests",
+                                  "Requests served per model call (batching)",
+                                  buckets=(1, 2, 4, 8, 16, 32, 64), registry=self.registry)
         self._model_version = Gauge(prefix + "model_version", "Model version served",
                                     ["model"], registry=self.registry)
+
+    def batched_call(self, requests, rows):
+        """Records one model call of the batcher that served ``requests``."""
+        self._batched.observe(requests)
 
     def request(self, api, method, code_name, seconds):
         """Counts one answered request and its handling time."""

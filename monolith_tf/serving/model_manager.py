@@ -42,14 +42,16 @@ class ModelManager:
       metrics: the server's ``ServingMetrics``.
       poll_seconds: wall seconds between scans of ``base_path``
         (``--file_system_poll_wait_seconds``).
-      max_batch_size: passed to each ``Servable``.
+      max_batch_size, batching: passed to each ``Servable``.
     """
 
-    def __init__(self, name, base_path, metrics, poll_seconds=1.0, max_batch_size=8192):
+    def __init__(self, name, base_path, metrics, poll_seconds=1.0, max_batch_size=8192,
+                 batching=None):
         self.name, self.base_path = name, base_path
         self.metrics = metrics
         self.poll_seconds = poll_seconds
         self.max_batch_size = max_batch_size
+        self.batching = batching
         self._current = None
         self._statuses = {}
         self._lock = threading.Lock()
@@ -66,10 +68,12 @@ class ModelManager:
         self._thread.start()
 
     def stop(self):
-        """Stops polling (the serving version stays loaded)."""
+        """Stops polling and the serving version's batch threads."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+        if self._current is not None:
+            self._current.close()
 
     @property
     def serving_version(self):
@@ -100,7 +104,7 @@ class ModelManager:
         self._set_status(VersionStatus(version, "LOADING"))
         try:
             servable = Servable(self.name, version, f"{self.base_path}/{version}", self.metrics,
-                                max_batch_size=self.max_batch_size)
+                                max_batch_size=self.max_batch_size, batching=self.batching)
             servable.warm_up()
         except Exception as error:  # noqa: BLE001 - a bad version (OpError, ValueError,
             # OSError, ...) must not stop serving the current one; it is reported in its status
@@ -115,6 +119,7 @@ class ModelManager:
         if current is not None:
             self._set_status(VersionStatus(current.version, "UNLOADING"))
             # Requests still running hold their own reference; dropping ours unloads it after.
+            current.close()
             self._set_status(VersionStatus(current.version, "END"))
         return version
 

@@ -27,11 +27,22 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
+from monolith_tf.serving.batching import RequestBatcher
 from monolith_tf.serving.errors import ServingError, from_tf_error, invalid
 from monolith_tf.serving.export import METADATA_FILE, read_metadata
 
 DEFAULT_SIGNATURE = "serving_default"
 UPDATE_SIGNATURES = ("upsert", "remove", "assign_dense")
+
+
+class BatchingOptions:
+    """Server-side batching: wait up to ``batch_timeout_seconds`` for
+    requests to merge; ``threads`` merged calls at once."""
+
+    def __init__(self, batch_timeout_seconds=0.0, threads=2):
+        if batch_timeout_seconds < 0 or threads < 1:
+            raise ValueError("batching needs batch_timeout_seconds >= 0 and threads >= 1")
+        self.batch_timeout_seconds, self.threads = batch_timeout_seconds, threads
 
 
 class _DenseSlots:
@@ -108,13 +119,18 @@ class Servable:
       path: a SavedModel directory (``BASE/<version>``).
       metrics: a ``ServingMetrics`` the updates count into.
       max_batch_size: most rows (first dimension) one prediction request may
-        carry; larger ones get INVALID_ARGUMENT.
+        carry; larger ones get INVALID_ARGUMENT. With batching, also the
+        most rows of a merged call.
+      batching: None, or ``BatchingOptions``: concurrent requests of a
+        signature are merged into one model call (``batching.py``).
     """
 
-    def __init__(self, name, version, path, metrics, max_batch_size=8192):
+    def __init__(self, name, version, path, metrics, max_batch_size=8192, batching=None):
         self.name, self.version, self.path = name, version, path
         self.metrics = metrics
         self.max_batch_size = max_batch_size
+        self._batching = batching
+        self._batchers = {}
         self.signature_defs = read_signature_defs(path)
         self._loaded = tf.saved_model.load(path)
         self._signatures = dict(self._loaded.signatures)
@@ -171,17 +187,45 @@ class Servable:
         if self.takes_updates and name in UPDATE_SIGNATURES:
             result = self._update_through_predict(name, inputs)
         else:
-            tensors = {key: tf.constant(value, dtype=specs[key].dtype)
-                       for key, value in inputs.items()}
-            fn = self._signatures[name]
-            with self._reading_dense():
-                try:
-                    result = {key: value.numpy() for key, value in fn(**tensors).items()}
-                except tf.errors.OpError as error:
-                    raise from_tf_error(error) from None
+            result = self._runner(name)(inputs)
         if output_filter:
             result = {key: result[key] for key in output_filter}
         return result
+
+    def _runner(self, name):
+        """``run(inputs) -> outputs`` for a signature: direct, or through its
+        RequestBatcher when batching is on."""
+        if self._batching is None:
+            return lambda inputs: self._call(name, inputs)
+        batcher = self._batchers.get(name)
+        if batcher is None:
+            with self._swap_lock:
+                batcher = self._batchers.get(name)
+                if batcher is None:
+                    batcher = RequestBatcher(
+                        lambda inputs: self._call(name, inputs), self.max_batch_size,
+                        self._batching.batch_timeout_seconds, self._batching.threads,
+                        on_call=self.metrics.batched_call)
+                    self._batchers[name] = batcher
+        return batcher
+
+    def _call(self, name, inputs):
+        specs = self._input_specs[name]
+        tensors = {key: tf.constant(value, dtype=specs[key].dtype)
+                   for key, value in inputs.items()}
+        with self._reading_dense():
+            try:
+                return {key: value.numpy()
+                        for key, value in self._signatures[name](**tensors).items()}
+            except tf.errors.OpError as error:
+                raise from_tf_error(error) from None
+
+    def close(self):
+        """Stops the batch threads (after the requests they hold)."""
+        with self._swap_lock:
+            batchers, self._batchers = list(self._batchers.values()), {}
+        for batcher in batchers:
+            batcher.close()
 
     def _reading_dense(self):
         return self._dense_slots.reading() if self._dense_slots else contextlib.nullcontext()

@@ -16,6 +16,7 @@ requests finish for up to ``grace`` seconds, then closes.
 """
 
 import asyncio
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -26,6 +27,7 @@ from monolith_tf.serving.grpc_api import add_services
 from monolith_tf.serving.metrics import ServingMetrics
 from monolith_tf.serving.model_manager import ModelManager
 from monolith_tf.serving.rest_api import RestApi
+from monolith_tf.serving.servable import BatchingOptions
 
 DEFAULT_MAX_REQUEST_BYTES = 64 << 20
 
@@ -44,17 +46,25 @@ class ModelServer:
       max_batch_size: most examples in one prediction request.
       grpc_max_threads, rest_api_num_threads: request worker threads.
       shutdown_grace_seconds: how long ``stop`` lets running requests finish.
+      enable_batching: merge concurrent prediction requests into one model
+        call (up to ``max_batch_size`` examples, waiting at most
+        ``batch_timeout_micros`` for more; ``num_batch_threads`` calls at once).
     """
 
     def __init__(self, model_base_path, model_name="default", host="127.0.0.1", port=8500,
                  rest_api_port=8501, poll_seconds=1.0,
                  max_request_bytes=DEFAULT_MAX_REQUEST_BYTES, max_batch_size=8192,
-                 grpc_max_threads=16, rest_api_num_threads=16, shutdown_grace_seconds=10.0):
+                 grpc_max_threads=16, rest_api_num_threads=16, shutdown_grace_seconds=10.0,
+                 enable_batching=False, batch_timeout_micros=0, num_batch_threads=None):
         self.host = host
         self.shutdown_grace_seconds = shutdown_grace_seconds
         self.metrics = ServingMetrics()
+        batching = BatchingOptions(batch_timeout_micros / 1e6,
+                                   num_batch_threads or os.cpu_count() or 1) \
+            if enable_batching else None
         self.manager = ModelManager(model_name, model_base_path, self.metrics,
-                                    poll_seconds=poll_seconds, max_batch_size=max_batch_size)
+                                    poll_seconds=poll_seconds, max_batch_size=max_batch_size,
+                                    batching=batching)
         self._requested_ports = (port, rest_api_port)
         self._max_request_bytes = max_request_bytes
         self._grpc_threads, self._rest_threads = grpc_max_threads, rest_api_num_threads

@@ -29,10 +29,10 @@ def base_path(model, tmp_path_factory):
     return base
 
 
-def start_server(base):
+def start_server(base, **options):
     return ModelServer(base, model_name="ctr", port=0, rest_api_port=0, poll_seconds=0.2,
                        max_request_bytes=MAX_REQUEST_BYTES,
-                       max_batch_size=MAX_BATCH_SIZE).start()
+                       max_batch_size=MAX_BATCH_SIZE, **options).start()
 
 
 @pytest.fixture(scope="module")

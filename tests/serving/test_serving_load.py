@@ -52,7 +52,8 @@ def expected_predictions(path, base):
 
 
 @pytest.mark.slow
-def test_no_failed_request_and_no_mixed_version_under_updates(model, tmp_path):
+@pytest.mark.parametrize("batching", [False, True], ids=["direct", "batching"])
+def test_no_failed_request_and_no_mixed_version_under_updates(model, tmp_path, batching):
     base_weights = [w.copy() for w in model.layers[-1].get_weights()]
     base = str(tmp_path / "models")
     export_version(model, base, version=1)
@@ -72,7 +73,7 @@ def test_no_failed_request_and_no_mixed_version_under_updates(model, tmp_path):
             if v1 == v2:
                 assert np.abs(p1 - p2).max() > 1e-3, (v1, k1, k2)
 
-    server = start_server(base)
+    server = start_server(base, enable_batching=batching, batch_timeout_micros=200)
     done = threading.Event()
     failures, unmatched, seen = [], [], []
     lock = threading.Lock()
@@ -131,10 +132,18 @@ def test_no_failed_request_and_no_mixed_version_under_updates(model, tmp_path):
         for client in clients:
             client.join(60)
         final = GrpcClient(server).predict(PROBE)
+        metrics = http(server, "/monitoring/prometheus/metrics")[1]
         server.stop()
     print(f"{len(seen) + len(unmatched)} responses checked, {len(failures)} failed; "
           f"(model version, dense version) seen: {sorted(dense_seen_of(seen))}")
     assert failures == [], failures[:5]
+    if batching:  # some model calls served several requests
+        merged = [line for line in metrics.splitlines()
+                  if line.startswith('monolith_serving_batched_requests_bucket{le="1.0"}')
+                  or line.startswith("monolith_serving_batched_requests_count")]
+        single, calls = (float(line.rsplit(" ", 1)[1]) for line in merged)
+        print(f"model calls: {calls:.0f}, of which merged: {calls - single:.0f}")
+        assert calls - single > 0
     assert unmatched == [], unmatched[:5]
     assert applied == 2 * UPDATES and swaps == len(SWAPS)
     assert len(seen) > 200
