@@ -105,7 +105,9 @@ data: $(ML100K)
 
 # The quickstarts, then the main jobs: the training worker on ml-100k files
 # (two epochs, sparse and dense checkpoints, TensorBoard logs, serving
-# export), and online training (replay -> logs -> joiner -> worker).
+# export as version 1 of a model base path), online training (replay -> logs
+# -> joiner -> worker), and the model server on the export (REST, gRPC, a
+# live row update, SIGTERM).
 DEMO_DIR := $(BUILD)/demo
 demo: installed data
 	$(PY) examples/table_quickstart.py
@@ -113,9 +115,10 @@ demo: installed data
 	rm -rf $(DEMO_DIR)
 	$(PY) -m monolith_tf train --job examples/movielens_ctr_job.py \
 	  --data $(ML100K) --model-dir $(DEMO_DIR)/ctr --epochs 2 --sparse-every-steps 100 \
-	  --dense-every-steps 300 --export $(DEMO_DIR)/ctr-serving
+	  --dense-every-steps 300 --export $(DEMO_DIR)/models/ctr/1
 	$(PY) -m monolith_tf inspect $(DEMO_DIR)/ctr
 	$(PY) examples/online_quickstart.py --dir $(DEMO_DIR)/online
+	$(PY) examples/serving_demo.py --model_base_path $(DEMO_DIR)/models/ctr
 
 # Tests that run under tf_keras (TF_USE_LEGACY_KERAS=1): the layer tests a
 # second time, and tests/legacy_keras (TFRS, which needs tf_keras) only there.
