@@ -247,18 +247,47 @@ class Updater:
         self.achieved = self.sent / (time.perf_counter() - self._started)
 
 
-class Server:
-    """``python -m monolith_tf serve`` in its own process."""
+def serve_with_updates(base, rate, users):
+    """Worker mode: a ModelServer that applies ``rate`` upserts/s of 64 rows
+    in-process (as the sync subscriber will), until SIGTERM."""
+    import signal
 
-    def __init__(self, base, *flags):
+    from monolith_tf.serving.server import ModelServer
+
+    server = ModelServer(base, model_name="ctr", port=0, rest_api_port=None).start()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    rng = np.random.default_rng(7)
+    pushes = [(rng.integers(0, users, 64).astype(np.int64),
+               rng.normal(0, 0.1, (64, 16)).astype(np.float32)) for _ in range(50)]
+    print(json.dumps({"grpc": f"127.0.0.1:{server.grpc_port}"}), flush=True)
+    started, sent = time.perf_counter(), 0
+    while not stop.is_set():
+        if rate:
+            ids, rows = pushes[sent % len(pushes)]
+            server.apply_rows("embeddings/user", ids, rows)
+            sent += 1
+            stop.wait(max(0.0, started + sent / rate - time.perf_counter()))
+        else:
+            stop.wait(1.0)
+    server.stop()
+
+
+class Server:
+    """``python -m monolith_tf serve`` in its own process (or, with
+    ``updates_per_s``, ``serve_with_updates``)."""
+
+    def __init__(self, base, *flags, updates_per_s=None, users=0):
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.rest_port = probe.getsockname()[1]
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "monolith_tf", "serve", f"--model_base_path={base}",
-             "--model_name=ctr", "--port=0", f"--rest_api_port={self.rest_port}", *flags],
-            stdout=subprocess.PIPE, text=True, env=env)
+        command = [sys.executable, "-m", "monolith_tf", "serve", f"--model_base_path={base}",
+                   "--model_name=ctr", "--port=0", f"--rest_api_port={self.rest_port}", *flags]
+        if updates_per_s is not None:
+            command = [sys.executable, os.path.abspath(__file__), "--serve-with-updates", base,
+                       "--update-rate", str(updates_per_s), "--users", str(users)]
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
         started = json.loads(self.process.stdout.readline())
         self.grpc_port = int(started["grpc"].rsplit(":", 1)[1])
         self.pid = self.process.pid
@@ -281,9 +310,12 @@ def main():
     parser.add_argument("--update-rate", type=float, default=100.0, help="upserts per second")
     parser.add_argument("--paced-rate", type=float, default=300.0,
                         help="calls/s of the p99-under-updates runs (below saturation)")
-    parser.add_argument("--paced-seconds", type=float, default=10.0)
+    parser.add_argument("--paced-seconds", type=float, default=15.0)
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--serve-with-updates", metavar="BASE", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve_with_updates:
+        return serve_with_updates(args.serve_with_updates, args.update_rate, args.users)
     base = tempfile.mkdtemp(prefix="serving_bench_")
     results = {}
     try:
@@ -299,6 +331,10 @@ def main():
                 with Updater(server.grpc_port, args.update_rate, args.users) as updater:
                     results[f"paced, updates {run}"] = paced_grpc_calls(server, 64, args)
                 results[f"paced, updates {run}"]["updates_per_s"] = updater.achieved
+        for run in (1, 2):  # updates applied inside the server (the sync subscriber's path)
+            for rate, name in ((0, "quiet server"), (args.update_rate, "in-process updates")):
+                with Server(base, updates_per_s=rate, users=args.users) as server:
+                    results[f"paced, {name} {run}"] = paced_grpc_calls(server, 64, args)
         with Server(base, "--enable_batching") as server:
             for batch in (1, 64):
                 results[f"gRPC batching b{batch}"] = grpc_calls(server, batch, args)
@@ -320,13 +356,20 @@ def main():
                   f"{r['cpu_ms_per_call'] / base_row['cpu_ms_per_call']:.2f}x |")
     print(f"\ngRPC batch 64 at {args.paced_rate:.0f} calls/s, p50 / p99 ms, without and with "
           f"{args.update_rate:.0f} upserts/s of 64 rows (Predict on `upsert`):\n")
-    print("| run | no updates | with updates | p99 ratio |")
-    print("|---|---|---|---|")
+    print("| run | updates sent | no updates | with updates | p99 ratio |")
+    print("|---|---|---|---|---|")
     for run in (1, 2):
         quiet, busy = results[f"paced, no updates {run}"], results[f"paced, updates {run}"]
-        print(f"| {run} | {quiet['p50_ms']:.2f} / {quiet['p99_ms']:.2f} | "
-              f"{busy['p50_ms']:.2f} / {busy['p99_ms']:.2f} "
-              f"({busy['updates_per_s']:.0f} upserts/s) | "
+        print(f"| {run} | over gRPC ({busy['updates_per_s']:.0f}/s) | "
+              f"{quiet['p50_ms']:.2f} / {quiet['p99_ms']:.2f} | "
+              f"{busy['p50_ms']:.2f} / {busy['p99_ms']:.2f} | "
+              f"{busy['p99_ms'] / quiet['p99_ms']:.2f}x |")
+    for run in (1, 2):
+        quiet = results[f"paced, quiet server {run}"]
+        busy = results[f"paced, in-process updates {run}"]
+        print(f"| {run} | in the server ({args.update_rate:.0f}/s) | "
+              f"{quiet['p50_ms']:.2f} / {quiet['p99_ms']:.2f} | "
+              f"{busy['p50_ms']:.2f} / {busy['p99_ms']:.2f} | "
               f"{busy['p99_ms'] / quiet['p99_ms']:.2f}x |")
     if args.json:
         with open(args.json, "w") as out:
