@@ -224,8 +224,20 @@ def test_rows_applied_and_removed_while_serving(fresh_server):
     ref.signatures["remove"](table=tf.constant("collection/user"), ids=tf.constant([5], tf.int64))
     np.testing.assert_allclose(client.predict(PROBE)[0]["output"], predict_in_process(ref),
                                rtol=1e-6, atol=1e-6)
+    # Over REST, columnar (a scalar string table name), as one would curl stock TF Serving.
+    status, reply = http(server, PREDICT, {"signature_name": "upsert", "inputs": {
+        "table": "collection/user", "ids": [10**12], "values": [[1.0, -1.0, 0.5, 0.0]]}})
+    assert (status, reply) == (200, {"outputs": 1})
+    ref.signatures["upsert"](table=tf.constant("collection/user"),
+                             ids=tf.constant([10**12], tf.int64),
+                             values=tf.constant([[1.0, -1.0, 0.5, 0.0]]))
+    np.testing.assert_allclose(client.predict(PROBE)[0]["output"], predict_in_process(ref),
+                               rtol=1e-6, atol=1e-6)
+    status, reply = http(server, PREDICT, {"signature_name": "upsert", "inputs": {
+        "table": "collection/user", "ids": [3], "values": [[1.0, "NaN", 0.5, 0.0]]}})
+    assert status == 400
     metrics = http(server, "/monitoring/prometheus/metrics")[1]
-    assert 'monolith_serving_rows_applied_total{kind="upsert",table="collection/user"} 1.0' \
+    assert 'monolith_serving_rows_applied_total{kind="upsert",table="collection/user"} 2.0' \
         in metrics
     assert "monolith_serving_last_update_data_time_seconds 1234.0" in metrics
     client.close()
