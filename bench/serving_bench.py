@@ -302,6 +302,14 @@ class Server:
         self.process.wait(60)
 
 
+def cpu_ratio(row, baseline):
+    """CPU per call against the baseline's (CPU clocks tick every 10 ms: a
+    tiny run may measure none)."""
+    if not baseline["cpu_ms_per_call"]:
+        return "-"
+    return f"{row['cpu_ms_per_call'] / baseline['cpu_ms_per_call']:.2f}x"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -356,8 +364,7 @@ def main():
             r = results[f"{path} b{batch}"]
             print(f"| {path} | {batch} | {r['qps']:,.0f} | {r['qps'] * batch:,.0f} | "
                   f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['qps'] / base_row['qps']:.2f}x | "
-                  f"{r['cpu_ms_per_call']:.2f} | "
-                  f"{r['cpu_ms_per_call'] / base_row['cpu_ms_per_call']:.2f}x |")
+                  f"{r['cpu_ms_per_call']:.2f} | {cpu_ratio(r, base_row)} |")
     print(f"\ngRPC batch 64 at {args.paced_rate:.0f} calls/s, p50 / p99 ms, without and with "
           f"{args.update_rate:.0f} upserts/s of 64 rows (Predict on `upsert`):\n")
     print("| updates sent | p99 ms, no updates | p99 ms, with updates | p99 ratio: median "

@@ -38,7 +38,7 @@ def free_port():
 
 
 def rest_predict(rest_port, users, movies):
-    body = {"instances": [{"user_id": u, "movie_id": m, "timestamp": 0}
+    body = {"instances": [{"user_id": int(u), "movie_id": int(m), "timestamp": 0}
                           for u, m in zip(users, movies)]}
     request = urllib.request.Request(f"http://127.0.0.1:{rest_port}/v1/models/ctr:predict",
                                      json.dumps(body).encode(),

@@ -81,3 +81,16 @@ def test_joiner_bench_runs():
     rows = [line for line in result.stdout.splitlines()
             if line.startswith("| embedded") or line.startswith("| kafka")]
     assert len(rows) == 2 and all("| 500 |" in row for row in rows)  # every impression emitted
+
+
+@pytest.mark.slow
+def test_serving_bench_runs():
+    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "bench", "serving_bench.py"), "--users", "500",
+         "--items", "100", "--requests", "5", "--paced-seconds", "0.5", "--paced-runs", "1"],
+        capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| gRPC | 64 |")]
+    assert len(rows) == 1 and "x |" in rows[0]
+    assert "| in the server, 100/s |" in result.stdout
