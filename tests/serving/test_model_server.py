@@ -13,8 +13,8 @@ from google.protobuf import json_format as protobuf_json
 from tensorflow_serving.apis import get_model_metadata_pb2
 
 from clients import GrpcClient, columns, http, rows
-from conftest import (MAX_BATCH_SIZE, MAX_REQUEST_BYTES, PROBE, predict_in_process, reference,
-                      version_dir)
+from serving_fixtures import (MAX_BATCH_SIZE, MAX_REQUEST_BYTES, PROBE, predict_in_process,
+                              reference, start_server, version_dir)
 from monolith_tf.serving import export_version
 from monolith_tf.serving.errors import ServingError
 from monolith_tf.serving.servable import Servable
@@ -368,8 +368,6 @@ def test_any_saved_model_serves_but_takes_no_updates(tmp_path):
 
 @pytest.mark.parametrize("api", ["grpc", "rest"])
 def test_stop_lets_running_requests_finish(model, tmp_path, monkeypatch, api):
-    from conftest import start_server
-
     base = str(tmp_path / "models")
     export_version(model, base, version=1)
     server = start_server(base)

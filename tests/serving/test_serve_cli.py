@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from clients import GrpcClient, http, rows
-from conftest import PROBE
+from serving_fixtures import PROBE
 
 
 class _Ports:

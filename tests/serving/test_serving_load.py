@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from clients import GrpcClient, http, rows
-from conftest import PROBE, predict_in_process, reference, start_server
+from serving_fixtures import PROBE, predict_in_process, reference, start_server
 from monolith_tf.serving import export_version
 
 UPDATES = 1000
