@@ -159,10 +159,25 @@ void EmbeddingTable::InitRow(int64_t key, uint32_t id) {
   // A new entry counts as updated now, so expiry measures its inactivity,
   // and belongs in the next delta.
   arena_.Header(id)->timestamp = now_.load(std::memory_order_relaxed);
-  arena_.MarkDirty(id);
+  MarkChanged(key, id);
   float* floats = arena_.Floats(id);
   initializer_->Fill(key, floats, config_.dim);
   optimizer_->InitState(floats + config_.dim, config_.dim);
+}
+
+void EmbeddingTable::MarkChanged(int64_t key, uint32_t id) {
+  arena_.MarkDirty(id);
+  if (track_sync_.load(std::memory_order_relaxed) &&
+      arena_.SetMark(id, EntryArena::kSyncMark)) {
+    std::lock_guard<std::mutex> guard(sync_keys_mutex_);
+    sync_keys_.push_back(key);
+  }
+}
+
+template <typename It>
+void EmbeddingTable::RecordRemoved(It begin, It end) {
+  if (track_removals_) removed_since_save_.insert(removed_since_save_.end(), begin, end);
+  if (track_sync_.load(std::memory_order_relaxed)) sync_removed_.insert(sync_removed_.end(), begin, end);
 }
 
 uint32_t EmbeddingTable::InsertNew(int64_t key) {
@@ -337,7 +352,7 @@ int64_t EmbeddingTable::ApplyGradients(const int64_t* keys, const float* grads,
                       learning_rate);
     const uint64_t count = uint64_t{header->count} + batch.occurrences[u];
     header->count = static_cast<uint32_t>(std::min<uint64_t>(count, kCountMax));
-    arena_.MarkDirty(id);
+    MarkChanged(batch.keys[u], id);
     header->timestamp = std::max(header->timestamp, batch.timestamps[u]);
   };
 
@@ -400,9 +415,7 @@ int64_t EmbeddingTable::EvictExpired() {
     if (arena_.Header(id)->timestamp < oldest_kept) expired.push_back(key);
   });
   for (int64_t key : expired) arena_.Free(index_.Erase(key));
-  if (track_removals_) {
-    removed_since_save_.insert(removed_since_save_.end(), expired.begin(), expired.end());
-  }
+  RecordRemoved(expired.begin(), expired.end());
   evicted_ += static_cast<int64_t>(expired.size());
   return static_cast<int64_t>(expired.size());
 }
@@ -450,7 +463,7 @@ void EmbeddingTable::Assign(const int64_t* keys, const float* values, int64_t n)
     if (id == CuckooIndex::kNoEntry) id = InsertNew(keys[i]);
     std::memcpy(arena_.Floats(id), values + static_cast<size_t>(i) * dim,
                 sizeof(float) * dim);
-    arena_.MarkDirty(id);
+    MarkChanged(keys[i], id);
   }
 }
 
@@ -462,7 +475,7 @@ int64_t EmbeddingTable::Remove(const int64_t* keys, int64_t n) {
     const uint32_t id = index_.Erase(keys[i]);
     if (id != CuckooIndex::kNoEntry) {
       arena_.Free(id);
-      if (track_removals_) removed_since_save_.push_back(keys[i]);
+      RecordRemoved(keys + i, keys + i + 1);
       ++removed;
     }
   }
@@ -538,6 +551,46 @@ std::vector<int64_t> EmbeddingTable::TakeRemoved() {
   std::vector<int64_t> removed;
   removed.swap(removed_since_save_);
   return removed;
+}
+
+int64_t EmbeddingTable::TakeSyncChanges(const std::function<RowBuffers(int64_t)>& allocate,
+                                        std::vector<int64_t>* removed) {
+  std::lock_guard<std::mutex> take_guard(sync_take_mutex_);
+  SharedLock lock(*lock_);
+  removed->clear();
+  if (!track_sync_.exchange(true)) {
+    allocate(0);  // the record starts now
+    return 0;
+  }
+  std::vector<int64_t> keys;
+  {
+    std::lock_guard<std::mutex> guard(sync_keys_mutex_);
+    keys.swap(sync_keys_);
+  }
+  removed->swap(sync_removed_);  // appended under the exclusive lock only
+  // A key freed and inserted again in the interval was appended twice.
+  std::sort(keys.begin(), keys.end());
+  keys.erase(std::unique(keys.begin(), keys.end()), keys.end());
+  std::vector<std::pair<int64_t, uint32_t>> present;
+  present.reserve(keys.size());
+  for (size_t i = 0; i < keys.size(); ++i) {
+    if (i + kPrefetchAhead < keys.size()) index_.Prefetch(keys[i + kPrefetchAhead]);
+    const uint32_t id = index_.Find(keys[i]);
+    if (id != CuckooIndex::kNoEntry) present.emplace_back(keys[i], id);  // else removed
+  }
+  const RowBuffers out = allocate(static_cast<int64_t>(present.size()));
+  const int dim = config_.dim;
+  int64_t row = 0;
+  for (const auto& [key, id] : present) {
+    EntryHeader* header = arena_.Header(id);
+    EntryWriteLock row_lock(header);
+    std::memcpy(out.values + static_cast<size_t>(row) * dim, arena_.Floats(id),
+                sizeof(float) * dim);
+    if (out.timestamps != nullptr) out.timestamps[row] = header->timestamp;
+    out.keys[row++] = key;
+    arena_.ClearMark(id, EntryArena::kSyncMark);
+  }
+  return row;
 }
 
 void EmbeddingTable::Import(const RowsView& rows, int64_t n, bool clear) {

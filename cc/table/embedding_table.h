@@ -112,6 +112,21 @@ class EmbeddingTable {
   // the record, so tables never saved as deltas keep none).
   std::vector<int64_t> TakeRemoved();
 
+  // The changed-rows record of sync pushes, separate from delta saves (a
+  // push must not clear what the next delta needs, nor the reverse). Writes
+  // the current embeddings (keys, values, timestamps; state and counts are
+  // not filled) of rows inserted or updated since the previous call into
+  // allocate(count), and swaps the keys removed or evicted since into
+  // `removed`. The first call starts the record and returns no rows. Cost
+  // follows the changed rows: each change appends its key once per push
+  // (when its entry's sync mark goes from clear to set); a push looks the
+  // keys up, copies each row under its write lock and clears the mark, so an
+  // update racing with the push lands in it or marks the row for the next.
+  // A key removed and then inserted again is in both lists: apply removals
+  // first. Runs under the shared lock (training continues).
+  int64_t TakeSyncChanges(const std::function<RowBuffers(int64_t)>& allocate,
+                          std::vector<int64_t>* removed);
+
   // Upserts n full rows (later duplicates win); `clear` empties the table
   // first, so that import(export()) restores a table exactly.
   void Import(const RowsView& rows, int64_t n, bool clear);
@@ -138,6 +153,13 @@ class EmbeddingTable {
   uint32_t InsertNew(int64_t key);
   // Writes the initial embedding and optimizer state of entry `id`.
   void InitRow(int64_t key, uint32_t id);
+  // Records that the row of `key` (entry `id`) changed, for the next delta
+  // save and, when sync tracking is on, the next sync push. Under the entry's
+  // write lock or the exclusive table lock.
+  void MarkChanged(int64_t key, uint32_t id);
+  // Records removed keys for delta saves and sync pushes (exclusive lock).
+  template <typename It>
+  void RecordRemoved(It begin, It end);
 
   TableConfig config_;
   std::unique_ptr<Initializer> initializer_;
@@ -153,6 +175,14 @@ class EmbeddingTable {
   std::vector<int64_t> removed_since_save_;
   bool track_removals_ = false;
   std::mutex delta_mutex_;  // one dirty-clearing export at a time
+  // Sync record: keys changed since the last TakeSyncChanges (appended under
+  // sync_keys_mutex_ by concurrent writers) and keys removed since
+  // (exclusive lock), once tracking starts.
+  std::atomic<bool> track_sync_{false};
+  std::mutex sync_keys_mutex_;
+  std::vector<int64_t> sync_keys_;
+  std::vector<int64_t> sync_removed_;
+  std::mutex sync_take_mutex_;  // one push at a time
 };
 
 }  // namespace monolith

@@ -23,14 +23,15 @@ uint32_t EntryArena::Allocate() {
     id = next_id_++;
     if ((id >> kChunkBits) >= chunks_.size()) {
       chunks_.push_back(Chunk{MakeHugePageArray<char>(entry_bytes_ * kChunkEntries),
-                              MakeHugePageArray<uint64_t>(kChunkEntries / 64)});
+                              {MakeHugePageArray<uint64_t>(kChunkEntries / 64),
+                               MakeHugePageArray<uint64_t>(kChunkEntries / 64)}});
     }
   }
   return id;
 }
 
 void EntryArena::Free(uint32_t id) {
-  ClearDirty(id);
+  for (int mark = 0; mark < kNumMarks; ++mark) ClearMark(id, static_cast<Mark>(mark));
   free_ids_.push_back(id);
 }
 
@@ -38,12 +39,12 @@ void EntryArena::Reset() {
   next_id_ = 0;
   free_ids_.clear();
   for (Chunk& chunk : chunks_) {
-    std::memset(chunk.dirty.get(), 0, kChunkEntries / 8);
+    for (auto& marks : chunk.marks) std::memset(marks.get(), 0, kChunkEntries / 8);
   }
 }
 
 size_t EntryArena::memory_bytes() const {
-  return chunks_.size() * (entry_bytes_ * kChunkEntries + kChunkEntries / 8) +
+  return chunks_.size() * (entry_bytes_ * kChunkEntries + kNumMarks * kChunkEntries / 8) +
          free_ids_.capacity() * sizeof(uint32_t);
 }
 

@@ -46,7 +46,7 @@ class EntryArena {
     header->count = 0;
     header->timestamp = 0;
   }
-  // Frees entry `id` (its dirty mark goes with it).
+  // Frees entry `id` (its marks go with it).
   void Free(uint32_t id);
   // Drops every entry but keeps the chunks for reuse.
   void Reset();
@@ -55,24 +55,31 @@ class EntryArena {
     return reinterpret_cast<EntryHeader*>(chunks_[id >> kChunkBits].entries.get() +
                                           (id & kChunkMask) * entry_bytes_);
   }
-  // Dirty marks, one bit per entry: the entry changed since a delta save last
-  // copied it. A bitmap rather than a header bit so that a delta save reads
-  // a cache-resident bit per entry instead of touching every row. Set and cleared under the
-  // entry's write lock; atomic because 64 entries share a word.
-  void MarkDirty(uint32_t id) const {
-    uint64_t* word = DirtyWord(id);
+  // Change marks, one bit per entry per consumer of changes: kDeltaMark
+  // (the entry changed since a delta save last copied it) and kSyncMark (since
+  // a sync push last copied it). Bitmaps rather than header bits so that a
+  // delta save reads a cache-resident bit per entry instead of touching every
+  // row. Set and cleared under the entry's write lock; atomic because 64
+  // entries share a word.
+  enum Mark { kDeltaMark = 0, kSyncMark = 1, kNumMarks = 2 };
+  // Sets the mark; returns whether it was clear before.
+  bool SetMark(uint32_t id, Mark mark) const {
+    uint64_t* word = MarkWord(id, mark);
     const uint64_t bit = uint64_t{1} << (id & 63);
     // Read first: re-marking a hot row then costs no cache-line write.
-    if ((__atomic_load_n(word, __ATOMIC_RELAXED) & bit) == 0) {
-      __atomic_fetch_or(word, bit, __ATOMIC_RELAXED);
-    }
+    if ((__atomic_load_n(word, __ATOMIC_RELAXED) & bit) != 0) return false;
+    return (__atomic_fetch_or(word, bit, __ATOMIC_RELAXED) & bit) == 0;
   }
-  void ClearDirty(uint32_t id) const {
-    __atomic_fetch_and(DirtyWord(id), ~(uint64_t{1} << (id & 63)), __ATOMIC_RELAXED);
+  void ClearMark(uint32_t id, Mark mark) const {
+    __atomic_fetch_and(MarkWord(id, mark), ~(uint64_t{1} << (id & 63)), __ATOMIC_RELAXED);
   }
-  bool IsDirty(uint32_t id) const {
-    return (__atomic_load_n(DirtyWord(id), __ATOMIC_RELAXED) >> (id & 63)) & 1;
+  bool HasMark(uint32_t id, Mark mark) const {
+    return (__atomic_load_n(MarkWord(id, mark), __ATOMIC_RELAXED) >> (id & 63)) & 1;
   }
+  // The delta-save mark, by its old name.
+  void MarkDirty(uint32_t id) const { SetMark(id, kDeltaMark); }
+  void ClearDirty(uint32_t id) const { ClearMark(id, kDeltaMark); }
+  bool IsDirty(uint32_t id) const { return HasMark(id, kDeltaMark); }
 
   float* Floats(uint32_t id) const {
     return reinterpret_cast<float*>(Header(id) + 1);
@@ -89,11 +96,11 @@ class EntryArena {
   static constexpr size_t kChunkEntries = size_t{1} << kChunkBits;
 
   struct Chunk {
-    HugePageArray<char> entries;   // kChunkEntries * entry_bytes_
-    HugePageArray<uint64_t> dirty; // kChunkEntries bits
+    HugePageArray<char> entries;              // kChunkEntries * entry_bytes_
+    HugePageArray<uint64_t> marks[kNumMarks]; // kChunkEntries bits each
   };
-  uint64_t* DirtyWord(uint32_t id) const {
-    return &chunks_[id >> kChunkBits].dirty[(id & kChunkMask) >> 6];
+  uint64_t* MarkWord(uint32_t id, Mark mark) const {
+    return &chunks_[id >> kChunkBits].marks[mark][(id & kChunkMask) >> 6];
   }
 
   size_t entry_bytes_;
