@@ -192,6 +192,18 @@ class HashTable(tf.saved_model.experimental.TrackableResource):
         first call starts the record (for delta checkpoints)."""
         return table_ops.monolith_hash_table_take_removed(self.resource_handle)
 
+    def take_sync_changes(self):
+        """Rows inserted or updated since the previous call and ids removed or
+        evicted since, for parameter sync: a dict of ``keys`` int64 [n],
+        ``values`` float32 [n, dim], ``timestamps`` int64 [n] (data times) and
+        ``removed`` int64 [m]. A record of its own: it does not clear what the
+        next delta checkpoint needs, nor the reverse. The first call starts
+        the record and returns no rows. Its cost follows the changed rows.
+        Apply ``removed`` before the rows (an id may be in both)."""
+        keys, values, timestamps, removed = table_ops.monolith_hash_table_take_sync_changes(
+            self.resource_handle, dim=self._dim)
+        return {"keys": keys, "values": values, "timestamps": timestamps, "removed": removed}
+
     def evict_expired(self):
         """Removes entries idle for more than ``expire_after`` seconds of data
         time; returns how many (int64 scalar). Their memory is reused."""

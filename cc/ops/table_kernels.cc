@@ -373,6 +373,38 @@ class TakeRemovedOp : public TableOpKernel {
   }
 };
 
+class TakeSyncChangesOp : public DimAttrTableOpKernel {
+ public:
+  using DimAttrTableOpKernel::DimAttrTableOpKernel;
+
+ protected:
+  void ComputeWithCheckedTable(OpKernelContext* ctx, EmbeddingTable& table) override {
+    tensorflow::Status alloc_status;
+    std::vector<int64_t> removed;
+    const tensorflow::Status status = CallCore([&] {
+      table.TakeSyncChanges(
+          [&](int64_t count) {
+            Tensor* out[3];
+            const TensorShape shapes[3] = {TensorShape({count}), TensorShape({count, dim_}),
+                                           TensorShape({count})};
+            for (int i = 0; i < 3; ++i) {
+              alloc_status = ctx->allocate_output(i, shapes[i], &out[i]);
+              if (!alloc_status.ok()) throw std::runtime_error("allocation failed");
+            }
+            RowBuffers buffers;
+            buffers.keys = out[0]->flat<int64_t>().data();
+            buffers.values = out[1]->flat<float>().data();
+            buffers.timestamps = out[2]->flat<int64_t>().data();
+            return buffers;
+          },
+          &removed);
+    });
+    OP_REQUIRES_OK(ctx, alloc_status);
+    OP_REQUIRES_OK(ctx, status);
+    SetVectorOutput(ctx, 3, removed);
+  }
+};
+
 class ImportOp : public TableOpKernel {
  public:
   explicit ImportOp(OpKernelConstruction* ctx) : TableOpKernel(ctx) {
@@ -556,6 +588,8 @@ REGISTER_KERNEL_BUILDER(Name("MonolithHashTableSize").Device(DEVICE_CPU), SizeOp
 REGISTER_KERNEL_BUILDER(Name("MonolithHashTableExport").Device(DEVICE_CPU), ExportOp);
 REGISTER_KERNEL_BUILDER(Name("MonolithHashTableEvictExpired").Device(DEVICE_CPU), EvictExpiredOp);
 REGISTER_KERNEL_BUILDER(Name("MonolithHashTableTakeRemoved").Device(DEVICE_CPU), TakeRemovedOp);
+REGISTER_KERNEL_BUILDER(Name("MonolithHashTableTakeSyncChanges").Device(DEVICE_CPU),
+                        TakeSyncChangesOp);
 REGISTER_KERNEL_BUILDER(Name("MonolithHashTableStats").Device(DEVICE_CPU), StatsOp);
 REGISTER_KERNEL_BUILDER(Name("MonolithHashTableSaveFilter").Device(DEVICE_CPU), SaveFilterOp);
 REGISTER_KERNEL_BUILDER(Name("MonolithHashTableRestoreFilter").Device(DEVICE_CPU),

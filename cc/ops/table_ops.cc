@@ -231,6 +231,30 @@ REGISTER_OP("MonolithHashTableTakeRemoved")
     })
     .Doc("Keys removed or evicted since the previous call (for delta checkpoints).");
 
+REGISTER_OP("MonolithHashTableTakeSyncChanges")
+    .Input("table_handle: resource")
+    .Output("keys: int64")
+    .Output("values: float32")
+    .Output("timestamps: int64")
+    .Output("removed: int64")
+    .Attr("dim: int")
+    .SetIsStateful()
+    .SetShapeFn([](InferenceContext* c) {
+      int64_t dim;
+      TF_RETURN_IF_ERROR(DimAttr(c, &dim));
+      const DimensionHandle rows = c->UnknownDim();
+      c->set_output(0, c->Vector(rows));
+      c->set_output(1, c->Matrix(rows, dim));
+      c->set_output(2, c->Vector(rows));
+      c->set_output(3, c->Vector(InferenceContext::kUnknownDim));
+      return tensorflow::OkStatus();
+    })
+    .Doc(R"doc(
+Rows inserted or updated since the previous call (keys, embeddings, data
+times) and keys removed or evicted since, for sync pushes; a record of its
+own, apart from delta checkpoints. The first call starts it (no rows).
+)doc");
+
 REGISTER_OP("MonolithHashTableImport")
     .Input("table_handle: resource")
     .Input("keys: int64")

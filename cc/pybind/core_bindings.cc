@@ -171,6 +171,30 @@ PYBIND11_MODULE(_core, m) {
         std::copy(removed.begin(), removed.end(), out.mutable_data());
         return out;
       })
+      .def("take_sync_changes", [](EmbeddingTable& t) {
+        py::array_t<int64_t> keys, timestamps;
+        py::array_t<float> values;
+        const int64_t dim = t.dim();
+        std::vector<int64_t> removed;
+        t.TakeSyncChanges([&](int64_t count) {
+          keys = py::array_t<int64_t>(count);
+          values = py::array_t<float>({count, dim});
+          timestamps = py::array_t<int64_t>(count);
+          monolith::RowBuffers out;
+          out.keys = keys.mutable_data();
+          out.values = values.mutable_data();
+          out.timestamps = timestamps.mutable_data();
+          return out;
+        }, &removed);
+        py::array_t<int64_t> removed_out(static_cast<py::ssize_t>(removed.size()));
+        std::copy(removed.begin(), removed.end(), removed_out.mutable_data());
+        py::dict d;
+        d["keys"] = keys;
+        d["values"] = values;
+        d["timestamps"] = timestamps;
+        d["removed"] = removed_out;
+        return d;
+      })
       .def("export",
            [](EmbeddingTable& t, int64_t chunk, int64_t num_chunks, bool only_dirty,
               bool clear_dirty) {
