@@ -10,7 +10,7 @@ base path and takes updates while it serves.
 """
 
 from monolith_tf.serving.export import (export_saved_model, export_version, list_versions,
-                                        read_metadata, table_names)
+                                        read_metadata, read_sync_state, table_names)
 
 __all__ = ["export_saved_model", "export_version", "list_versions", "read_metadata",
-           "table_names"]
+           "read_sync_state", "table_names"]

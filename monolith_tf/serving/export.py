@@ -369,12 +369,32 @@ def list_versions(base_path):
                   os.path.isfile(os.path.join(base_path, name, "saved_model.pb")))
 
 
-def export_version(model, base_path, version=None, **export_options):
+SYNC_STATE_FILE = os.path.join("assets.extra", "monolith_sync.json")
+
+
+def read_sync_state(export_dir):
+    """What a base version covers of the sync stream (written by the sync
+    publisher: ``topic``, ``offsets`` {partition: next offset}, ``push``,
+    ``step``, ``data_time``, ``dense_version``), or None for an export made
+    without sync."""
+    try:
+        with open(os.path.join(export_dir, SYNC_STATE_FILE)) as source:
+            state = json.load(source)
+    except FileNotFoundError:
+        return None
+    state["offsets"] = {int(partition): int(offset)
+                        for partition, offset in state.get("offsets", {}).items()}
+    return state
+
+
+def export_version(model, base_path, version=None, sync_state=None, **export_options):
     """Exports ``model`` as version ``version`` (default: newest + 1, or 1)
     under the model base path ``base_path``, atomically: written to a hidden
     directory, then renamed to ``base_path/<version>``, so a server polling
-    the base path never loads half an export. Returns the version. Raises
-    FileExistsError if that version exists. ``export_options`` go to
+    the base path never loads half an export. ``sync_state`` (a JSON-able
+    dict) is stored as ``assets.extra/monolith_sync.json`` (TF Serving's
+    place for extra files; see ``read_sync_state``). Returns the version.
+    Raises FileExistsError if that version exists. ``export_options`` go to
     ``export_saved_model``."""
     os.makedirs(base_path, exist_ok=True)
     if version is None:
@@ -389,6 +409,10 @@ def export_version(model, base_path, version=None, **export_options):
     shutil.rmtree(staging, ignore_errors=True)
     try:
         export_saved_model(model, staging, **export_options)
+        if sync_state is not None:
+            os.makedirs(os.path.join(staging, "assets.extra"), exist_ok=True)
+            with open(os.path.join(staging, SYNC_STATE_FILE), "w") as out:
+                json.dump(sync_state, out, indent=1)
         os.rename(staging, final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -12,7 +12,12 @@ Names (all prefixed ``monolith_serving_``):
 - ``last_update_timestamp_seconds``: wall time of the newest applied update;
 - ``last_update_data_time_seconds``: the newest data time an update carried;
 - ``dense_swaps_total``, ``dense_version{model}``, ``model_version{model}``;
-- ``batched_requests``: histogram of requests per model call (batching on).
+- ``batched_requests``: histogram of requests per model call (batching on);
+- sync (``serve --sync``): ``sync_records_total{kind}``,
+  ``sync_rejected_total{reason}``, ``sync_lag_seconds`` (wall time from a
+  push's publication to its application, newest record) and
+  ``sync_offset`` (stream offset of the newest applied record); the data
+  time of the newest applied push is ``last_update_data_time_seconds``.
 """
 
 import threading
@@ -58,8 +63,27 @@ class ServingMetrics:
         self._batched = Histogram(prefix + "batched_requests",
                                   "Requests served per model call (batching)",
                                   buckets=(1, 2, 4, 8, 16, 32, 64), registry=self.registry)
+        self._sync_records = Counter(prefix + "sync_records", "Sync records applied",
+                                     ["kind"], registry=self.registry)
+        self._sync_rejected = Counter(prefix + "sync_rejected", "Sync records refused",
+                                      ["reason"], registry=self.registry)
+        self._sync_lag = Gauge(prefix + "sync_lag_seconds",
+                               "Wall seconds from publication to application, newest record",
+                               registry=self.registry)
+        self._sync_offset = Gauge(prefix + "sync_offset", "Offset of the newest applied record",
+                                  registry=self.registry)
         self._model_version = Gauge(prefix + "model_version", "Model version served",
                                     ["model"], registry=self.registry)
+
+    def sync_applied(self, kind, lag_seconds, offset):
+        """Records a sync record applied (kind RowsPush or DensePush)."""
+        self._sync_records.labels(kind).inc()
+        self._sync_lag.set(lag_seconds)
+        self._sync_offset.set(offset)
+
+    def sync_rejected(self, reason):
+        """Counts a sync record refused (sent to the dead-letter topic)."""
+        self._sync_rejected.labels(reason).inc()
 
     def batched_call(self, requests, rows):
         """Records one model call of the batcher that served ``requests``."""

@@ -284,12 +284,9 @@ class Servable:
             raise invalid(f"ids must be a vector, got shape {list(ids.shape)}")
         return ids.astype(np.int64)
 
-    def apply_rows(self, table, ids, values, data_time=None):
-        """Inserts or overwrites rows ``ids`` of ``table`` with ``values``
-        (float32 ``[len(ids), dim]``); ``data_time``: the newest data time
-        (seconds) the rows reflect, for freshness metrics. Returns the row
-        count. Raises ServingError (INVALID_ARGUMENT) and applies nothing for
-        an unknown table, wrong dim, non-float values or NaN/Inf."""
+    def check_rows(self, table, ids, values):
+        """Checks rows as ``apply_rows`` would, applying nothing; returns them
+        as (int64 ids, float32 values). Raises ServingError."""
         ids = self._check_table_ids(table, ids)
         values = np.asarray(values)
         if values.dtype.kind != "f" and not (values.size == 0 and values.dtype.kind in "iu"):
@@ -301,6 +298,15 @@ class Servable:
         values = values.astype(np.float32)
         if not np.isfinite(values).all():
             raise invalid(f"values of {table} hold NaN or Inf; nothing was applied")
+        return ids, values
+
+    def apply_rows(self, table, ids, values, data_time=None):
+        """Inserts or overwrites rows ``ids`` of ``table`` with ``values``
+        (float32 ``[len(ids), dim]``); ``data_time``: the newest data time
+        (seconds) the rows reflect, for freshness metrics. Returns the row
+        count. Raises ServingError (INVALID_ARGUMENT) and applies nothing for
+        an unknown table, wrong dim, non-float values or NaN/Inf."""
+        ids, values = self.check_rows(table, ids, values)
         self._run_update("upsert", table=tf.constant(table), ids=tf.constant(ids),
                          values=tf.constant(values))
         self.metrics.rows_applied(table, "upsert", len(ids), data_time)
@@ -346,6 +352,31 @@ class Servable:
                                    int(version), timeout)
         self.metrics.dense_swapped(self.name, int(version))
         return int(version)
+
+    def table_rows(self, table):
+        """Every row of ``table`` in this version: ``(ids int64 [n], values
+        float32 [n, dim])`` sorted by id (for checks and debugging: copies
+        the table)."""
+        self._require_updates()
+        names = [t["name"] for t in self.facts["tables"]]
+        if table not in names:
+            raise invalid(f"unknown table {table!r}; this model has {sorted(names)}")
+        dim = self._table_dims[table]
+        half = self.facts["row_dtype"] == "float16"  # two float16 halves per int32
+        keys, values = tf.raw_ops.LookupTableExportV2(
+            table_handle=self._loaded.tables[names.index(table)].table.resource_handle,
+            Tkeys=tf.int64, Tvalues=tf.int32 if half else tf.float32)
+        ids, rows = keys.numpy(), values.numpy()
+        if half:
+            rows = rows.view(np.float16).reshape(len(ids), -1)[:, :dim].astype(np.float32)
+        order = np.argsort(ids)
+        return ids[order], rows[order].reshape(len(ids), dim)
+
+    def dense_weights(self):
+        """The dense weights new requests read, in the export's order."""
+        self._require_updates()
+        slot = int(self._loaded.active_slot.numpy())
+        return [v.numpy() for v in self._loaded.dense_slots[slot]]
 
     def _run_update(self, signature, **inputs):
         try:
