@@ -22,7 +22,11 @@
         [--rest_api_port 8501]
                           serves BASE/<newest version> over TF Serving's gRPC
                           and REST APIs (flags as tensorflow_model_server's),
-                          on 127.0.0.1 unless --host; until SIGTERM/SIGINT
+                          on 127.0.0.1 unless --host; until SIGTERM/SIGINT;
+                          --sync LOG applies the sync stream while serving
+  sync-agent --sync LOG --model_base_path BASE --server HOST:PORT
+                          applies the sync stream to any server speaking TF
+                          Serving's gRPC API (stock TF Serving with our export)
 """
 
 import argparse
@@ -121,12 +125,25 @@ def train(args):
     job = load_job(args.job)
     tf.keras.utils.set_random_seed(args.seed)
     model = job.build_model(**dict(args.option))
+    tasks = []
+    if args.sync_log:
+        from monolith_tf.streaming import open_log
+        from monolith_tf.sync_publisher import SyncPublisher
+
+        if not args.serving_base_path:
+            raise ValueError("--sync-log needs --serving-base-path (where base versions go)")
+        tasks.append(SyncPublisher(
+            open_log(_log_config(args.sync_log)), args.serving_base_path, topic=args.sync_topic,
+            sparse_every_secs=args.sparse_sync_every_secs,
+            dense_every_secs=args.dense_sync_every_secs or None,
+            row_dtype=args.sync_row_dtype, export_options={"row_dtype": args.row_dtype},
+            log_dir=os.path.join(args.model_dir, "tensorboard")))
     worker = TrainingWorker(
         model, args.model_dir, sparse_every_steps=args.sparse_every_steps,
         sparse_every_secs=args.sparse_every_secs, dense_every_steps=args.dense_every_steps,
         dense_every_secs=args.dense_every_secs, full_every=args.full_every,
         resume=None if args.resume == "none" else args.resume,
-        log_every_steps=args.log_every_steps, verbose=args.verbose)
+        log_every_steps=args.log_every_steps, verbose=args.verbose, tasks=tasks)
     summary = worker.train(job.make_dataset(args.data, args.batch_size), epochs=args.epochs,
                            max_steps=args.max_steps, max_seconds=args.max_seconds)
     if args.export:
@@ -136,6 +153,13 @@ def train(args):
                                                              row_dtype=args.row_dtype)
     print(json.dumps(summary), flush=True)
     return summary
+
+
+def _log_config(where):
+    """A log config from a directory (embedded log) or ``kafka://HOST:PORT[,...]``."""
+    if where.startswith("kafka://"):
+        return {"bootstrap.servers": where[len("kafka://"):]}
+    return {"path": where}
 
 
 def open_log_from_args(args):
@@ -226,12 +250,43 @@ def serve(args):
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, frame: stop.set())
     server.start()
+    subscriber = None
+    if args.sync:
+        from monolith_tf.serving.sync_subscriber import ServerSubscriber
+        from monolith_tf.streaming import open_log
+
+        subscriber = ServerSubscriber(server, open_log(_log_config(args.sync)),
+                                      topic=args.sync_topic,
+                                      dead_letter_topic=args.sync_dead_letter_topic).start()
     rest = f"http://{args.host}:{server.rest_port}" if server.rest_port else None
     print(json.dumps({"model_name": args.model_name, "version": server.version,
                       "grpc": f"{args.host}:{server.grpc_port}", "rest": rest}), flush=True)
     stop.wait(args.max_seconds)
+    if subscriber is not None:
+        subscriber.stop()
     server.stop()
     print(json.dumps({"stopped": args.model_name}), flush=True)
+
+
+def sync_agent(args):
+    """Runs the sync agent until SIGTERM or SIGINT (or --max_seconds)."""
+    import signal
+    import threading
+
+    from monolith_tf.serving.sync_agent import SyncAgent
+    from monolith_tf.streaming import open_log
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: stop.set())
+    agent = SyncAgent(open_log(_log_config(args.sync)), args.server, args.model_name,
+                      args.model_base_path, status_every_secs=args.status_every_secs,
+                      topic=args.sync_topic, dead_letter_topic=args.sync_dead_letter_topic)
+    agent.start()
+    print(json.dumps({"sync_agent": args.server, "model_name": args.model_name}), flush=True)
+    stop.wait(args.max_seconds)
+    agent.stop()
+    print(json.dumps({"stopped": "sync-agent", **agent.counters}), flush=True)
 
 
 def _serve_arguments(parser):
@@ -264,6 +319,11 @@ def _serve_arguments(parser):
     parser.add_argument("--shutdown_grace_seconds", type=float, default=10.0,
                         help="on SIGTERM, how long running requests may finish")
     parser.add_argument("--max_seconds", type=float, help="stop after this many seconds")
+    parser.add_argument("--sync", metavar="LOG",
+                        help="apply the sync stream of this log (a directory, or "
+                             "kafka://HOST:PORT) to the served model while serving")
+    parser.add_argument("--sync_topic", default="sync")
+    parser.add_argument("--sync_dead_letter_topic", default="sync_dead_letter")
 
 
 def _log_arguments(parser):
@@ -312,6 +372,18 @@ def main(argv=None):
     train_parser.add_argument("--seed", type=int, default=0)
     train_parser.add_argument("--export", help="write a serving SavedModel here afterwards")
     train_parser.add_argument("--row-dtype", choices=("float32", "float16"), default="float32")
+    train_parser.add_argument("--sync-log", metavar="LOG",
+                              help="publish parameter sync to this log (a directory, or "
+                                   "kafka://HOST:PORT)")
+    train_parser.add_argument("--serving-base-path",
+                              help="model base path of the sync publisher's base versions")
+    train_parser.add_argument("--sync-topic", default="sync")
+    train_parser.add_argument("--sparse-sync-every-secs", type=float, default=5.0,
+                              help="wall seconds between pushes of changed rows")
+    train_parser.add_argument("--dense-sync-every-secs", type=float, default=1800.0,
+                              help="wall seconds between dense pushes (0: never)")
+    train_parser.add_argument("--sync-row-dtype", choices=("float32", "float16"),
+                              default="float32", help="rows on the sync stream")
     join_parser = commands.add_parser("join", help="the online joiner")
     _log_arguments(join_parser)
     join_parser.add_argument("--state-dir", required=True, help="the joiner's snapshot")
@@ -346,6 +418,17 @@ def main(argv=None):
     replay_parser.add_argument("--seed", type=int, default=0)
     serve_parser = commands.add_parser("serve", help="TF Serving-compatible model server")
     _serve_arguments(serve_parser)
+    agent_parser = commands.add_parser("sync-agent",
+                                       help="apply the sync stream to any TF Serving")
+    agent_parser.add_argument("--sync", required=True, metavar="LOG",
+                              help="the log (a directory, or kafka://HOST:PORT)")
+    agent_parser.add_argument("--server", required=True, help="HOST:PORT of the gRPC API")
+    agent_parser.add_argument("--model_name", default="default")
+    agent_parser.add_argument("--model_base_path", required=True)
+    agent_parser.add_argument("--sync_topic", default="sync")
+    agent_parser.add_argument("--sync_dead_letter_topic", default="sync_dead_letter")
+    agent_parser.add_argument("--status_every_secs", type=float, default=1.0)
+    agent_parser.add_argument("--max_seconds", type=float)
     args = parser.parse_args(argv)
     from monolith_tf.sparse_checkpoint import CheckpointError
     from monolith_tf.streaming.log import LogError
@@ -363,6 +446,8 @@ def main(argv=None):
             replay(args)
         elif args.command == "serve":
             serve(args)
+        elif args.command == "sync-agent":
+            sync_agent(args)
         else:
             export(args.model, args.out, args.row_dtype)
     except (CheckpointError, LogError, ValueError, OSError) as error:

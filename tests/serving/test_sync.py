@@ -86,3 +86,79 @@ def test_replica_equals_trainer_rows_and_last_dense_push(tmp_path):
     finally:
         subscriber.stop()
         server.stop()
+
+
+def test_bad_records_go_to_dead_letters_and_change_nothing(tmp_path):
+    from monolith_tf.serving import export_version
+    from monolith_tf.serving.sync_format import RowsPush, encode_rows
+    from test_export import trained_model
+
+    log = open_log({"path": str(tmp_path / "log")})
+    base = str(tmp_path / "models")
+    log.create_topic("sync", 1)
+    export_version(trained_model(), base, version=1,
+                   sync_state={"format": 1, "topic": "sync", "offsets": {"0": 0}})
+    server = ModelServer(base, model_name="ctr", port=0, rest_api_port=None).start()
+    subscriber = ServerSubscriber(server, log).start()
+    servable = server.manager.servable("ctr")
+    before = servable.table_rows("collection/user")
+    good = encode_rows(RowsPush("collection/user", np.array([1]), np.full((1, 4), 0.5),
+                                np.array([5])))
+    records = [
+        encode_rows(RowsPush("collection/nope", np.array([1]), np.ones((1, 4)), np.zeros(0))),
+        encode_rows(RowsPush("collection/user", np.array([2]), np.ones((1, 3)),
+                             np.array([1]))),  # wrong dim: its removal must not apply either
+        good[:len(good) // 2],                 # truncated
+        good[:-20] + bytes([good[-20] ^ 1]) + good[-19:],   # one flipped bit
+        b"",
+    ]
+    producer = log.producer()
+    for record in records + [good]:
+        producer.produce("sync", record)
+    producer.flush()
+    try:
+        assert subscriber.wait_until_applied(log.end_offsets("sync"), timeout=30)
+        assert subscriber.counters["rejected"] == 5 and subscriber.counters["records"] == 1
+        assert subscriber.rejected == {"refused": 2, "corrupt": 3}
+        dead = log.consumer("check", ["sync_dead_letter"]).poll(100, timeout=5)
+        assert [r.value for r in dead] == records[:4] + [b""]
+        # Only the good record applied: row 1 set, row 5 removed, nothing else moved.
+        ids, values = servable.table_rows("collection/user")
+        want = {int(k): v for k, v in zip(*before) if k != 5}
+        want[1] = np.full(4, 0.5, np.float32)
+        assert ids.tolist() == sorted(want)
+        np.testing.assert_array_equal(values, np.stack([want[k] for k in sorted(want)]))
+        metrics = server.metrics.exposition().decode()
+        assert 'monolith_serving_sync_rejected_total{reason="corrupt"} 3.0' in metrics
+    finally:
+        subscriber.stop()
+        server.stop()
+
+
+@pytest.mark.slow
+def test_sync_agent_keeps_a_plain_tf_serving_client_in_sync(tmp_path):
+    """The agent knows the server only through TF Serving's gRPC API and the
+    base path; our server (without --sync) stands in for stock TF Serving."""
+    from monolith_tf.serving.sync_agent import SyncAgent
+
+    log = open_log({"path": str(tmp_path / "log")})
+    base = str(tmp_path / "models")
+    model = ctr_model()
+    server = ModelServer(base, model_name="ctr", port=0, rest_api_port=None,
+                         poll_seconds=0.05).start()
+    agent = SyncAgent(log, f"127.0.0.1:{server.grpc_port}", "ctr", base,
+                      status_every_secs=0.05).start()
+    publisher = SyncPublisher(log, base, sparse_every_secs=0.01, dense_every_secs=None)
+    worker = TrainingWorker(model, str(tmp_path / "run"), checkpoints=False, verbose=0,
+                            tasks=[publisher], log_every_steps=1000)
+    try:
+        worker.train(batches(60, seed=2))
+        dense = publisher.push_dense(worker)
+        assert agent.wait_until_applied(log.end_offsets("sync"), timeout=60)
+        servable = server.manager.servable("ctr")
+        assert agent.served_version == 1 and servable.dense_version == dense
+        assert_replica_equals(servable, worker, [w.numpy() for w in model.layers[-1].weights])
+        assert agent.counters["rejected"] == 0 and agent.counters["removed"] > 0
+    finally:
+        agent.stop()
+        server.stop()
