@@ -162,3 +162,66 @@ def test_sync_agent_keeps_a_plain_tf_serving_client_in_sync(tmp_path):
     finally:
         agent.stop()
         server.stop()
+
+
+@pytest.mark.slow
+def test_replica_killed_mid_stream_and_restarted_ends_equal(tmp_path):
+    """``serve --sync`` in its own process, SIGKILLed while pushes flow and
+    started again: it reloads the base, replays the stream, and predicts
+    exactly as the trainer's model for every id."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from clients import GrpcClient
+
+    log_dir, base = str(tmp_path / "log"), str(tmp_path / "models")
+    log = open_log({"path": log_dir})
+    model = ctr_model()
+    publisher = SyncPublisher(log, base, sparse_every_secs=0.01, dense_every_secs=None)
+    worker = TrainingWorker(model, str(tmp_path / "run"), checkpoints=False, verbose=0,
+                            tasks=[publisher], log_every_steps=1000)
+
+    def start_replica():
+        process = subprocess.Popen(
+            [sys.executable, "-m", "monolith_tf", "serve", f"--model_base_path={base}",
+             "--model_name=ctr", "--port=0", "--rest_api_port=0", f"--sync={log_dir}",
+             "--file_system_poll_wait_seconds=0.1"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+        started = json.loads(process.stdout.readline())
+        return process, int(started["grpc"].rsplit(":", 1)[1])
+
+    class Port:
+        def __init__(self, port):
+            self.grpc_port = port
+
+    worker.train(batches(30, seed=3))            # base version 1 and some pushes
+    replica, port = start_replica()
+    try:
+        worker.train(batches(30, seed=4, start_time=100))
+        replica.send_signal(signal.SIGKILL)      # mid-stream, no goodbye
+        replica.wait(30)
+        worker.train(batches(30, seed=5, start_time=200))   # pushes while it is down
+        replica, port = start_replica()
+        worker.train(batches(30, seed=6, start_time=300))
+        publisher.push_dense(worker)
+        users = np.arange(3000, dtype=np.int64)
+        probe = {"user": users, "tags": np.stack([users % 100, (users * 7) % 100], axis=1),
+                 "timestamp": users * 0}
+        want = model(probe, training=False).numpy()
+        client = GrpcClient(Port(port))
+        deadline, got = time.monotonic() + 60, None
+        while time.monotonic() < deadline:
+            got = client.predict(probe)[0]["output"]
+            if np.allclose(got, want, rtol=1e-6, atol=1e-6):
+                break
+            time.sleep(0.2)
+        client.close()
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    finally:
+        replica.kill()
+        replica.wait(30)
