@@ -78,6 +78,7 @@ class SyncPublisher:
         self.publisher_id = publisher_id or f"{socket.gethostname()}:{os.getpid()}"
         self._writer = tf.summary.create_file_writer(log_dir) if log_dir else None
         self._producer = None
+        self._begun = False
         self.push = 0
         self.dense_version = 0
         self.last_push = {}      # rows, removed, bytes, records, seconds of the newest push
@@ -90,11 +91,10 @@ class SyncPublisher:
         """The first time: starts the change records and publishes a base
         version (later train() calls of the same worker continue the
         records)."""
-        if self._producer is not None:
+        if self._begun:
             return
-        if self.topic not in self.log.topics():
-            self.log.create_topic(self.topic, 1)
-        self._producer = self.log.producer()
+        self._begun = True
+        self.connect()
         newest = list_versions(self.model_base_path)
         if newest:  # continue the numbering of a previous run
             state = read_sync_state(os.path.join(self.model_base_path, str(newest[-1]))) or {}
@@ -122,6 +122,13 @@ class SyncPublisher:
         self.push_rows(worker)
         if self._writer is not None:
             self._writer.flush()
+
+    def connect(self):
+        """Creates the topic (one partition) if missing and the producer."""
+        if self.topic not in self.log.topics():
+            self.log.create_topic(self.topic, 1)
+        if self._producer is None:
+            self._producer = self.log.producer()
 
     # ------------------------------------------------------------- pushes
 

@@ -225,3 +225,126 @@ def test_replica_killed_mid_stream_and_restarted_ends_equal(tmp_path):
     finally:
         replica.kill()
         replica.wait(30)
+
+
+@pytest.mark.slow
+def test_serving_under_the_real_stream_has_no_gap_and_no_mixed_dense_version(tmp_path):
+    """The serving load test with the real stream: ~1,000 row pushes and 3
+    dense pushes from a training worker while clients query. The probed
+    users' rows are fixed before the clients start and the output layer is
+    frozen, so each response must equal the prediction of exactly one dense
+    version (designed so that a mix of two matches none)."""
+    import threading
+    import time
+
+    from clients import GrpcClient, http, rows
+
+    log = open_log({"path": str(tmp_path / "log")})
+    base = str(tmp_path / "models")
+    model = ctr_model()
+    output = model.layers[-1]
+    output.trainable = False
+    model.compile(optimizer="adam", loss="mse")
+    kernel0 = np.linspace(-1, 1, 7, dtype=np.float32).reshape(7, 1)
+
+    def design(version):
+        return [kernel0 * (1 + 0.5 * version), np.array([10.0 * version], np.float32)]
+
+    output.set_weights(design(0))
+    server = ModelServer(base, model_name="ctr", port=0, rest_api_port=0,
+                         poll_seconds=0.05).start()
+    subscriber = ServerSubscriber(server, log).start()
+    publisher = SyncPublisher(log, base, sparse_every_secs=0.001, dense_every_secs=None)
+    probe_users = np.array([1, 2, 3], np.int64)
+    probe = {"user": probe_users, "tags": np.array([[1, 2], [3, 4], [5, 6]], np.int64),
+             "timestamp": np.zeros(3, np.int64)}
+
+    class DensePushes:
+        """Pushes designed dense versions 1..3 at fixed steps of phase two."""
+
+        def __init__(self, at_steps):
+            self.at_steps, self.pushed = dict(at_steps), []
+
+        def begin(self, worker):
+            pass
+
+        def finish(self, worker):
+            pass
+
+        def after_step(self, worker):
+            if worker.step in self.at_steps:
+                output.set_weights(design(self.at_steps[worker.step]))
+                self.pushed.append(publisher.push_dense(worker))
+
+    phase_one = tf.data.Dataset.from_tensor_slices(
+        ({"user": np.repeat(probe_users, 8), "tags": np.tile([[1, 2], [3, 4], [5, 6]], (8, 1)),
+          "timestamp": np.zeros(24, np.int64)}, np.ones((24, 1)))).batch(8)
+    worker = TrainingWorker(model, str(tmp_path / "run"), checkpoints=False, verbose=0,
+                            tasks=[publisher], log_every_steps=10**6, timestamp_feature=None)
+    worker.train(phase_one)
+    assert subscriber.wait_until_applied(log.end_offsets("sync"), timeout=30)
+    probe_rows = {name: table.lookup(tf.constant(ids)).numpy() for name, table, ids in (
+        ("user", worker.tables["collection/user"], probe_users),
+        ("tags", worker.tables["collection/tags"], probe["tags"].ravel()))}
+    features = np.concatenate([probe_rows["user"],
+                               probe_rows["tags"].reshape(3, 2, 3).mean(axis=1)], axis=1)
+    expected = {v: (features @ design(v)[0] + design(v)[1]).ravel() for v in range(4)}
+
+    done, failures, unmatched, seen = threading.Event(), [], [], []
+
+    def check(prediction):
+        hits = [v for v, want in expected.items()
+                if np.allclose(prediction, want, rtol=1e-5, atol=1e-5)]
+        (seen.extend(hits) if len(hits) == 1 else unmatched.append(prediction))
+
+    def grpc_client():
+        client = GrpcClient(server)
+        for _ in range(20_000):
+            if done.is_set():
+                break
+            try:
+                check(client.predict(probe)[0]["output"].ravel())
+            except Exception as error:  # noqa: BLE001 - every failure is the finding
+                failures.append(repr(error))
+        client.close()
+
+    def rest_client():
+        for _ in range(20_000):
+            if done.is_set():
+                break
+            status, reply = http(server, "/v1/models/ctr:predict", {"instances": rows(probe)})
+            (check(np.array(reply["predictions"]).ravel()) if status == 200
+             else failures.append((status, reply)))
+
+    clients = [threading.Thread(target=grpc_client) for _ in range(2)] + [
+        threading.Thread(target=rest_client)]
+    for client in clients:
+        client.start()
+    dense = DensePushes({250: 1, 500: 2, 750: 3})
+    # A second worker on the same model and publisher (no new base): phase two.
+    worker = TrainingWorker(model, str(tmp_path / "run2"), checkpoints=False, verbose=0,
+                            tasks=[publisher, dense], log_every_steps=10**6,
+                            timestamp_feature=None)
+    pushes_before = publisher.totals["pushes"]
+    rng = np.random.default_rng(9)
+    n = 1100 * 16          # other users only: the probed rows stay as they are
+    phase_two = tf.data.Dataset.from_tensor_slices((
+        {"user": rng.integers(100, 5000, n), "tags": rng.integers(50, 100, (n, 2)),
+         "timestamp": np.zeros(n, np.int64)}, rng.random((n, 1)))).batch(16)
+    try:
+        worker.train(phase_two)
+        assert subscriber.wait_until_applied(log.end_offsets("sync"), timeout=60)
+        time.sleep(0.2)
+    finally:
+        done.set()
+        for client in clients:
+            client.join(60)
+        subscriber.stop()
+        server.stop()
+    row_pushes = publisher.totals["pushes"] - pushes_before - len(dense.pushed)
+    print(f"{row_pushes} row pushes, dense pushes {dense.pushed}; {len(seen)} responses, "
+          f"dense versions seen {sorted(set(seen))}")
+    assert failures == [], failures[:3]
+    assert unmatched == [], unmatched[:3]
+    assert row_pushes >= 1000 and len(dense.pushed) == 3
+    assert len(set(seen)) >= 2 and seen[-1] == 3
