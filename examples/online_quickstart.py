@@ -9,7 +9,13 @@ Steps (each a library piece you would run as its own process in production):
               movies and unrated negatives) and `actions` (rating, like)
   2. join     the online joiner -> `examples` (label/like, sample_rate)
   3. train    TrainingWorker on an ExampleStream of `examples` until the
-              stream goes quiet; sparse + dense checkpoints with log offsets
+              stream goes quiet; sparse + dense checkpoints with log offsets;
+              meanwhile the sync publisher pushes changed rows every 0.25 s
+              (dense weights every 0.5 s: this demo is short) to the `sync`
+              topic, a model server
+              subscribed to it serves a base version and applies the pushes
+              in place, and the script prints how a few users' scores (asked
+              of the server over gRPC) move as their clicks are trained in
   4. export   a stock-ops SavedModel; held-out AUC on the last 10% of examples
 Uses the embedded log; pass --kafka host:port to use a Kafka cluster instead.
 """
@@ -33,8 +39,64 @@ from monolith_tf.streaming.records import joined_feature_spec  # noqa: E402
 from monolith_tf.streaming.replay import replay  # noqa: E402
 from monolith_tf.training import TrainingWorker  # noqa: E402
 
+from monolith_tf.serving.server import ModelServer  # noqa: E402
+from monolith_tf.serving.sync_subscriber import ServerSubscriber  # noqa: E402
+from monolith_tf.sync_publisher import SyncPublisher  # noqa: E402
+
 keras = tf.keras
 ACTIONS = ["rating", "like"]
+
+
+def most_active(path, max_ratings, users=3):
+    """The most active users and the most rated movie among the first
+    ``max_ratings`` ratings in time order (what the replay sends)."""
+    import numpy as np
+
+    ratings = np.loadtxt(path, dtype=np.int64, usecols=(0, 1, 3))
+    ratings = ratings[np.argsort(ratings[:, 2], kind="stable")][:max_ratings]
+    top_users = np.bincount(ratings[:, 0]).argsort()[::-1][:users]
+    return [int(u) for u in top_users], int(np.bincount(ratings[:, 1]).argmax())
+
+
+class ScoreWatcher:
+    """A step task that asks the server (gRPC, as any client) for a few
+    users' scores of one item every ``every_steps`` and prints them."""
+
+    def __init__(self, server, users, item, every_steps=10):
+        import grpc
+        from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+        self.server, self.users, self.item, self.every_steps = server, users, item, every_steps
+        self._channel = None
+        self._grpc, self._stubs = grpc, prediction_service_pb2_grpc
+
+    def begin(self, worker):
+        self._channel = self._grpc.insecure_channel(f"127.0.0.1:{self.server.grpc_port}")
+        self._stub = self._stubs.PredictionServiceStub(self._channel)
+
+    def after_step(self, worker):
+        if worker.step % self.every_steps == 0:
+            self.report(worker)
+
+    def finish(self, worker):
+        pass
+
+    def report(self, worker, final=False):
+        from tensorflow_serving.apis import predict_pb2
+
+        if self.server.version is None:
+            return
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "ctr"
+        n = len(self.users)
+        inputs = {"user_id": self.users, "item_id": [self.item] * n, "timestamp": [0] * n}
+        for name, values in inputs.items():
+            request.inputs[name].CopyFrom(tf.make_tensor_proto(values, tf.int64))
+        scores = tf.make_ndarray(self._stub.Predict(request, timeout=30).outputs["output"])
+        when = "end" if final else f"step {worker.step:4d}"
+        print(f"   served scores of movie {self.item} ({when}, data time {worker.data_time}): "
+              + ", ".join(f"user {u} {s:.3f}" for u, s in zip(self.users, scores.ravel())),
+              flush=True)
 
 
 def build_model():
@@ -85,13 +147,33 @@ def main():
     stream = ExampleStream(log, joined_feature_spec(ACTIONS), batch_size=256,
                            label="label/like", idle_timeout=2.0,
                            features=["user_id", "item_id", "timestamp"])
+    # Serving while training: a server on the sync publisher's base versions,
+    # following the sync stream (the server starts before the first base).
+    models_dir = os.path.join(args.dir, "models")
+    server = ModelServer(models_dir, model_name="ctr", port=0, rest_api_port=None,
+                         poll_seconds=0.2).start()
+    subscriber = ServerSubscriber(server, log).start()
+    publisher = SyncPublisher(log, models_dir, sparse_every_secs=0.25, dense_every_secs=0.5,
+                              base_every_secs=3600.0)
+    watched_users, watched_item = most_active(args.data, args.max_ratings)
+    watcher = ScoreWatcher(server, users=watched_users, item=watched_item)
     worker = TrainingWorker(model, os.path.join(args.dir, "model"), sparse_every_steps=20,
-                            dense_every_steps=100, log_every_steps=20, verbose=2)
+                            dense_every_steps=100, log_every_steps=20, verbose=2,
+                            tasks=[publisher, watcher])
     # Hold out the newest 10% of examples: train up to 90% of them.
     total = sum(log.end_offsets("examples").values())
-    summary = worker.train(stream, max_steps=int(total * 0.9) // 256)
+    try:
+        summary = worker.train(stream, max_steps=int(total * 0.9) // 256)
+        publisher.push_dense(worker)   # the trained dense weights, as a last dense push
+        subscriber.wait_until_applied(log.end_offsets("sync"), timeout=30)
+        watcher.report(worker, final=True)
+    finally:
+        subscriber.stop()
+        server.stop()
     print(f"3. trained {summary['steps']} steps on {summary['examples']:,} examples "
-          f"({summary['stop_reason']}); log offsets saved: {worker.stream_position}")
+          f"({summary['stop_reason']}); log offsets saved: {worker.stream_position}; "
+          f"{publisher.totals['pushes']} sync pushes ({publisher.totals['rows']:,} rows), "
+          f"{subscriber.counters['records']} records applied by the server")
 
     held_out = stream.dataset(worker.stream_position).map(
         lambda features, label: ({k: v for k, v in features.items() if k != POSITION_KEY},
