@@ -94,3 +94,21 @@ def test_serving_bench_runs():
     rows = [line for line in result.stdout.splitlines() if line.startswith("| gRPC | 64 |")]
     assert len(rows) == 1 and "x |" in rows[0]
     assert "| in the server, 100/s |" in result.stdout
+
+
+@pytest.mark.slow
+def test_sync_and_freshness_benches_run():
+    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "bench", "sync_bench.py"), "--rows", "20000",
+         "--touched", "500", "--repeats", "2"],
+        capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "push size" in result.stdout and "| sync push:" in result.stdout
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "bench", "freshness_bench.py"), "--probes", "3",
+         "--intervals", "1", "--probe-every", "0.5"],
+        capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    row = [line for line in result.stdout.splitlines() if line.startswith("| 1 s |")]
+    assert len(row) == 1 and "3/3" in row[0]

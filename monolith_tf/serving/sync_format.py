@@ -15,7 +15,8 @@ record, not a wrong row. Fields of every record:
   ``step``        int64 [1]  the trainer's global step when it was taken
   ``data_time``   int64 [1]  newest data time (seconds) trained into it, or -1
   ``wall_time_us`` int64 [1] when it was published (microseconds since epoch)
-  ``checksum``    int64 [1]  CRC-32 of the payload fields below, in order
+  ``checksum``    int64 [1]  CRC-32 of every other field (name, then its
+                             serialized Feature), in name order
 
 ``rows`` (one table's changes since the previous push; large pushes are
 split into several records of the same push):
@@ -88,15 +89,27 @@ def _bytes(*values):
     return tf.train.Feature(bytes_list=tf.train.BytesList(value=list(values)))
 
 
-def _header(kind, push, payload):
-    checksum = 0
-    for part in payload:
-        checksum = zlib.crc32(part, checksum)
+def _header(kind, push):
     wall = push.wall_time or time.time()
     return {"format": _int64([FORMAT]), "kind": _bytes(kind),
             "publisher": _bytes(push.publisher.encode()), "push": _int64([push.push]),
             "step": _int64([push.step]), "data_time": _int64([push.data_time]),
-            "wall_time_us": _int64([int(wall * 1e6)]), "checksum": _int64([checksum])}
+            "wall_time_us": _int64([int(wall * 1e6)])}
+
+
+def checksum_of(features):
+    """CRC-32 over every field but ``checksum``, in name order."""
+    checksum = 0
+    for name in sorted(features):
+        if name != "checksum":
+            checksum = zlib.crc32(name.encode(), checksum)
+            checksum = zlib.crc32(features[name].SerializeToString(deterministic=True), checksum)
+    return checksum
+
+
+def _serialize(features):
+    features["checksum"] = _int64([checksum_of(features)])
+    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
 
 
 def encode_rows(push):
@@ -113,26 +126,25 @@ def encode_rows(push):
     if push.row_dtype == "float16" and values.size and np.abs(values).max() > _FLOAT16_MAX:
         raise ValueError(f"{push.table}: values beyond float16's range; push float32 rows")
     wire = np.ascontiguousarray(values, dtype=ROW_DTYPES[push.row_dtype])
-    payload = [ids.tobytes(), wire.tobytes(), removed.tobytes()]
-    features = _header(b"rows", push, payload)
+    features = _header(b"rows", push)
     features.update({"table": _bytes(push.table.encode()), "dim": _int64([values.shape[1]]),
-                     "row_dtype": _bytes(push.row_dtype.encode()), "ids": _bytes(payload[0]),
-                     "values": _bytes(payload[1]), "removed": _bytes(payload[2])})
-    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+                     "row_dtype": _bytes(push.row_dtype.encode()), "ids": _bytes(ids.tobytes()),
+                     "values": _bytes(wire.tobytes()), "removed": _bytes(removed.tobytes())})
+    return _serialize(features)
 
 
 def encode_dense(push):
     """Serializes a DensePush."""
-    arrays = [np.ascontiguousarray(w) for w in push.weights]
-    payload = [a.astype(a.dtype.newbyteorder("<")).tobytes() for a in arrays]
-    features = _header(b"dense", push, payload)
+    arrays = [np.asarray(w) for w in push.weights]  # (ascontiguousarray would make 0-d 1-d)
+    payload = [a.astype(a.dtype.newbyteorder("<")).tobytes(order="C") for a in arrays]
+    features = _header(b"dense", push)
     features.update({"dense_version": _int64([push.version]),
                      "weights": _int64([len(arrays)])})
     for i, (array, data) in enumerate(zip(arrays, payload)):
         features[f"weight/{i}/dtype"] = _bytes(array.dtype.name.encode())
         features[f"weight/{i}/shape"] = _int64(array.shape)
         features[f"weight/{i}/data"] = _bytes(data)
-    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+    return _serialize(features)
 
 
 def _one(features, name, kind="int64"):
@@ -156,6 +168,8 @@ def decode(data):
     except DecodeError as error:
         raise SyncRecordError(f"unreadable sync record: {error}") from None
     features = example.features.feature
+    if checksum_of(features) != _one(features, "checksum"):
+        raise SyncRecordError("sync record checksum mismatch (corrupt record)")
     version = _one(features, "format")
     if version != FORMAT:
         raise SyncRecordError(f"sync record format {version}, this reader knows {FORMAT}")
@@ -166,12 +180,10 @@ def decode(data):
                   wall_time=_one(features, "wall_time_us") / 1e6)
     if kind == b"rows":
         payload = [_one(features, name, "bytes") for name in ("ids", "values", "removed")]
-        _check(features, payload)
         return _decode_rows(features, payload, common)
     if kind == b"dense":
         count = _one(features, "weights")
         payload = [_one(features, f"weight/{i}/data", "bytes") for i in range(count)]
-        _check(features, payload)
         weights = []
         for i, data in enumerate(payload):
             dtype_name = _one(features, f"weight/{i}/dtype", "bytes").decode()
@@ -186,14 +198,6 @@ def decode(data):
             weights.append(np.frombuffer(data, dtype).reshape(shape).astype(dtype_name))
         return DensePush(version=_one(features, "dense_version"), weights=weights, **common)
     raise SyncRecordError(f"unknown sync record kind {kind!r}")
-
-
-def _check(features, payload):
-    checksum = 0
-    for part in payload:
-        checksum = zlib.crc32(part, checksum)
-    if checksum != _one(features, "checksum"):
-        raise SyncRecordError("sync record checksum mismatch (corrupt payload)")
 
 
 def _decode_rows(features, payload, common):
