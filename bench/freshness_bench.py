@@ -163,8 +163,15 @@ class Monitor:
         self.joined, self.pushed = {}, {}
         self._log, self._tf = log, tf
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.error = None
+        self._thread = threading.Thread(target=self._run_guarded, daemon=True)
         self._thread.start()
+
+    def _run_guarded(self):
+        try:
+            self._run()
+        except Exception as error:  # noqa: BLE001 - reported with the results
+            self.error = repr(error)
 
     def _run(self):
         from monolith_tf.serving.sync_format import RowsPush, SyncRecordError, decode
@@ -175,11 +182,13 @@ class Monitor:
         while not self._stop.is_set():
             for record in consumer.poll(1000, 0.01):
                 now = time.monotonic()
+                if record.value is None:
+                    continue  # a tombstone
                 if record.topic == "examples":
                     example = self._tf.train.Example.FromString(record.value)
-                    user = example.features.feature["user_id"].int64_list.value[0]
-                    if user >= PROBE_USER_BASE:
-                        self.joined.setdefault(user, now)
+                    users = example.features.feature["user_id"].int64_list.value
+                    if users and users[0] >= PROBE_USER_BASE:
+                        self.joined.setdefault(users[0], now)
                 else:
                     try:
                         push = decode(record.value)
@@ -261,6 +270,8 @@ def run_interval(interval, args):
             train_push.append(monitor.pushed[user] - monitor.joined[user])
             apply_.append(changed - monitor.pushed[user])
             log_to_servable.append(changed - monitor.joined[user])
+    if monitor.error:
+        print(f"monitor failed: {monitor.error}", file=sys.stderr)
     return {"interval": interval, "probes": args.probes, "changed": len(results),
             "total": total, "join": join, "train_push": train_push, "apply": apply_,
             "log_to_servable": log_to_servable}
