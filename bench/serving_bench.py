@@ -125,18 +125,24 @@ def in_process(base, batch, args):
     return summary(*run_clients(args.clients, args.requests, make_call))
 
 
-def grpc_calls(server, batch, args):
+def grpc_client(server, batch, args, seed):
+    """(stub, a Predict request of ``batch`` examples) for one client thread."""
     import grpc
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(
+        grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}"))
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "ctr"
+    for name, value in make_batch(batch, args.users, args.items, seed).items():
+        request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+    return stub, request
+
+
+def grpc_calls(server, batch, args):
     def make_call(i):
-        stub = prediction_service_pb2_grpc.PredictionServiceStub(
-            grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}"))
-        request = predict_pb2.PredictRequest()
-        request.model_spec.name = "ctr"
-        for name, value in make_batch(batch, args.users, args.items, i).items():
-            request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+        stub, request = grpc_client(server, batch, args, i)
 
         def call():
             response = stub.Predict(request, timeout=60)
@@ -150,21 +156,12 @@ def paced_grpc_calls(server, batch, args):
     """gRPC calls at a fixed total rate (--paced-rate calls/s over --clients
     threads, for --paced-seconds): latency with the server below saturation,
     where extra work shows as interference rather than as queueing."""
-    import grpc
-    import tensorflow as tf
-    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
-
     period = args.clients / args.paced_rate
     calls = int(args.paced_seconds / period)
     latencies = [[] for _ in range(args.clients)]
 
     def worker(i):
-        stub = prediction_service_pb2_grpc.PredictionServiceStub(
-            grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}"))
-        request = predict_pb2.PredictRequest()
-        request.model_spec.name = "ctr"
-        for name, value in make_batch(batch, args.users, args.items, i).items():
-            request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+        stub, request = grpc_client(server, batch, args, i)
         stub.Predict(request, timeout=60)
         start = time.perf_counter() + i * period / args.clients
         for k in range(calls):

@@ -305,7 +305,7 @@ def _serve_arguments(parser):
     parser.add_argument("--rest_api_num_threads", type=int, default=16)
     # Ours.
     parser.add_argument("--host", default="127.0.0.1",
-                        help="address to bind (default loopback only; 0.0.0.0: all)")
+                        help="address to bind (default 127.0.0.1: loopback only)")
     parser.add_argument("--max_request_bytes", type=int, default=64 << 20,
                         help="largest gRPC message or REST body (REST answers 413 beyond)")
     parser.add_argument("--max_batch_size", type=int, default=8192,
