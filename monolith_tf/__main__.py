@@ -134,8 +134,10 @@ def train(args):
             raise ValueError("--sync-log needs --serving-base-path (where base versions go)")
         tasks.append(SyncPublisher(
             open_log(_log_config(args.sync_log)), args.serving_base_path, topic=args.sync_topic,
-            sparse_every_secs=args.sparse_sync_every_secs,
+            sparse_every_secs=args.sparse_sync_every_secs or None,
             dense_every_secs=args.dense_sync_every_secs or None,
+            sparse_every_data_secs=args.sparse_sync_every_data_secs,
+            dense_every_data_secs=args.dense_sync_every_data_secs,
             row_dtype=args.sync_row_dtype, export_options={"row_dtype": args.row_dtype},
             log_dir=os.path.join(args.model_dir, "tensorboard")))
     worker = TrainingWorker(
@@ -379,9 +381,13 @@ def main(argv=None):
                               help="model base path of the sync publisher's base versions")
     train_parser.add_argument("--sync-topic", default="sync")
     train_parser.add_argument("--sparse-sync-every-secs", type=float, default=5.0,
-                              help="wall seconds between pushes of changed rows")
+                              help="wall seconds between pushes of changed rows (0: off)")
     train_parser.add_argument("--dense-sync-every-secs", type=float, default=1800.0,
                               help="wall seconds between dense pushes (0: never)")
+    train_parser.add_argument("--sparse-sync-every-data-secs", type=float,
+                              help="also push rows every this many seconds of data time")
+    train_parser.add_argument("--dense-sync-every-data-secs", type=float,
+                              help="also push dense weights every this many seconds of data time")
     train_parser.add_argument("--sync-row-dtype", choices=("float32", "float16"),
                               default="float32", help="rows on the sync stream")
     join_parser = commands.add_parser("join", help="the online joiner")

@@ -1,7 +1,9 @@
 """Parameter sync, trainer side: ``SyncPublisher``, a step task of the
 training worker that pushes fresh parameters to the sync stream.
 
-On its own wall-time schedules, beside and independent of checkpoints:
+On its own schedules (wall time, ``..._every_secs``, or data time,
+``..._every_data_secs``, for replays faster than real time), beside and
+independent of checkpoints:
 
 - every ``sparse_every_secs``: for each table, the current values of the
   rows inserted or updated since the previous push and the ids removed or
@@ -33,13 +35,39 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from monolith_tf.checkpoint_policy import Schedule
 from monolith_tf.layers import hash_embedding_layers
 from monolith_tf.serving.export import (dense_variables, export_version, list_versions,
                                         read_sync_state)
 from monolith_tf.serving.sync_format import DensePush, RowsPush, encode_dense, encode_rows
 
 SYNC_STATE_FORMAT = 1
+
+
+class SyncSchedule:
+    """Due every ``every_secs`` of wall time or every ``every_data_secs`` of
+    data time (the worker's ``data_time``: replays and experiments that run
+    faster than real time schedule by the data), whichever comes first;
+    None turns a clock off."""
+
+    def __init__(self, every_secs=None, every_data_secs=None):
+        for name, value in (("every_secs", every_secs), ("every_data_secs", every_data_secs)):
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be > 0 or None (off), got {value!r}")
+        self.every_secs, self.every_data_secs = every_secs, every_data_secs
+        self._wall, self._data = time.monotonic(), None
+
+    @property
+    def active(self):
+        return self.every_secs is not None or self.every_data_secs is not None
+
+    def due(self, worker):
+        if self.every_secs is not None and time.monotonic() - self._wall >= self.every_secs:
+            return True
+        return (self.every_data_secs is not None and self._data is not None and
+                worker.data_time - self._data >= self.every_data_secs)
+
+    def done(self, worker):
+        self._wall, self._data = time.monotonic(), worker.data_time
 
 
 class SyncPublisher:
@@ -49,8 +77,10 @@ class SyncPublisher:
       log: a ``monolith_tf.streaming`` log (embedded or Kafka).
       model_base_path: where base versions go (the servers' base path).
       topic: the sync topic (created with one partition if missing).
-      sparse_every_secs: wall seconds between row pushes.
-      dense_every_secs: wall seconds between dense pushes (None: never).
+      sparse_every_secs / sparse_every_data_secs: wall / data-time seconds
+        between row pushes (either due is a push; None: that clock off).
+      dense_every_secs / dense_every_data_secs: the same for dense pushes
+        (both None: never).
       base_every_secs: wall seconds between base versions (None: at every
         dense push).
       row_dtype: ``float32`` or ``float16`` rows on the wire.
@@ -64,13 +94,16 @@ class SyncPublisher:
     def __init__(self, log, model_base_path, topic="sync", sparse_every_secs=5.0,
                  dense_every_secs=1800.0, base_every_secs=None, row_dtype="float32",
                  export_options=None, max_record_bytes=1 << 20, keep_bases=3, log_dir=None,
-                 publisher_id=None):
+                 publisher_id=None, sparse_every_data_secs=None, dense_every_data_secs=None):
         if keep_bases < 1:
             raise ValueError(f"keep_bases must be >= 1, got {keep_bases!r}")
         self.log, self.model_base_path, self.topic = log, model_base_path, topic
-        self.sparse_schedule = Schedule(seconds=sparse_every_secs)
-        self.dense_schedule = Schedule(seconds=dense_every_secs) if dense_every_secs else None
-        self.base_schedule = Schedule(seconds=base_every_secs) if base_every_secs else None
+        self.sparse_schedule = SyncSchedule(sparse_every_secs, sparse_every_data_secs)
+        if not self.sparse_schedule.active:
+            raise ValueError("give sparse_every_secs or sparse_every_data_secs")
+        dense = SyncSchedule(dense_every_secs, dense_every_data_secs)
+        self.dense_schedule = dense if dense.active else None
+        self.base_schedule = SyncSchedule(base_every_secs) if base_every_secs else None
         self.row_dtype = row_dtype
         self.export_options = dict(export_options or {})
         self.max_record_bytes = max_record_bytes
@@ -103,18 +136,18 @@ class SyncPublisher:
         for table in worker.tables.values():
             table.take_sync_changes()  # the first call starts the record
         self.publish_base(worker)
-        self.sparse_schedule.done(worker.step)
+        self.sparse_schedule.done(worker)
         if self.dense_schedule:
-            self.dense_schedule.done(worker.step)
+            self.dense_schedule.done(worker)
 
     def after_step(self, worker):
-        if self.dense_schedule and self.dense_schedule.due(worker.step):
+        if self.dense_schedule and self.dense_schedule.due(worker):
             self.push_dense(worker)
             if self.base_schedule is None:
                 self.publish_base(worker, dense_version=self.dense_version)
-        elif self.base_schedule and self.base_schedule.due(worker.step):
+        elif self.base_schedule and self.base_schedule.due(worker):
             self.publish_base(worker)
-        elif self.sparse_schedule.due(worker.step):
+        elif self.sparse_schedule.due(worker):
             self.push_rows(worker)
 
     def finish(self, worker):
@@ -161,7 +194,7 @@ class SyncPublisher:
             counts["removed"] += len(removed)
         self._producer.flush()
         counts["seconds"] = time.perf_counter() - started
-        self.sparse_schedule.done(worker.step)
+        self.sparse_schedule.done(worker)
         self._record(worker, counts)
         return counts
 
@@ -178,7 +211,7 @@ class SyncPublisher:
         self._producer.produce(self.topic, record, key=b"dense", partition=0)
         self._producer.flush()
         if self.dense_schedule:
-            self.dense_schedule.done(worker.step)
+            self.dense_schedule.done(worker)
         self.totals["dense_pushes"] += 1
         if self._writer is not None:
             with self._writer.as_default(step=worker.step):
@@ -206,7 +239,7 @@ class SyncPublisher:
         for old in list_versions(self.model_base_path)[:-self.keep_bases]:
             shutil.rmtree(os.path.join(self.model_base_path, str(old)), ignore_errors=True)
         if self.base_schedule:
-            self.base_schedule.done(worker.step)
+            self.base_schedule.done(worker)
         return version
 
     def _record(self, worker, counts):

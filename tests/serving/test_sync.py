@@ -348,3 +348,28 @@ def test_serving_under_the_real_stream_has_no_gap_and_no_mixed_dense_version(tmp
     assert unmatched == [], unmatched[:3]
     assert row_pushes >= 1000 and len(dense.pushed) == 3
     assert len(set(seen)) >= 2 and seen[-1] == 3
+
+
+def test_pushes_follow_data_time_when_scheduled_by_it(tmp_path):
+    """Replays run faster than real time: ``..._every_data_secs`` pushes every
+    D seconds of the examples' data time, whatever the wall clock does."""
+    class Worker:
+        tables, step, data_time = {}, 0, 1000
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+
+    log = open_log({"path": str(tmp_path / "log")})
+    publisher = SyncPublisher(log, str(tmp_path / "models"), sparse_every_secs=None,
+                              sparse_every_data_secs=60, dense_every_secs=None,
+                              dense_every_data_secs=600, base_every_secs=10**9)
+    publisher.connect()
+    worker = Worker()
+    publisher.sparse_schedule.done(worker)
+    publisher.dense_schedule.done(worker)
+    for _ in range(100):                  # 1,000 s of data time in a few ms of wall time
+        worker.step += 1
+        worker.data_time += 10
+        publisher.after_step(worker)
+    assert publisher.totals["dense_pushes"] == 1             # at data time 1600
+    assert 15 <= publisher.totals["pushes"] - 1 <= 16         # every 60 s of data time
+    with pytest.raises(ValueError, match="sparse_every"):
+        SyncPublisher(log, str(tmp_path / "models"), sparse_every_secs=None)
