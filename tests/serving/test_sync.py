@@ -373,3 +373,42 @@ def test_pushes_follow_data_time_when_scheduled_by_it(tmp_path):
     assert 15 <= publisher.totals["pushes"] - 1 <= 16         # every 60 s of data time
     with pytest.raises(ValueError, match="sparse_every"):
         SyncPublisher(log, str(tmp_path / "models"), sparse_every_secs=None)
+
+
+@pytest.mark.slow
+def test_sync_over_kafka(tmp_path):
+    """The same stream through a Kafka-protocol broker (librdkafka's mock
+    cluster, tools/mock_kafka.py): the replica ends equal to the trainer."""
+    import importlib.util
+    import os
+
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    spec = importlib.util.spec_from_file_location(
+        "mock_kafka", os.path.join(repo, "tools", "mock_kafka.py"))
+    mock_kafka = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mock_kafka)
+    broker = mock_kafka.MockBrokerProcess()
+    try:
+        log = open_log(broker.config())
+        base = str(tmp_path / "models")
+        model = ctr_model()
+        server = ModelServer(base, model_name="ctr", port=0, rest_api_port=None,
+                             poll_seconds=0.05).start()
+        publisher = SyncPublisher(log, base, sparse_every_secs=0.01, dense_every_secs=None)
+        publisher.connect()                       # the topic exists before the follower
+        subscriber = ServerSubscriber(server, log).start()
+        worker = TrainingWorker(model, str(tmp_path / "run"), checkpoints=False, verbose=0,
+                                tasks=[publisher], log_every_steps=1000)
+        try:
+            worker.train(batches(40, seed=7))
+            publisher.push_dense(worker)
+            assert subscriber.wait_until_applied(log.end_offsets("sync"), timeout=60)
+            assert_replica_equals(server.manager.servable("ctr"), worker,
+                                  [w.numpy() for w in model.layers[-1].weights])
+            assert subscriber.counters["records"] >= 3
+        finally:
+            subscriber.stop()
+            server.stop()
+            publisher.close()
+    finally:
+        broker.stop()
