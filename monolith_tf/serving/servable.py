@@ -131,6 +131,8 @@ class Servable:
         self.max_batch_size = max_batch_size
         self._batching = batching
         self._batchers = {}
+        self._batchers_lock = threading.Lock()
+        self._closed = False
         self.signature_defs = read_signature_defs(path)
         self._loaded = tf.saved_model.load(path)
         self._signatures = dict(self._loaded.signatures)
@@ -195,11 +197,11 @@ class Servable:
     def _runner(self, name):
         """``run(inputs) -> outputs`` for a signature: direct, or through its
         RequestBatcher when batching is on."""
-        if self._batching is None:
+        if self._batching is None or self._closed:  # closed: the last requests run alone
             return lambda inputs: self._call(name, inputs)
         batcher = self._batchers.get(name)
         if batcher is None:
-            with self._swap_lock:
+            with self._batchers_lock:
                 batcher = self._batchers.get(name)
                 if batcher is None:
                     batcher = RequestBatcher(
@@ -222,7 +224,8 @@ class Servable:
 
     def close(self):
         """Stops the batch threads (after the requests they hold)."""
-        with self._swap_lock:
+        with self._batchers_lock:
+            self._closed = True
             batchers, self._batchers = list(self._batchers.values()), {}
         for batcher in batchers:
             batcher.close()
