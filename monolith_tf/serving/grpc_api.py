@@ -25,7 +25,7 @@ def _requested_version(model_spec):
     return model_spec.version.value if model_spec.HasField("version") else None
 
 
-def to_array(name, proto):
+def array_from_tensor_proto(name, proto):
     """A request's TensorProto as a numpy array. Numeric tensors sent packed
     (``tensor_content``, what ``tf.make_tensor_proto`` writes) are viewed in
     place; others go through ``tf.make_ndarray``."""
@@ -103,7 +103,8 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer, 
             spec = request.model_spec
             servable = self.manager.servable(spec.name, _requested_version(spec),
                                              spec.version_label)
-            inputs = {name: to_array(name, proto) for name, proto in request.inputs.items()}
+            inputs = {name: array_from_tensor_proto(name, proto)
+                      for name, proto in request.inputs.items()}
             outputs = servable.predict(spec.signature_name, inputs, list(request.output_filter))
             response = predict_pb2.PredictResponse()
             response.model_spec.name = spec.name

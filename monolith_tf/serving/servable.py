@@ -138,6 +138,8 @@ class Servable:
         self._signatures = dict(self._loaded.signatures)
         self._input_specs = {name: fn.structured_input_signature[1]
                              for name, fn in self._signatures.items()}
+        self._output_names = {name: sorted(fn.structured_outputs)
+                              for name, fn in self._signatures.items()}
         self.facts = None
         if os.path.isfile(os.path.join(path, "assets", METADATA_FILE)):
             self.facts = read_metadata(path)
@@ -171,7 +173,7 @@ class Servable:
     def output_names(self, signature_name):
         """Output names of a signature."""
         self.input_specs(signature_name)
-        return sorted(self._signatures[signature_name or DEFAULT_SIGNATURE].structured_outputs)
+        return self._output_names[signature_name or DEFAULT_SIGNATURE]
 
     def predict(self, signature_name, inputs, output_filter=()):
         """Runs a signature on ``inputs`` (``{name: numpy array}``); returns
@@ -181,7 +183,7 @@ class Servable:
         name = signature_name or DEFAULT_SIGNATURE
         specs = self.input_specs(name)
         self._check_inputs(name, specs, inputs)
-        outputs = self.output_names(name)
+        outputs = self._output_names[name]
         unknown = sorted(set(output_filter) - set(outputs))
         if unknown:
             raise invalid(f"output tensor alias not found in signature: {unknown[0]} "
