@@ -89,12 +89,18 @@ class SyncPublisher:
       keep_bases: base versions kept under ``model_base_path``.
       log_dir: TensorBoard scalars (rows pushed, bytes, push time) go here.
       publisher_id: names this trainer in the records (default host:pid).
+      base_on_begin: publish a base version when training begins (default).
+        False only where replicas already serve exactly the model being
+        trained from a base with this topic's offsets (e.g. one copied from
+        a run that starts from the same state): begin then only starts the
+        change records.
     """
 
     def __init__(self, log, model_base_path, topic="sync", sparse_every_secs=5.0,
                  dense_every_secs=1800.0, base_every_secs=None, row_dtype="float32",
                  export_options=None, max_record_bytes=1 << 20, keep_bases=3, log_dir=None,
-                 publisher_id=None, sparse_every_data_secs=None, dense_every_data_secs=None):
+                 publisher_id=None, sparse_every_data_secs=None, dense_every_data_secs=None,
+                 base_on_begin=True):
         if keep_bases < 1:
             raise ValueError(f"keep_bases must be >= 1, got {keep_bases!r}")
         self.log, self.model_base_path, self.topic = log, model_base_path, topic
@@ -108,6 +114,7 @@ class SyncPublisher:
         self.export_options = dict(export_options or {})
         self.max_record_bytes = max_record_bytes
         self.keep_bases = keep_bases
+        self.base_on_begin = base_on_begin
         self.publisher_id = publisher_id or f"{socket.gethostname()}:{os.getpid()}"
         self._writer = tf.summary.create_file_writer(log_dir) if log_dir else None
         self._producer = None
@@ -122,8 +129,8 @@ class SyncPublisher:
 
     def begin(self, worker):
         """The first time: starts the change records and publishes a base
-        version (later train() calls of the same worker continue the
-        records)."""
+        version unless ``base_on_begin`` is False (later train() calls of the
+        same worker continue the records)."""
         if self._begun:
             return
         self._begun = True
@@ -135,13 +142,17 @@ class SyncPublisher:
             self.dense_version = max(self.dense_version, int(state.get("dense_version", 0)))
         for table in worker.tables.values():
             table.take_sync_changes()  # the first call starts the record
-        self.publish_base(worker)
+        if self.base_on_begin:
+            self.publish_base(worker)
         self.sparse_schedule.done(worker)
         if self.dense_schedule:
             self.dense_schedule.done(worker)
 
     def after_step(self, worker):
         if self.dense_schedule and self.dense_schedule.due(worker):
+            # Rows first: a dense version reaches replicas after the rows
+            # trained with it (a row push due now is never skipped).
+            self.push_rows(worker)
             self.push_dense(worker)
             if self.base_schedule is None:
                 self.publish_base(worker, dense_version=self.dense_version)

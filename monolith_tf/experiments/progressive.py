@@ -1,0 +1,167 @@
+"""Progressive validation against a serving replica.
+
+Every example is scored by a serving replica before the trainer learns from
+it, so the AUC over a stream measures what users were served, with the
+replica exactly as fresh as parameter sync made it.
+
+``Replica`` is a real one: a ``ModelServer`` serving the base versions the
+sync publisher exports, with a ``ServerSubscriber`` applying the sync stream
+in place. ``ProgressiveValidation`` wraps the training worker's data source:
+before a batch reaches the worker it waits until the replica has applied
+everything the trainer pushed so far (sync lag is then the schedule's
+alone: an experiment replays data time much faster than real time, and
+wall-clock apply delays would otherwise decide the result), scores the
+batch through the replica and records labels, scores and data times.
+"""
+
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from monolith_tf.data_source import POSITION_KEY
+from monolith_tf.serving.server import ModelServer
+from monolith_tf.serving.sync_subscriber import ServerSubscriber
+
+MODEL_NAME = "experiment"
+
+
+class Replica:
+    """A model server (loopback, gRPC on a free port, no REST) on
+    ``model_base_path`` following ``topic`` of ``log``."""
+
+    def __init__(self, model_base_path, log, topic="sync", follow=True):
+        self.log, self.topic = log, topic
+        self.server = ModelServer(model_base_path, model_name=MODEL_NAME, port=0,
+                                  rest_api_port=None, poll_seconds=0.05)
+        self.subscriber = ServerSubscriber(self.server, log, topic=topic) if follow else None
+        self._synced_to = None
+
+    def start(self):
+        self.server.start()
+        if self.subscriber is not None:
+            self.subscriber.start()
+        return self
+
+    def stop(self):
+        if self.subscriber is not None:
+            self.subscriber.stop()
+        self.server.stop()
+
+    def wait_for_version(self, timeout=120.0):
+        """Waits until a version serves; raises TimeoutError otherwise."""
+        deadline = time.monotonic() + timeout
+        while self.server.version is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no model version loaded within {timeout} s")
+            time.sleep(0.02)
+
+    def catch_up(self, timeout=120.0):
+        """Waits until every sync record written so far has been applied."""
+        if self.subscriber is None:
+            return
+        end = self.log.end_offsets(self.topic)
+        if end == self._synced_to:
+            return
+        if not self.subscriber.wait_until_applied(end, timeout):
+            raise TimeoutError(f"replica did not apply the sync stream up to {end} "
+                               f"within {timeout} s")
+        self._synced_to = end
+
+    @property
+    def data_time(self):
+        """Data time of the newest sync record applied (None before any)."""
+        if self.subscriber is None or self.subscriber.last_applied is None:
+            return None
+        return self.subscriber.last_applied[3]
+
+    def score(self, features):
+        """The served probabilities of a batch (``{input: numpy array}``;
+        inputs the model does not take are left out)."""
+        servable = self.server.manager.servable(MODEL_NAME)
+        inputs = {name: features[name] for name in servable.input_specs(None)}
+        return servable.predict(None, inputs)["output"].ravel()
+
+
+class ProgressiveValidation:
+    """A training-worker ``DataSource`` around ``source`` whose batches are
+    each scored by ``replica`` before the worker trains on them (module
+    doc). Batches are ``(features, label)``; ``timestamp_feature`` (seconds)
+    dates them. ``restore`` is a no-op: a progressive run starts where its
+    source starts."""
+
+    def __init__(self, source, replica, timestamp_feature="timestamp"):
+        self.source, self.replica = source, replica
+        self.timestamp_feature = timestamp_feature
+        self._labels, self._scores, self._times = [], [], []
+        self.lags = []   # (batch data time, replica's newest applied data time)
+
+    # --------------------------------------------------------- data source
+
+    def begin(self):
+        self.source.begin()
+
+    def next_segment(self):
+        inner = self.source.next_segment()
+        if inner is None:
+            return None
+        scored = tf.data.Dataset.from_generator(lambda: self._scored(inner),
+                                                output_signature=inner.element_spec)
+        # Nothing may read ahead: a batch is scored only once the batches
+        # before it are trained and their pushes applied.
+        options = tf.data.Options()
+        options.experimental_optimization.inject_prefetch = False
+        options.autotune.enabled = False
+        return scored.with_options(options)
+
+    def batch_trained(self, batch_position):
+        self.source.batch_trained(batch_position)
+
+    def segment_ended(self, trained_any):
+        return self.source.segment_ended(trained_any)
+
+    def position(self):
+        return self.source.position()
+
+    def restore(self, position):
+        pass
+
+    # ------------------------------------------------------------- scoring
+
+    def _scored(self, segment):
+        for batch in segment.as_numpy_iterator():
+            self.score_batch(*batch)
+            yield batch
+
+    def score_batch(self, features, labels):
+        """Scores one batch through the replica and records it."""
+        if not self._scores:
+            self.replica.wait_for_version()
+        self.replica.catch_up()
+        features = {k: v for k, v in features.items() if k != POSITION_KEY}
+        self._scores.append(self.replica.score(features))
+        self._labels.append(np.asarray(labels, np.float32).ravel())
+        times = np.asarray(features[self.timestamp_feature], np.int64)
+        self._times.append(times)
+        self.lags.append((int(times.max()), self.replica.data_time))
+
+    def score_only(self):
+        """Scores every batch of the source without training (the arm that
+        never syncs)."""
+        self.source.begin()
+        while True:
+            segment = self.source.next_segment()
+            if segment is None:
+                return
+            for features, labels in segment.as_numpy_iterator():
+                self.score_batch(features, labels)
+                self.source.batch_trained([])
+            if not self.source.segment_ended(True):
+                return
+
+    def results(self):
+        """(labels, scores, data times) of every example scored so far."""
+        if not self._scores:
+            return np.zeros(0, np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64)
+        return (np.concatenate(self._labels), np.concatenate(self._scores),
+                np.concatenate(self._times))
