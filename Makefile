@@ -25,7 +25,8 @@ USE_VENV ?= 1
 DEPS_STAMP := $(if $(filter 1,$(USE_VENV)),$(VENV)/.deps-stamp,)
 MAKEFLAGS += -j2
 
-.PHONY: all deps native installed wheel data demo test test-fast asan cc-test bench clean flink-venv
+.PHONY: all deps native installed wheel data demo test test-fast asan cc-test bench clean flink-venv \
+        experiments
 
 all: native
 
@@ -119,6 +120,12 @@ demo: installed data
 	$(PY) -m monolith_tf inspect $(DEMO_DIR)/ctr
 	$(PY) examples/online_quickstart.py --dir $(DEMO_DIR)/online
 	$(PY) examples/serving_demo.py --model_base_path $(DEMO_DIR)/models/ctr
+
+# The paper's claims rerun over 5 seeds (collisionless vs hashed ids, online
+# vs batch and the sync interval, admission/expiry): writes docs/experiments.md,
+# docs/experiments.json and the plots beside them, from scratch.
+experiments: installed data
+	$(PY) -m monolith_tf.experiments all --out docs
 
 # Tests that run under tf_keras (TF_USE_LEGACY_KERAS=1): the layer tests a
 # second time, and tests/legacy_keras (TFRS, which needs tf_keras) only there.

@@ -2,6 +2,7 @@
 runs the experiments and writes the report (see the package doc).
 
     python -m monolith_tf.experiments all [--out docs] [--seeds 5] [--quick]
+    python -m monolith_tf.experiments report [--out docs]   # markdown + plots from the JSON
 """
 
 import argparse
@@ -85,13 +86,19 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m monolith_tf.experiments",
                                      description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("experiment", choices=("all",) + EXPERIMENTS)
+    parser.add_argument("experiment", choices=("all",) + EXPERIMENTS + ("report",),
+                        help="what to run; 'report' rewrites the markdown and plots from "
+                        "the JSON of a previous run in --out")
     parser.add_argument("--out", default="docs", help="directory of the report (default docs)")
     parser.add_argument("--seeds", type=int, help="seeds 0..N-1 (default 5; 2 with --quick)")
     parser.add_argument("--quick", action="store_true",
                         help="the reduced run of the test suite (small data, few arms)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
+    if args.experiment == "report":
+        out = os.path.abspath(args.out)
+        print("wrote", report.write(report.load(out, quick=args.quick), out))
+        return
     which = EXPERIMENTS if args.experiment == "all" else (args.experiment,)
     command = "python -m monolith_tf.experiments " + " ".join(
         a for a in (argv if argv is not None else sys.argv[1:]))

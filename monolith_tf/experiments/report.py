@@ -169,9 +169,18 @@ def _slug(text):
     return "".join(ch if ch.isalnum() else "_" for ch in text.lower()).strip("_")[:40]
 
 
+def _number(value, sign=False):
+    """Counts (rows) without decimals, AUC differences with four."""
+    spec = ("+" if sign else "") + (",.0f" if abs(value) >= 100 else ".4f")
+    return format(value, spec)
+
+
+def _difference(v):
+    return f"{_number(v['difference'], sign=True)} ± {_number(v['std'])}"
+
+
 def _verdict_cell(v):
-    return (f"{v['difference']:+.4f} ± {v['std']:.4f} ({v['sigmas']:+.1f} σ): "
-            f"**{v['verdict']}**")
+    return f"{_difference(v)} ({v['sigmas']:+.1f} σ): **{v['verdict']}**"
 
 
 def collisions_markdown(section, plots):
@@ -272,7 +281,7 @@ def summary_markdown(results):
              "|---|---|---|---|---|"]
     for v in verdicts:
         lines.append(f"| {v['experiment']} | {v['dataset']} | {v['claim']} | "
-                     f"{v['difference']:+.4f} ± {v['std']:.4f} | {v['verdict']} |")
+                     f"{_difference(v)} | {v['verdict']} |")
     lines.append("")
     lines += ["In short:", ""]
     for experiment, label in (("collisions", "Collisionless beats collision hashing"),

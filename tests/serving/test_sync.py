@@ -412,3 +412,58 @@ def test_sync_over_kafka(tmp_path):
             publisher.close()
     finally:
         broker.stop()
+
+
+def _sync_records(log, topic="sync"):
+    from monolith_tf.serving.sync_format import decode
+
+    consumer = log.consumer("reader", [topic])
+    try:
+        records = []
+        while True:
+            batch = consumer.poll(1000, 0.2)
+            if not batch:
+                return [decode(r.value) for r in records]
+            records.extend(batch)
+    finally:
+        consumer.close()
+
+
+def test_a_dense_push_due_with_a_row_push_sends_the_rows_first(tmp_path):
+    """Rows and dense weights on the same interval: every dense version
+    follows the rows trained with it (a due row push is never dropped)."""
+    from monolith_tf.serving.export import list_versions
+    from monolith_tf.serving.sync_format import DensePush
+
+    log = open_log({"path": str(tmp_path / "log")})
+    publisher = SyncPublisher(log, str(tmp_path / "models"), sparse_every_secs=None,
+                              dense_every_secs=None, sparse_every_data_secs=20,
+                              dense_every_data_secs=20, base_every_secs=10**9)
+    worker = TrainingWorker(ctr_model(), str(tmp_path / "w"), checkpoints=False, verbose=0,
+                            tensorboard=False, tasks=[publisher])
+    worker.train(batches(20, seed=3))   # 4 s of data time per step: a push every 5 steps
+    publisher.close()
+    records = _sync_records(log)
+    dense_at = [i for i, r in enumerate(records) if isinstance(r, DensePush)]
+    assert len(dense_at) == 3                       # data time 20, 40, 60 (of 0..76)
+    for i in dense_at:
+        assert not isinstance(records[i - 1], DensePush)
+        assert records[i - 1].step == records[i].step and len(records[i - 1].ids) > 0
+    # The base at begin (nothing yet), three with the dense ones, one at finish.
+    assert publisher.totals["pushes"] == 5
+    assert list_versions(str(tmp_path / "models")) == [1]
+
+
+def test_base_on_begin_false_exports_nothing(tmp_path):
+    from monolith_tf.serving.export import list_versions
+
+    log = open_log({"path": str(tmp_path / "log")})
+    publisher = SyncPublisher(log, str(tmp_path / "models"), sparse_every_secs=None,
+                              dense_every_secs=None, sparse_every_data_secs=20,
+                              base_on_begin=False)
+    worker = TrainingWorker(ctr_model(), str(tmp_path / "w"), checkpoints=False, verbose=0,
+                            tensorboard=False, tasks=[publisher])
+    worker.train(batches(6, seed=4))
+    publisher.close()
+    assert list_versions(str(tmp_path / "models")) == []
+    assert publisher.totals["rows"] > 0 and publisher.totals["bases"] == 0
