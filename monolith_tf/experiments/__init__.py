@@ -34,10 +34,15 @@ def collision_setups(quick=False):
                 CollisionSetup("synthetic Zipf (small)", zipf_split(200_000, **synthetic),
                                epochs=1, batch_size=1024, dim=8,
                                arms={"exact": None, "50%": 0.5})]
+    long_tail = {"exponent": 1.2, "bias": 1.0, "interaction": 1.5}
     return [CollisionSetup("ml-100k", ml100k_split(), epochs=5),
             CollisionSetup("synthetic Zipf (1M-id user space, 10k items)",
                            zipf_split(1_000_000, **synthetic), epochs=2, batch_size=1024,
-                           dim=8)]
+                           dim=8),
+            # Both fields long-tailed: where collisions should hardly cost.
+            CollisionSetup("synthetic Zipf long tail (1M users, 1M items)",
+                           zipf_split(1_000_000, **long_tail), epochs=2, batch_size=1024,
+                           dim=8, arms={"exact": None, "10%": 0.10, "50%": 0.50})]
 
 
 def online_setups(quick=False):

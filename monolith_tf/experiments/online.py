@@ -176,4 +176,9 @@ def run_seed(setup, seed, workdir=None, verbose=False):
         if own_dir:
             shutil.rmtree(workdir, ignore_errors=True)
     results["_window_edges"] = [int(e) for e in edges]
+    # How new the online part is to the batch model: share of its examples
+    # whose user (first field) / item (second field) the batch part never had.
+    results["_unseen_share"] = {
+        name: float(np.mean(~np.isin(online_part[name], batch_part[name])))
+        for name in setup.categorical[:2]}
     return results

@@ -13,7 +13,8 @@ import platform
 
 import numpy as np
 
-from monolith_tf.experiments.stats import SIGMAS, compare, format_mean_std, mean_std
+from monolith_tf.experiments.stats import (DOES_NOT_HOLD, HOLDS, SIGMAS, WITHIN_NOISE, compare,
+                                           format_mean_std, mean_std)
 
 JSON_NAME, MARKDOWN_NAME = "experiments.json", "experiments.md"
 
@@ -300,10 +301,140 @@ def summary_markdown(results):
     return lines
 
 
-def write(results, out_dir, notes=()):
+def _lookup(results, experiment, dataset_prefix, claim):
+    for v in results["verdicts"]:
+        if (v["experiment"] == experiment and v["dataset"].startswith(dataset_prefix)
+                and v["claim"] == claim):
+            return v
+    return None
+
+
+def _cost_sentence(costs):
+    """Which memory-control settings cost AUC beyond noise, in words."""
+    costs = [v for v in costs if v]
+    real = [v["worse"] for v in costs if v["verdict"] == HOLDS]
+    gain = [v["worse"] for v in costs if v["verdict"] == DOES_NOT_HOLD]
+    noise = [v["worse"] for v in costs if v["verdict"] == WITHIN_NOISE]
+    parts = []
+    if real:
+        parts.append("a real AUC cost (beyond 3 σ) here: " + "; ".join(real))
+    if noise:
+        parts.append("an AUC difference within noise: " + "; ".join(noise))
+    if gain:
+        parts.append("a better AUC than the baseline (beyond 3 σ): " + "; ".join(gain))
+    return ("Over these seeds, " + ". ".join(parts) + ".") if parts else ""
+
+
+def _said(v):
+    """``"−0.0031 ± 0.0009, holds"`` of a verdict (or "not run")."""
+    return f"{_difference(v)}, {v['verdict']}" if v else "not run"
+
+
+def discussion(results):
+    """Paragraphs on what the numbers mean here and why (markdown)."""
+    out = []
+    if "collisions" in results:
+        ml = {arm: _lookup(results, "collisions", "ml-100k",
+                           f"collisionless beats {arm} collisions")
+              for arm in ("paper rates", "10%", "25%", "50%")}
+        syn = {arm: _lookup(results, "collisions", "synthetic Zipf (",
+                            f"collisionless beats {arm} collisions")
+               for arm in ("paper rates", "10%", "50%")}
+        tail = _lookup(results, "collisions", "synthetic Zipf long tail",
+                       "collisionless beats 50% collisions")
+        tail_10 = _lookup(results, "collisions", "synthetic Zipf long tail",
+                          "collisionless beats 10% collisions")
+        out.append(
+            "**Collisionless vs hashing.** On ml-100k the collisionless table leads by "
+            f"{_said(ml['paper rates'])} at the paper's rates, {_said(ml['10%'])} at 10% "
+            f"and {_said(ml['50%'])} at 50% (last-epoch AUC, exact − hashed). ml-100k has "
+            "943 users and 1,682 movies for 100k ratings, so nearly every id is trained "
+            "many times and a shared bucket averages two trained rows: the loss grows with "
+            "the rate. It is small at the paper's rates, as in the paper's own Fig. 7. "
+            "The synthetic set shows where collisions cost and where they do not: its "
+            "user field is a 1M-id space drawn Zipf(1.1) (about 130k distinct users per "
+            "run, most seen once or twice), so a well-trained user nearly always shares "
+            "its bucket with a rarely seen id whose few updates hardly move the row; its "
+            "item field (10k items drawn Zipf(0.5), about 90 examples each per epoch) is "
+            "all trained rows, and there a collision merges two items' biases and "
+            f"vectors. Exact − hashed: {_said(syn['paper rates'])} at the paper's rates, "
+            f"{_said(syn['10%'])} at 10%, {_said(syn['50%'])} at 50%. Hashing costs in "
+            "proportion to the traffic on ids that share a bucket with another *trained* "
+            "id: little on long-tail fields, much on mid-cardinality fields whose ids are "
+            "all well trained." + (
+                " With both fields long-tailed (1M users and 1M items, Zipf(1.2)) the "
+                f"cost of 50% collisions is {_said(tail)}, of 10% {_said(tail_10)}."
+                if tail else ""))
+    if "online" in results:
+        ml_batch = _lookup(results, "online", "ml-100k", "online (sync 1 h) beats batch")
+        ml_interval = _lookup(results, "online", "ml-100k", "sync 1 h beats sync 1 d")
+        ml_long = _lookup(results, "online", "ml-100k", "sync 1 d beats sync 10 d")
+        syn_batch = _lookup(results, "online", "synthetic", "online (sync 10 min) beats batch")
+        syn_short = _lookup(results, "online", "synthetic", "sync 10 min beats sync 1 h")
+        syn_long = _lookup(results, "online", "synthetic", "sync 1 h beats sync 10 h")
+        online_verdicts = [v for v in results["verdicts"] if v["experiment"] == "online"]
+        agree = all(v["difference"] > 0 for v in online_verdicts)
+        unseen = {}
+        for dataset, section in results["online"].items():
+            shares = [seed["_unseen_share"] for seed in section["per_seed"]
+                      if "_unseen_share" in seed]
+            if shares:
+                unseen[dataset] = {k: np.mean([s[k] for s in shares]) for k in shares[0]}
+        ml_unseen = next((v for d, v in unseen.items() if d.startswith("ml-100k")), None)
+        syn_unseen = next((v for d, v in unseen.items() if d.startswith("synthetic")), None)
+        out.append(
+            "**Online vs batch, and the sync interval.** Online training synced every "
+            f"hour beats the batch model on time-ordered ml-100k ({_said(ml_batch)}), and "
+            f"shorter intervals beat longer ones (1 h vs 1 d: {_said(ml_interval)}; 1 d vs "
+            f"10 d: {_said(ml_long)}). Why it is large here: in ml-100k's second half by "
+            f"time, {ml_unseen['user_id'] if ml_unseen else 0.87:.0%} of the ratings come "
+            "from users absent from the first half, and 98% "
+            "of a user's consecutive ratings are less than an hour apart (users rate in "
+            "sessions), so a replica synced hourly serves rows learnt earlier in the same "
+            "session while one synced daily serves the session's users as unknown ids. "
+            "On the synthetic drifting stream (new items born at the head of the "
+            "popularity curve, "
+            f"{syn_unseen['C2'] if syn_unseen else 0.76:.0%} of the online part's traffic "
+            "on items the batch part never saw; users' preferences turning once a day) "
+            "online beats batch "
+            f"by {_said(syn_batch)}; 10 min vs 1 h: {_said(syn_short)}; 1 h vs 10 h: "
+            f"{_said(syn_long)}. The paper's Criteo gaps (Table 2) are smaller, 0.2-0.4 "
+            "AUC points for online vs batch and 0.02-0.14 points between its intervals: "
+            "Criteo's days are stationary next to a stream where most traffic is new "
+            "users or new items, and where the interval is a larger fraction of an id's "
+            "lifetime. " + ("The direction of every comparison agrees with the paper."
+                            if agree else "Not every comparison points the paper's way: "
+                            "see the tables."))
+    if "memory" in results:
+        per_seed = results["memory"]["per_seed"]
+        configs = list(per_seed[0])
+        base = configs[0]
+
+        def rows(config):
+            return np.mean([seed[config]["rows"] for seed in per_seed])
+
+        cut = ", ".join(f"{c}: {rows(c) / rows(base):.0%} of the rows" for c in configs[1:])
+        costs = [_lookup(results, "memory", "", f"{c} costs AUC against {base}")
+                 for c in configs[1:]]
+        out.append(
+            f"**Admission and expiry.** Against {base} ({rows(base):,.0f} rows): {cut}. "
+            "AUC cost (baseline − configuration): "
+            + "; ".join(f"{v['worse']}: {_said(v)}" for v in costs if v)
+            + ". A threshold k keeps an id out until it has been seen k times, so the "
+            "one-off ids of the long tail never take a row; what it gives up is the first "
+            "k updates of the ids that do return. Expiry removes ids idle for 30 steps, "
+            "mostly items the drifting catalogue left behind. "
+            + _cost_sentence(costs)
+            + " Memory (the table's own counter) includes the admission filter's fixed "
+            "sketch and the arena's 65,536-entry chunks, so it shrinks less than the rows "
+            "at this size.")
+    return out
+
+
+def write(results, out_dir, notes=None):
     """Writes the JSON, the plots and the markdown into ``out_dir``;
     returns the markdown path. ``notes``: paragraphs (markdown) placed
-    after the verdicts: what the numbers mean here and why."""
+    after the verdicts (default ``discussion(results)``)."""
     os.makedirs(out_dir, exist_ok=True)
     prefix = "experiments_quick" if results["meta"]["quick"] else "experiments"
     plots = {}
@@ -330,7 +461,7 @@ def write(results, out_dir, notes=()):
              f"per-seed values are in `{JSON_NAME if not meta['quick'] else prefix + '.json'}`.",
              ""]
     lines += summary_markdown(results)
-    for note in notes:
+    for note in (discussion(results) if notes is None else notes):
         lines += [note, ""]
     if "collisions" in results:
         lines += collisions_markdown(results["collisions"],
