@@ -152,7 +152,7 @@ print(f"progressive AUC over the whole stream: {auc(labels, scores):.4f}")"""),
 edges = np.linspace(times.min(), times.max() + 1, 15)
 window = window_aucs(labels, scores, times, edges)
 sizes = np.array(table_size.points, np.float64)
-lags = np.array([(t, t - r) for t, r in progressive.lags if r is not None], np.float64)
+lags = np.array([(t, t - r) for t, r in progressive.lags() if r is not None], np.float64)
 
 fig, (left, middle, right) = plt.subplots(1, 3, figsize=(13, 3.4))
 left.plot(days((edges[:-1] + edges[1:]) / 2), window, marker="o")

@@ -2,18 +2,18 @@
 Table 2 protocol, through this project's real training, sync and serving).
 
 Per seed: the examples are in time order; a model trains in batch on the
-first ``batch_fraction`` of them. Then each arm starts from that model:
+first ``batch_fraction`` of them; its export is the base version every
+serving replica starts from. Then the rest streams through the
+``TrainingWorker`` once, and each batch is scored by every replica before
+the worker trains on it (``ProgressiveValidation``):
 
-- ``batch only``: a serving replica serves the batch model and is never
-  synced; it scores the rest of the stream.
-- ``sync every D``: the rest streams through the ``TrainingWorker``; a
-  ``SyncPublisher`` pushes touched rows and the dense weights every D
-  seconds of *data time* to a sync topic; a ``Replica`` (model server +
-  subscriber) applies them. Each batch is scored by the replica before the
-  worker trains on it (``ProgressiveValidation``).
+- ``batch only``: a replica that is never synced (it serves the batch model);
+- ``sync every D``: a replica (model server + subscriber) following a sync
+  topic that receives the trainer's touched rows and dense weights every D
+  seconds of *data time*: the ``SyncPublisher``'s own topic for the
+  shortest D, a ``ScheduledRelay`` of it for the longer ones.
 
-The score of an arm is the AUC over every example of the online part.
-"""
+The score of an arm is the AUC over every example of the online part."""
 
 import os
 import shutil
@@ -28,9 +28,8 @@ from monolith_tf.experiments import data as datasets
 from monolith_tf.experiments.models import deepfm
 from monolith_tf.experiments.progressive import ProgressiveValidation, Replica
 from monolith_tf.experiments.stats import auc
-from monolith_tf.layers import model_tables
 from monolith_tf.streaming import open_log
-from monolith_tf.sync_publisher import SyncPublisher
+from monolith_tf.sync_publisher import SyncPublisher, SyncSchedule
 from monolith_tf.training import TrainingWorker
 
 BATCH_ONLY = "batch only"
@@ -71,29 +70,6 @@ def _batches(examples, features, batch_size):
     return tf.data.Dataset.from_tensor_slices((x, examples["label"])).batch(batch_size)
 
 
-def _optimizer_variables(model):
-    variables = model.optimizer.variables
-    return variables() if callable(variables) else variables
-
-
-def capture(model):
-    """The model's full training state: weights (data time and update
-    counters included), dense optimizer slots and every table's rows."""
-    return {"weights": model.get_weights(),
-            "optimizer": [v.numpy() for v in _optimizer_variables(model)],
-            "tables": {name: {k: v.numpy() for k, v in table.export().items()}
-                       for name, table in model_tables(model).items()}}
-
-
-def restore(model, state):
-    """Puts back what ``capture`` returned."""
-    model.set_weights(state["weights"])
-    for variable, value in zip(_optimizer_variables(model), state["optimizer"]):
-        variable.assign(value)
-    for name, table in model_tables(model).items():
-        table.import_rows(**state["tables"][name], clear=True)
-
-
 def window_aucs(labels, scores, times, edges):
     """AUC of the examples in each data-time window [edges[i], edges[i+1])."""
     out = []
@@ -103,10 +79,66 @@ def window_aucs(labels, scores, times, edges):
     return out
 
 
+class ScheduledRelay:
+    """Step task: every ``every_data_secs`` of data time, brings the sync
+    topic up to date (a row and dense push of ``publisher`` at this step)
+    and forwards every record since its previous forward from the
+    publisher's topic to ``topic``. A replica following ``topic`` thus
+    receives, at the same moments, exactly the state a publisher on that
+    schedule would push (records hold full row values and are applied in
+    order), while one training run feeds the replicas of every interval:
+    their comparison is free of run-to-run training noise."""
+
+    def __init__(self, log, publisher, topic, every_data_secs):
+        self.log, self.publisher, self.topic = log, publisher, topic
+        self.schedule = SyncSchedule(None, every_data_secs)
+        self.forwards = 0
+        self._consumer = self._producer = None
+        self._forwarded = 0
+
+    def begin(self, worker):
+        if self.topic not in self.log.topics():
+            self.log.create_topic(self.topic, 1)
+        self._consumer = self.log.consumer(f"relay-{self.topic}", [self.publisher.topic])
+        self._producer = self.log.producer()
+        self.schedule.done(worker)
+
+    def after_step(self, worker):
+        if self.schedule.due(worker):
+            self.forward(worker)
+
+    def finish(self, worker):
+        self.forward(worker)
+
+    def forward(self, worker):
+        self.publisher.push_rows(worker)
+        self.publisher.push_dense(worker)
+        end = self.log.end_offsets(self.publisher.topic).get(0, 0)
+        while self._forwarded < end:
+            for record in self._consumer.poll(1000, 0.05):
+                self._producer.produce(self.topic, record.value, key=record.key, partition=0)
+                self._forwarded = record.offset + 1
+        self._producer.flush()
+        self.forwards += 1
+        self.schedule.done(worker)
+
+    def close(self):
+        for client in (self._consumer, self._producer):
+            if client is not None:
+                client.close()
+
+
 def run_seed(setup, seed, workdir=None, verbose=False):
     """Runs every arm of ``setup`` on one seed; returns ``{arm: result}``
     with ``auc`` (whole online part), ``window_auc`` (per data-time window),
-    ``pushes`` and ``rows_pushed``."""
+    ``pushes`` (records forwarded to the arm's replica, in pushes) and
+    ``rows_pushed`` (the publisher's, shared by all synced arms).
+
+    One training run serves every arm: the publisher pushes on the shortest
+    interval to the ``sync`` topic; a ``ScheduledRelay`` per longer interval
+    forwards that stream on its own schedule; each arm's replica (model
+    server + subscriber) follows its topic, and the batch-only replica
+    follows none. Every batch is scored by all replicas, then trained."""
     features = list(setup.categorical) + list(setup.dense) + ["timestamp"]
     examples = setup.examples(seed) if callable(setup.examples) else setup.examples
     cut = int(len(examples["label"]) * setup.batch_fraction)
@@ -123,58 +155,49 @@ def run_seed(setup, seed, workdir=None, verbose=False):
     quiet = {"checkpoints": False, "tensorboard": False, "verbose": 0}
     TrainingWorker(model, os.path.join(workdir, "batch"), **quiet).train(
         _batches(batch_part, features, setup.batch_size))
-    trained_in_batch = capture(model)
-    # Online arms first: the first one's publisher exports the batch model as
-    # the base; the other arms (and the never-synced one) start from a copy
-    # of it, so each seed pays for one export.
-    arms = list(zip(arm_names(setup), [None] + list(setup.intervals)))
-    arms = arms[1:] + arms[:1]
-    first_base = None
-    results = {}
+
+    names = arm_names(setup)
+    intervals = sorted(setup.intervals)
+    log = open_log({"path": os.path.join(workdir, "log")})
+    base_path = os.path.join(workdir, "models")
+    # The base version (the batch model) is exported when training begins.
+    publisher = SyncPublisher(log, base_path, sparse_every_secs=None, dense_every_secs=None,
+                              sparse_every_data_secs=intervals[0],
+                              dense_every_data_secs=intervals[0], base_every_secs=NEVER)
+    publisher.connect()
+    relays = {interval_name(d): ScheduledRelay(log, publisher, f"sync_every_{d}", d)
+              for d in intervals[1:]}
+    replicas = {BATCH_ONLY: Replica(base_path, log, follow=False),
+                interval_name(intervals[0]): Replica(base_path, log, topic=publisher.topic)}
+    replicas.update({name: Replica(base_path, log, topic=relay.topic)
+                     for name, relay in relays.items()})
+    source = ProgressiveValidation(
+        DatasetSource(_batches(online_part, features, setup.batch_size)), replicas)
     try:
-        for arm, interval in arms:
-            restore(model, trained_in_batch)
-            arm_dir = os.path.join(workdir, arm.replace(" ", "_"))
-            log = open_log({"path": os.path.join(arm_dir, "log")})
-            base_path = os.path.join(arm_dir, "models")
-            if first_base is not None:
-                shutil.copytree(first_base, os.path.join(base_path, "1"))
-            replica = Replica(base_path, log, follow=interval is not None)
-            source = ProgressiveValidation(
-                DatasetSource(_batches(online_part, features, setup.batch_size)), replica)
-            publisher = None
-            try:
-                if interval is None:
-                    replica.start()
-                    source.score_only()
-                else:
-                    publisher = SyncPublisher(
-                        log, base_path, sparse_every_secs=None, dense_every_secs=None,
-                        sparse_every_data_secs=interval, dense_every_data_secs=interval,
-                        base_every_secs=NEVER, base_on_begin=first_base is None)
-                    publisher.connect()
-                    replica.start()
-                    TrainingWorker(model, os.path.join(arm_dir, "worker"), tasks=[publisher],
-                                   **quiet).train(source)
-            finally:
-                replica.stop()
-                if publisher is not None:
-                    publisher.close()
-            if first_base is None:
-                first_base = os.path.join(workdir, "batch_model_base")
-                shutil.copytree(os.path.join(base_path, "1"), first_base)
-            labels, scores, stamps = source.results()
-            results[arm] = {"auc": auc(labels, scores),
-                            "window_auc": window_aucs(labels, scores, stamps, edges),
-                            "examples": int(labels.size),
-                            "pushes": publisher.totals["pushes"] if publisher else 0,
-                            "rows_pushed": publisher.totals["rows"] if publisher else 0}
-            if verbose:
-                print(f"  {setup.name} seed {seed} {arm}: AUC {results[arm]['auc']:.4f} "
-                      f"({results[arm]['pushes']} pushes)", flush=True)
+        for replica in replicas.values():
+            replica.start()
+        TrainingWorker(model, os.path.join(workdir, "online"),
+                       tasks=[publisher] + list(relays.values()), **quiet).train(source)
     finally:
+        for replica in replicas.values():
+            replica.stop()
+        for relay in relays.values():
+            relay.close()
+        publisher.close()
         if own_dir:
             shutil.rmtree(workdir, ignore_errors=True)
+    results = {}
+    for arm in names:
+        labels, scores, stamps = source.results(arm)
+        pushes = (0 if arm == BATCH_ONLY else relays[arm].forwards if arm in relays
+                  else publisher.totals["pushes"])
+        results[arm] = {"auc": auc(labels, scores),
+                        "window_auc": window_aucs(labels, scores, stamps, edges),
+                        "examples": int(labels.size), "pushes": pushes,
+                        "rows_pushed": publisher.totals["rows"] if arm != BATCH_ONLY else 0}
+        if verbose:
+            print(f"  {setup.name} seed {seed} {arm}: AUC {results[arm]['auc']:.4f} "
+                  f"({pushes} pushes)", flush=True)
     results["_window_edges"] = [int(e) for e in edges]
     # How new the online part is to the batch model: share of its examples
     # whose user (first field) / item (second field) the batch part never had.

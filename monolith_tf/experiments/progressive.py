@@ -85,16 +85,21 @@ class Replica:
 
 class ProgressiveValidation:
     """A training-worker ``DataSource`` around ``source`` whose batches are
-    each scored by ``replica`` before the worker trains on them (module
-    doc). Batches are ``(features, label)``; ``timestamp_feature`` (seconds)
-    dates them. ``restore`` is a no-op: a progressive run starts where its
-    source starts."""
+    each scored by every replica of ``replicas`` (one ``Replica``, or a
+    dict ``{name: Replica}``: several replicas on different sync schedules
+    of the same training run) before the worker trains on them (module
+    doc). Batches are ``(features, label)``; ``timestamp_feature``
+    (seconds) dates them. ``restore`` is a no-op: a progressive run starts
+    where its source starts."""
 
-    def __init__(self, source, replica, timestamp_feature="timestamp"):
-        self.source, self.replica = source, replica
+    def __init__(self, source, replicas, timestamp_feature="timestamp"):
+        self.source = source
+        self.replicas = replicas if isinstance(replicas, dict) else {"replica": replicas}
         self.timestamp_feature = timestamp_feature
-        self._labels, self._scores, self._times = [], [], []
-        self.lags = []   # (batch data time, replica's newest applied data time)
+        self._labels, self._times = [], []
+        self._scores = {name: [] for name in self.replicas}
+        # (batch data time, the replica's newest applied data time) per batch.
+        self._lags = {name: [] for name in self.replicas}
 
     # --------------------------------------------------------- data source
 
@@ -134,20 +139,20 @@ class ProgressiveValidation:
             yield batch
 
     def score_batch(self, features, labels):
-        """Scores one batch through the replica and records it."""
-        if not self._scores:
-            self.replica.wait_for_version()
-        self.replica.catch_up()
+        """Scores one batch through every replica and records it."""
         features = {k: v for k, v in features.items() if k != POSITION_KEY}
-        self._scores.append(self.replica.score(features))
-        self._labels.append(np.asarray(labels, np.float32).ravel())
         times = np.asarray(features[self.timestamp_feature], np.int64)
+        for name, replica in self.replicas.items():
+            if not self._scores[name]:
+                replica.wait_for_version()
+            replica.catch_up()
+            self._scores[name].append(replica.score(features))
+            self._lags[name].append((int(times.max()), replica.data_time))
+        self._labels.append(np.asarray(labels, np.float32).ravel())
         self._times.append(times)
-        self.lags.append((int(times.max()), self.replica.data_time))
 
     def score_only(self):
-        """Scores every batch of the source without training (the arm that
-        never syncs)."""
+        """Scores every batch of the source without training."""
         self.source.begin()
         while True:
             segment = self.source.next_segment()
@@ -159,9 +164,23 @@ class ProgressiveValidation:
             if not self.source.segment_ended(True):
                 return
 
-    def results(self):
-        """(labels, scores, data times) of every example scored so far."""
-        if not self._scores:
+    def _name(self, name):
+        if name is None:
+            if len(self.replicas) != 1:
+                raise ValueError(f"name one of the replicas {sorted(self.replicas)}")
+            return next(iter(self.replicas))
+        return name
+
+    def results(self, name=None):
+        """(labels, scores, data times) of every example scored so far, the
+        scores of replica ``name`` (may be left out with one replica)."""
+        name = self._name(name)
+        if not self._labels:
             return np.zeros(0, np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64)
-        return (np.concatenate(self._labels), np.concatenate(self._scores),
+        return (np.concatenate(self._labels), np.concatenate(self._scores[name]),
                 np.concatenate(self._times))
+
+    def lags(self, name=None):
+        """[(batch data time, replica's newest applied data time or None)]
+        per scored batch, of replica ``name``."""
+        return list(self._lags[self._name(name)])

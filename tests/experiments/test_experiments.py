@@ -17,9 +17,7 @@ import tensorflow as tf
 from monolith_tf.data_source import DatasetSource
 from monolith_tf.experiments import data, stats
 from monolith_tf.experiments.models import deepfm
-from monolith_tf.experiments.online import capture, restore
 from monolith_tf.experiments.progressive import ProgressiveValidation, Replica
-from monolith_tf.layers import model_tables
 from monolith_tf.streaming import open_log
 from monolith_tf.sync_publisher import SyncPublisher
 from monolith_tf.training import TrainingWorker
@@ -145,32 +143,6 @@ def _dataset(examples, batch):
     return tf.data.Dataset.from_tensor_slices((x, examples["label"])).batch(batch)
 
 
-def test_capture_and_restore_bring_back_weights_optimizer_and_rows(tmp_path):
-    tf.keras.backend.clear_session()
-    model = deepfm(["user_id", "item_id"], dim=4, seed=1)
-    worker_options = {"checkpoints": False, "tensorboard": False, "verbose": 0}
-    TrainingWorker(model, str(tmp_path / "a"), **worker_options).train(
-        _dataset(_tiny_examples(256, 0), 32))
-    state = capture(model)
-    probe = {k: v[:64] for k, v in _tiny_examples(256, 0).items() if k != "label"}
-    before = model.predict(probe, verbose=0)
-    TrainingWorker(model, str(tmp_path / "b"), **worker_options).train(
-        _dataset(_tiny_examples(512, 5), 32))
-    assert not np.allclose(model.predict(probe, verbose=0), before)
-    assert len(model.optimizer.variables) > 1
-    restore(model, state)
-    np.testing.assert_array_equal(model.predict(probe, verbose=0), before)
-    for name, table in model_tables(model).items():
-        rows = {k: v.numpy() for k, v in table.export().items()}
-        order, want = np.argsort(rows["keys"]), state["tables"][name]
-        want_order = np.argsort(want["keys"])
-        np.testing.assert_array_equal(rows["keys"][order], want["keys"][want_order])
-        np.testing.assert_array_equal(rows["values"][order], want["values"][want_order])
-        np.testing.assert_array_equal(rows["state"][order], want["state"][want_order])
-    for variable, value in zip(model.optimizer.variables, state["optimizer"]):
-        np.testing.assert_array_equal(variable.numpy(), value)
-
-
 def _progressive_run(tmp_path, examples, sync_every_data_secs, batch=16):
     tf.keras.backend.clear_session()
     model = deepfm(["user_id", "item_id"], dim=4, seed=2, learning_rate=0.5)
@@ -218,6 +190,60 @@ def test_synced_rows_reach_the_replica_and_unsynced_ones_do_not(tmp_path):
     assert np.ptp(synced.reshape(6, 16)[0]) == 0           # first batch: unseen ids
     assert np.all(np.ptp(synced.reshape(6, 16)[1:], axis=1) > 0)
     assert np.all(np.ptp(stale.reshape(6, 16), axis=1) == 0)
+
+
+def test_a_relayed_replica_lags_on_its_schedule_and_ends_equal_to_the_trainer(tmp_path):
+    """One training run, two replicas: one on the publisher's topic (a push
+    every step), one on a relay forwarding every 3 steps' worth of data
+    time. The relayed one lags more while training and both end with the
+    trainer's rows."""
+    from monolith_tf.experiments.online import ScheduledRelay
+    from monolith_tf.experiments.progressive import MODEL_NAME
+
+    tf.keras.backend.clear_session()
+    model = deepfm(["user_id", "item_id"], dim=4, seed=3)
+    log = open_log({"path": str(tmp_path / "log")})
+    base = str(tmp_path / "models")
+    publisher = SyncPublisher(log, base, sparse_every_secs=None, dense_every_secs=None,
+                              sparse_every_data_secs=1, dense_every_data_secs=1,
+                              base_every_secs=10**9)
+    publisher.connect()
+    relay = ScheduledRelay(log, publisher, "sync_coarse", every_data_secs=480)
+    replicas = {"fine": Replica(base, log), "coarse": Replica(base, log, topic="sync_coarse")}
+    source = ProgressiveValidation(DatasetSource(_dataset(_tiny_examples(320, 1), 16)), replicas)
+    worker = TrainingWorker(model, str(tmp_path / "w"), checkpoints=False, tensorboard=False,
+                            verbose=0, tasks=[publisher, relay])
+    try:
+        for replica in replicas.values():
+            replica.start()
+        worker.train(source)
+        for replica in replicas.values():
+            replica.catch_up()
+            servable = replica.server.manager.servable(MODEL_NAME)
+            for name, table in worker.tables.items():
+                rows = table.export()
+                keys, values = rows["keys"].numpy(), rows["values"].numpy()
+                order = np.argsort(keys)
+                got_keys, got_values = servable.table_rows(name)
+                np.testing.assert_array_equal(got_keys, keys[order])
+                np.testing.assert_array_equal(got_values, values[order])
+    finally:
+        for replica in replicas.values():
+            replica.stop()
+        relay.close()
+        publisher.close()
+
+    def mean_lag(name):
+        return np.mean([t - r for t, r in source.lags(name)[1:]])
+
+    assert mean_lag("fine") == 160          # one batch of data time: pushed every step
+    assert mean_lag("coarse") > 1.5 * mean_lag("fine")
+    assert relay.forwards < publisher.totals["pushes"]
+    labels, fine, _ = source.results("fine")
+    _, coarse, _ = source.results("coarse")
+    assert labels.size == fine.size == coarse.size == 320
+    with pytest.raises(ValueError, match="name one of the replicas"):
+        source.results()
 
 
 # ------------------------------------------------------------ reduced runs
