@@ -90,7 +90,7 @@ def train_arm(setup, train, test, seed):
         len(train["label"]), seed=seed).batch(setup.batch_size)
     per_epoch = []
     for _ in range(setup.epochs):
-        model.fit(shuffled, epochs=1, verbose=0)
+        model.fit(shuffled, epochs=1, verbose=0, shuffle=False)  # shuffled above
         scores = model.predict(test_x, batch_size=8192, verbose=0).ravel()
         per_epoch.append(auc(test["label"], scores))
     return per_epoch
