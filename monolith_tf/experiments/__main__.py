@@ -97,7 +97,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.experiment == "report":
         out = os.path.abspath(args.out)
-        print("wrote", report.write(report.load(out, quick=args.quick), out))
+        results = report.rejudge(report.load(out, quick=args.quick))
+        print("wrote", report.write(results, out))
         return
     which = EXPERIMENTS if args.experiment == "all" else (args.experiment,)
     command = "python -m monolith_tf.experiments " + " ".join(

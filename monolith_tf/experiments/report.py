@@ -181,7 +181,24 @@ def _difference(v):
 
 
 def _verdict_cell(v):
-    return f"{_difference(v)} ({v['sigmas']:+.1f} σ): **{v['verdict']}**"
+    seeds = f", {v['seeds_better']}/{v['seeds']} seeds" if "seeds" in v else ""
+    return f"{_difference(v)} ({v['sigmas']:+.1f} σ{seeds}): **{v['verdict']}**"
+
+
+def rejudge(results):
+    """Recomputes every verdict from the per-seed values (the ``report``
+    command: a report always follows this module's current rules)."""
+    for dataset, section in results.get("collisions", {}).items():
+        section["verdicts"] = collision_verdicts(dataset, section["per_seed"])
+    for dataset, section in results.get("online", {}).items():
+        section["verdicts"] = online_verdicts(dataset, section["arms"], section["per_seed"])
+    if "memory" in results:
+        results["memory"]["verdicts"] = memory_verdicts(results["memory"]["per_seed"])
+    results["verdicts"] = (
+        [v for s in results.get("collisions", {}).values() for v in s["verdicts"]]
+        + [v for s in results.get("online", {}).values() for v in s["verdicts"]]
+        + results.get("memory", {}).get("verdicts", []))
+    return results
 
 
 def collisions_markdown(section, plots):
@@ -214,16 +231,21 @@ def collisions_markdown(section, plots):
 
 def online_markdown(section, plots):
     lines = ["## 2. Online vs batch training, and the sync interval (paper Table 2)", "",
-             "A model trained in batch on the first part of the time-ordered data; then the "
-             "rest streams through the training worker while the sync publisher pushes "
-             "touched rows and dense weights every D seconds of data time to a serving "
-             "replica (a model server following the sync stream). Every example is scored "
-             "by the replica before it is trained on (progressive validation); AUC over "
+             "A model trained in batch on the first part of the time-ordered data is "
+             "exported as the base version every serving replica starts from; then the "
+             "rest streams once through the training worker. The sync publisher pushes "
+             "touched rows and dense weights every D seconds of data time (the shortest D) "
+             "to the sync topic; for each longer D a relay forwards that stream on D's "
+             "schedule to a topic of its own; each arm's replica (a model server following "
+             "its topic) applies it, and the batch-only replica follows nothing. Every "
+             "example is scored by every replica before it is trained on (progressive "
+             "validation), so the arms differ only in how fresh their replica is. AUC over "
              "the online part, mean ± std over seeds; Δ paired by seed.", ""]
     for dataset, result in section.items():
         per_seed, arms = result["per_seed"], result["arms"]
         lines += [f"### {dataset} ({len(per_seed)} seeds: {result['seeds']})", "",
-                  "| arm | progressive AUC | arm − batch only | sync pushes | rows pushed |",
+                  "| arm | progressive AUC | arm − batch only | pushes the replica got | "
+                  "rows pushed by the trainer |",
                   "|---|---|---|---|---|"]
         judged = {v["better"]: v for v in result["verdicts"] if v["worse"] == arms[0]}
         for arm in arms:
@@ -278,11 +300,13 @@ def summary_markdown(results):
              f"A claim **holds** when its paired per-seed difference exceeds {SIGMAS:g} "
              "standard deviations (of the per-seed differences) in the claimed direction, "
              "**does not hold** when it does so the other way, and is **within noise** "
-             "otherwise.", "", "| experiment | dataset | claim | Δ (mean ± std) | verdict |",
-             "|---|---|---|---|---|"]
+             "otherwise. \"Seeds\" counts the seeds on which the claimed side came out "
+             "ahead.", "", "| experiment | dataset | claim | Δ (mean ± std) | seeds | verdict |",
+             "|---|---|---|---|---|---|"]
     for v in verdicts:
+        seeds = f"{v['seeds_better']}/{v['seeds']}" if "seeds" in v else "—"
         lines.append(f"| {v['experiment']} | {v['dataset']} | {v['claim']} | "
-                     f"{_difference(v)} | {v['verdict']} |")
+                     f"{_difference(v)} | {seeds} | {v['verdict']} |")
     lines.append("")
     lines += ["In short:", ""]
     for experiment, label in (("collisions", "Collisionless beats collision hashing"),
@@ -322,12 +346,15 @@ def _cost_sentence(costs):
         parts.append("an AUC difference within noise: " + "; ".join(noise))
     if gain:
         parts.append("a better AUC than the baseline (beyond 3 σ): " + "; ".join(gain))
-    return ("Over these seeds, " + ". ".join(parts) + ".") if parts else ""
+    return ("Over these seeds: " + "; ".join(parts) + ".") if parts else ""
 
 
 def _said(v):
-    """``"−0.0031 ± 0.0009, holds"`` of a verdict (or "not run")."""
-    return f"{_difference(v)}, {v['verdict']}" if v else "not run"
+    """``"+0.0031 ± 0.0009 (5/5 seeds), holds"`` of a verdict (or "not run")."""
+    if not v:
+        return "not run"
+    seeds = f" ({v['seeds_better']}/{v['seeds']} seeds)" if "seeds" in v else ""
+    return f"{_difference(v)}{seeds}, {v['verdict']}"
 
 
 def discussion(results):
@@ -425,6 +452,8 @@ def discussion(results):
             "k updates of the ids that do return. Expiry removes ids idle for 30 steps, "
             "mostly items the drifting catalogue left behind. "
             + _cost_sentence(costs)
+            + (" k=1 admits an id at its first occurrence, as k=0 does: the same rows and "
+               "AUC." if any(c.startswith("k=1,") for c in configs) else "")
             + " Memory (the table's own counter) includes the admission filter's fixed "
             "sketch and the arena's 65,536-entry chunks, so it shrinks less than the rows "
             "at this size.")

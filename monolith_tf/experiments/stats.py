@@ -44,7 +44,8 @@ def compare(better, worse, sigmas=SIGMAS):
     """Judges the claim "``better`` > ``worse``" from per-seed values of two
     arms run on the same seeds. Returns a dict: ``difference`` (mean of
     better - worse), ``std`` (of the per-seed differences), ``verdict``
-    (HOLDS, DOES_NOT_HOLD or WITHIN_NOISE) and ``sigmas`` (mean / std)."""
+    (HOLDS, DOES_NOT_HOLD or WITHIN_NOISE), ``sigmas`` (mean / std),
+    ``seeds`` and ``seeds_better`` (on how many seeds better > worse)."""
     better, worse = np.asarray(better, np.float64), np.asarray(worse, np.float64)
     if better.shape != worse.shape or better.size < 2:
         raise ValueError("compare needs the same seeds (>= 2) in both arms")
@@ -59,7 +60,8 @@ def compare(better, worse, sigmas=SIGMAS):
         verdict = DOES_NOT_HOLD
     else:
         verdict = WITHIN_NOISE
-    return {"difference": difference, "std": spread, "sigmas": float(ratio), "verdict": verdict}
+    return {"difference": difference, "std": spread, "sigmas": float(ratio), "verdict": verdict,
+            "seeds": int(better.size), "seeds_better": int((better > worse).sum())}
 
 
 def format_mean_std(values, scale=1.0, digits=4):
