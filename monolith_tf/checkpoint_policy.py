@@ -61,7 +61,8 @@ class CheckpointPolicy:
       model: the compiled Keras model (dense part).
       tables: ``{file name: HashTable}`` (sparse part).
       sparse_schedule / dense_schedule: Schedules of the two kinds.
-      full_every: every n-th sparse save is a full snapshot.
+      full_every: a sparse chain holds at most this many checkpoints (a full
+        snapshot, then deltas); the save after that is full, across restarts too.
       keep_full: full sparse chains to keep; keep_dense: dense checkpoints.
       resume: ``"consistent"``, ``"latest"`` or None.
       warn: called with a message for each checkpoint skipped on resume.
@@ -80,7 +81,7 @@ class CheckpointPolicy:
         self.full_every = int(full_every)
         self.resume = resume
         self._warn = warn
-        self._sparse_saves = 0
+        self._chain_length = 0   # checkpoints in the sparse chain being extended
         # Steps of the newest sparse and dense saves, and the sparse one's path.
         self._sparse_saved, self._dense_saved, self._sparse_path = -1, -1, None
 
@@ -90,9 +91,9 @@ class CheckpointPolicy:
         it; what was saved at this step already is not written again.
         Returns the sparse checkpoint's path."""
         if self._sparse_saved != step:
-            full = self._sparse_saves % self.full_every == 0
+            full = self._chain_length == 0 or self._chain_length >= self.full_every
             self._sparse_path = self.sparse.save(full=full, metadata=metadata)
-            self._sparse_saves += 1
+            self._chain_length = 1 if full else self._chain_length + 1
             self._sparse_saved = step
             self.sparse_schedule.done(step)
         if dense and self._dense_saved != step:
@@ -153,7 +154,10 @@ class CheckpointPolicy:
         self._sparse_saved = step if applied else -1
         self._dense_saved = step if dense_path else -1
         self._sparse_path = applied
-        self._sparse_saves = 1  # the next sparse save is a delta on the restored chain
+        # Continue the restored chain's count, so a full snapshot comes when
+        # the chain holds full_every checkpoints however often the run was
+        # interrupted (restarting the count would let a chain grow unbounded).
+        self._chain_length = len(self.sparse.chain_of(applied)) if applied else 0
         self.sparse_schedule.done(step)
         self.dense_schedule.done(step)
         return metadata
@@ -164,6 +168,9 @@ class CheckpointPolicy:
         ``before_restore`` runs once before the first attempt (the worker
         builds the model's variables there). Raises CheckpointError when
         candidates exist but none restores."""
+        # What an interrupted run left behind goes first.
+        self.sparse.remove_partials()
+        self.dense.remove_temporaries()
         candidates = self.candidates()
         if not candidates:
             return None

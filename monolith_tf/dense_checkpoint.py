@@ -11,6 +11,9 @@ format, written by ``tf.train.CheckpointManager`` (temporary files, then
 rename) and pruned to ``keep`` checkpoints.
 """
 
+import os
+import shutil
+
 import tensorflow as tf
 
 
@@ -64,8 +67,25 @@ class DenseCheckpointer:
                 checkpoint_name="dense")
         return self._manager
 
+    def remove_temporaries(self):
+        """Removes the ``dense-<step>_temp`` directories TensorFlow's saver
+        leaves when a save is interrupted (it writes there, then renames);
+        returns how many. One writer per directory."""
+        if not os.path.isdir(self.directory):
+            return 0
+        leftovers = [name for name in os.listdir(self.directory)
+                     if name.startswith("dense-") and "_temp" in name]
+        for name in leftovers:
+            path = os.path.join(self.directory, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.remove(path)
+        return len(leftovers)
+
     def save(self, step, sparse_sequence=0):
         """Writes a checkpoint for global ``step``; returns its path prefix."""
+        self.remove_temporaries()
         self.step.assign(step)
         self.sparse_sequence.assign(sparse_sequence)
         return self._ensure_manager().save(checkpoint_number=step)

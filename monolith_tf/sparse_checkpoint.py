@@ -215,12 +215,12 @@ class SparseCheckpointer:
         of the rows changed since the previous save; returns its path.
         ``metadata`` (JSON-serializable) is stored in the manifest."""
         os.makedirs(self.directory, exist_ok=True)
+        self.remove_partials()
         existing = list_checkpoints(self.directory)
         sequence = existing[-1][0] + 1 if existing else 1
         kind = "full" if full or self._base is None else "delta"
         final = os.path.join(self.directory, f"sparse-{sequence:08d}-{kind}")
         partial = os.path.join(self.directory, f".partial-{sequence:08d}-{kind}")
-        shutil.rmtree(partial, ignore_errors=True)
         os.makedirs(partial)
         manifest = {"format": FORMAT, "kind": kind, "sequence": sequence,
                     "base": sequence if kind == "full" else self._base,
@@ -235,6 +235,25 @@ class SparseCheckpointer:
             self._base = sequence
             self._prune()
         return final
+
+    def remove_partials(self):
+        """Removes what interrupted saves left (``.partial-*``, whatever
+        their sequence and kind); returns how many. One writer per
+        directory, so none of them is a save in progress."""
+        if not os.path.isdir(self.directory):
+            return 0
+        leftovers = [name for name in os.listdir(self.directory) if name.startswith(".partial-")]
+        for name in leftovers:
+            shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+        return len(leftovers)
+
+    def chain_of(self, path):
+        """The restorable chain that ends with checkpoint ``path`` (the full
+        one, then its deltas up to ``path``); [] if none does."""
+        for chain in self.chains():
+            if path in chain:
+                return chain[:chain.index(path) + 1]
+        return []
 
     def _rows_per_block(self, table):
         if self.chunk_rows:

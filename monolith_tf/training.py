@@ -96,7 +96,8 @@ class TrainingWorker:
         unless a full one is due).
       dense_every_steps / dense_every_secs: dense save schedule (each also
         writes a sparse save).
-      full_every: every n-th sparse save is a full snapshot.
+      full_every: a sparse chain holds at most this many checkpoints (a full
+        snapshot, then deltas); the save after that is full, across restarts too.
       checkpoints: False writes no checkpoint at all (not even at the end)
         and resumes from none; TensorBoard and logging still run.
       keep_full: full sparse chains to keep. keep_dense: dense checkpoints.

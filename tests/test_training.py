@@ -241,6 +241,31 @@ def test_resumed_run_equals_an_uninterrupted_one_in_process(tmp_path):
     assert_same_model(straight, resumed)
 
 
+def test_restarts_leave_no_temporaries_and_chains_stay_within_full_every(tmp_path):
+    """A crash can leave a sparse ``.partial-*`` directory of any sequence
+    and kind and TensorFlow's ``dense-<step>_temp``; the next run removes
+    them. Repeated restarts continue the chain's count, so no chain ever
+    holds more than ``full_every`` checkpoints (restarting the count grew
+    one delta chain per restart)."""
+    from monolith_tf.sparse_checkpoint import SparseCheckpointer
+
+    data = write_ratings(tmp_path / "u.data", 40 * BATCH)
+    run = tmp_path / "run"
+    for restart in range(6):
+        if restart:   # what a SIGKILL inside saves leaves
+            os.makedirs(run / "sparse" / f".partial-{90 + restart:08d}-delta")
+            os.makedirs(run / "sparse" / f".partial-{90 + restart:08d}-full")
+            os.makedirs(run / "dense" / f"dense-{900 + restart}_temp")
+        w = worker(fresh_model(), run, sparse_every_steps=1, dense_every_steps=2, full_every=3)
+        w.train(job.make_dataset([data], BATCH), max_steps=2 * restart + 2)
+        assert not [n for n in os.listdir(run / "sparse") if n.startswith(".partial-")]
+        assert not [n for n in os.listdir(run / "dense") if n.endswith("_temp")]
+    chains = SparseCheckpointer(str(run / "sparse"), {}).chains()
+    assert chains and max(len(chain) for chain in chains) <= 3
+    kinds = [kind for _, kind, _ in list_checkpoints(str(run / "sparse"))]
+    assert kinds[-3:].count("full") >= 1
+
+
 def test_a_second_train_call_continues_from_memory(tmp_path):
     data = write_ratings(tmp_path / "u.data", 20 * BATCH)
     straight = fresh_model()
