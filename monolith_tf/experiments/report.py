@@ -14,7 +14,7 @@ import platform
 import numpy as np
 
 from monolith_tf.experiments.stats import (DOES_NOT_HOLD, HOLDS, SIGMAS, WITHIN_NOISE, compare,
-                                           format_mean_std, mean_std)
+                                           format_mean_std)
 
 JSON_NAME, MARKDOWN_NAME = "experiments.json", "experiments.md"
 
@@ -512,6 +512,3 @@ def load(out_dir, quick=False):
     with open(os.path.join(out_dir, name)) as source:
         return json.load(source)
 
-
-__all__ = ["write", "load", "machine", "collision_verdicts", "online_verdicts",
-           "memory_verdicts", "mean_std"]
