@@ -20,8 +20,7 @@ def run_collisions(seeds, quick, verbose):
     for setup in collision_setups(quick):
         per_seed = [collisions.run_seed(setup, seed, verbose=verbose) for seed in seeds]
         section[setup.name] = {"seeds": list(seeds), "per_seed": per_seed,
-                               "epochs": setup.epochs,
-                               "verdicts": report.collision_verdicts(setup.name, per_seed)}
+                               "epochs": setup.epochs}
     return section
 
 
@@ -33,8 +32,7 @@ def run_online(seeds, quick, verbose):
         per_seed = [online.run_seed(setup, seed, verbose=verbose) for seed in seeds]
         arms = online.arm_names(setup)
         section[setup.name] = {"seeds": list(seeds), "arms": arms, "per_seed": per_seed,
-                               "intervals": list(setup.intervals),
-                               "verdicts": report.online_verdicts(setup.name, arms, per_seed)}
+                               "intervals": list(setup.intervals)}
     return section
 
 
@@ -44,8 +42,7 @@ def run_memory(seeds, quick, verbose):
     # Expiry drops rows idle for 30 steps: a run needs well over 30.
     steps, thresholds = (60, (0, 5)) if quick else (100, memory.THRESHOLDS)
     per_seed = [memory.run_seed(seed, steps, thresholds, verbose=verbose) for seed in seeds]
-    return {"seeds": list(seeds), "steps": steps, "per_seed": per_seed,
-            "verdicts": report.memory_verdicts(per_seed)}
+    return {"seeds": list(seeds), "steps": steps, "per_seed": per_seed}
 
 
 RUNNERS = {"collisions": run_collisions, "online": run_online, "memory": run_memory}
@@ -69,17 +66,10 @@ def run(which=EXPERIMENTS, out_dir="docs", seeds=None, quick=False, verbose=True
         results[name] = RUNNERS[name](seeds, quick, verbose)
         results["meta"]["experiment_seconds"][name] = time.monotonic() - began
     results["meta"]["seconds"] = time.monotonic() - started
-    results["verdicts"] = [v for name in which for v in _verdicts(results[name], name)]
-    path = report.write(results, out_dir)
+    path = report.write(report.rejudge(results), out_dir)
     if verbose:
         print(f"wrote {path} ({results['meta']['seconds'] / 60:.1f} min)", flush=True)
     return results
-
-
-def _verdicts(section, name):
-    if name == "memory":
-        return section["verdicts"]
-    return [v for dataset in section.values() for v in dataset["verdicts"]]
 
 
 def main(argv=None):

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from monolith_tf.datasets.movielens import DEFAULT_ML100K
+from monolith_tf.streaming.replay import load_sorted_ratings
 
 _ID_MASK = np.uint64((1 << 62) - 1)
 
@@ -54,14 +55,13 @@ class ZipfSampler:
 def ml100k_examples(path=None):
     """MovieLens 100k in time order (stable for ties): ``user_id``,
     ``item_id``, ``timestamp`` (int64 seconds) and ``label`` (float32, 1 for
-    rating >= 4)."""
+    rating >= 4). Read by the replay's loader (any GroupLens format)."""
     path = path or os.environ.get("MONOLITH_ML100K", DEFAULT_ML100K)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found; `make data` prepares ml-100k")
-    table = np.loadtxt(path, dtype=np.int64)
-    table = table[np.argsort(table[:, 3], kind="stable")]
-    return {"user_id": table[:, 0].copy(), "item_id": table[:, 1].copy(),
-            "timestamp": table[:, 3].copy(), "label": (table[:, 2] >= 4).astype(np.float32)}
+    users, movies, stars, times = load_sorted_ratings(path)
+    return {"user_id": users.astype(np.int64), "item_id": movies.astype(np.int64),
+            "timestamp": times.astype(np.int64), "label": (stars >= 4).astype(np.float32)}
 
 
 def take(examples, index):

@@ -186,8 +186,9 @@ def _verdict_cell(v):
 
 
 def rejudge(results):
-    """Recomputes every verdict from the per-seed values (the ``report``
-    command: a report always follows this module's current rules)."""
+    """Judges every claim from the per-seed values (a run, and the ``report``
+    command, so a report always follows this module's current rules); sets
+    each section's ``verdicts`` and the list of all; returns ``results``."""
     for dataset, section in results.get("collisions", {}).items():
         section["verdicts"] = collision_verdicts(dataset, section["per_seed"])
     for dataset, section in results.get("online", {}).items():
