@@ -25,7 +25,7 @@ USE_VENV ?= 1
 DEPS_STAMP := $(if $(filter 1,$(USE_VENV)),$(VENV)/.deps-stamp,)
 MAKEFLAGS += -j2
 
-.PHONY: all deps native installed wheel data demo test test-fast asan cc-test bench clean flink-venv \
+.PHONY: all deps native installed wheel data demo test test-fast asan tsan cc-test bench clean flink-venv \
         experiments
 
 all: native
@@ -135,7 +135,7 @@ LEGACY_KERAS_TESTS := tests/test_layers.py tests/test_layer_conformance.py tests
 
 # The whole suite, slow cases and the AddressSanitizer run of the core included;
 # the Keras layer tests run under Keras 3 and again under tf_keras.
-test: installed asan cc-test data flink-venv
+test: installed asan tsan cc-test data flink-venv
 	$(PY) -m pytest tests -q --ignore=tests/legacy_keras $(PYTEST_FLAGS)
 	TF_USE_LEGACY_KERAS=1 PYTHONPATH=$(CURDIR) $(PY) -m pytest $(LEGACY_KERAS_TESTS) -q $(PYTEST_FLAGS)
 
@@ -155,6 +155,25 @@ asan: $(BUILD)/flags.stamp
 	  ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	  MONOLITH_ASAN=1 PYTHONPATH=$(CURDIR)/$(ASAN_DIR):$(CURDIR)/tests $(CURDIR)/$(VENV)/bin/pytest \
 	  -q -p no:cacheprovider --rootdir=$(CURDIR)/$(ASAN_DIR) $(CURDIR)/tests/core
+
+# The core and its bindings built with ThreadSanitizer, run against the tests
+# where threads race on one table (lookups, applies, inserts with growth,
+# eviction, removal, exports and sync pushes). Any report fails the run;
+# cc/tsan_suppressions.txt lists the one intended race and why.
+TSAN_DIR := $(BUILD)/tsan
+TSAN_TESTS := $(CURDIR)/tests/core/test_concurrency.py \
+  "$(CURDIR)/tests/core/test_memory_control.py::test_eviction_during_concurrent_lookups_and_growth_keeps_live_entries" \
+  "$(CURDIR)/tests/core/test_sync_changes.py::test_replica_of_concurrent_pushes_equals_the_table"
+tsan: $(BUILD)/flags.stamp
+	mkdir -p $(TSAN_DIR)/monolith_tf
+	touch $(TSAN_DIR)/monolith_tf/__init__.py
+	$(CXX) -std=c++17 -O1 -g -fno-omit-frame-pointer -fsanitize=thread -Wno-tsan \
+	  -fPIC -shared -I. -I$$(cat $(BUILD)/pybind_include.txt) -I$$(cat $(BUILD)/python_include.txt) \
+	  $(CORE_SRCS) cc/pybind/core_bindings.cc -o $(TSAN_DIR)/monolith_tf/_core$$(cat $(EXT_SUFFIX_FILE))
+	cd $(TSAN_DIR) && LD_PRELOAD="$$($(CXX) -print-file-name=libtsan.so)" \
+	  TSAN_OPTIONS="halt_on_error=1 exitcode=66 history_size=7 suppressions=$(CURDIR)/cc/tsan_suppressions.txt" \
+	  MONOLITH_TSAN=1 PYTHONPATH=$(CURDIR)/$(TSAN_DIR):$(CURDIR)/tests $(CURDIR)/$(VENV)/bin/pytest \
+	  -q -s -p no:cacheprovider --rootdir=$(CURDIR)/$(TSAN_DIR) $(TSAN_TESTS)
 
 # C++ unit tests of the core (index, arena, config), with ASan and UBSan; g++ only.
 CC_TEST := $(BUILD)/core_test
