@@ -26,8 +26,8 @@ import os
 import time
 
 from monolith_tf.dense_checkpoint import DenseCheckpointError, DenseCheckpointer
-from monolith_tf.sparse_checkpoint import (CheckpointError, SparseCheckpointer,
-                                           list_checkpoints, read_manifest)
+from monolith_tf.sparse_checkpoint import (CheckpointError, CheckpointSaveError,
+                                           SparseCheckpointer, list_checkpoints, read_manifest)
 
 RESUME_POLICIES = ("consistent", "latest", None)
 
@@ -65,15 +65,28 @@ class CheckpointPolicy:
         snapshot, then deltas); the save after that is full, across restarts too.
       keep_full: full sparse chains to keep; keep_dense: dense checkpoints.
       resume: ``"consistent"``, ``"latest"`` or None.
-      warn: called with a message for each checkpoint skipped on resume.
+      warn: called with a message for each checkpoint skipped on resume and
+        each scheduled save that failed.
+      max_save_failures: what a failed scheduled save does (the disk is full,
+        say). Training goes on and the save is tried again when next due
+        (a failed sparse save makes the next one a full snapshot); after this
+        many scheduled saves in a row failed, the last error is raised and
+        training stops. The final save (``finish``) is not retried: its error
+        is raised. Nothing of a failed save is kept either way.
     """
 
     def __init__(self, model_dir, model, tables, sparse_schedule, dense_schedule,
-                 full_every=10, keep_full=2, keep_dense=3, resume="consistent", warn=print):
+                 full_every=10, keep_full=2, keep_dense=3, resume="consistent", warn=print,
+                 max_save_failures=3):
         if resume not in RESUME_POLICIES:
             raise ValueError(f"resume must be 'consistent', 'latest' or None, got {resume!r}")
         if full_every < 1:
             raise ValueError(f"full_every must be >= 1, got {full_every!r}")
+        if isinstance(max_save_failures, bool) or not isinstance(max_save_failures, int) \
+                or max_save_failures < 1:
+            raise ValueError(f"max_save_failures must be an int >= 1, got {max_save_failures!r}")
+        self.max_save_failures = max_save_failures
+        self.failed_saves = 0  # scheduled saves failed in a row
         self.sparse = SparseCheckpointer(os.path.join(model_dir, "sparse"), tables,
                                          keep_full=keep_full)
         self.dense = DenseCheckpointer(os.path.join(model_dir, "dense"), model, keep=keep_dense)
@@ -93,6 +106,8 @@ class CheckpointPolicy:
         if self._sparse_saved != step:
             full = self._chain_length == 0 or self._chain_length >= self.full_every
             self._sparse_path = self.sparse.save(full=full, metadata=metadata)
+            # The checkpointer makes it full after a failed save, whatever was asked.
+            full = self._sparse_path.endswith("-full")
             self._chain_length = 1 if full else self._chain_length + 1
             self._sparse_saved = step
             self.sparse_schedule.done(step)
@@ -106,10 +121,26 @@ class CheckpointPolicy:
         """Saves what the schedules say is due at ``step`` (dense implies
         sparse). ``metadata`` is called only when a save is due: it reads
         device state, which a step that saves nothing should not pay for."""
-        if self.dense_schedule.due(step):
-            self.save(step, metadata(), dense=True)
-        elif self.sparse_schedule.due(step):
-            self.save(step, metadata(), dense=False)
+        dense = self.dense_schedule.due(step)
+        if not (dense or self.sparse_schedule.due(step)):
+            return
+        try:
+            self.save(step, metadata(), dense=dense)
+        except CheckpointSaveError as error:
+            self.failed_saves += 1
+            if self.failed_saves >= self.max_save_failures:
+                raise CheckpointSaveError(
+                    error.errno, f"{self.failed_saves} scheduled saves in a row failed, "
+                    f"stopping; the last: {error.strerror}") from error
+            self._warn(f"save at step {step} failed ({self.failed_saves} in a row, stopping "
+                       f"at {self.max_save_failures}); training goes on, retrying when the "
+                       f"next save is due: {error.strerror}")
+            # Retry on the schedule, not at every step.
+            self.sparse_schedule.done(step)
+            if dense:
+                self.dense_schedule.done(step)
+            return
+        self.failed_saves = 0
 
     def candidates(self):
         """(dense path or None, sparse path or None) pairs to resume from,

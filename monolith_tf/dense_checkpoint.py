@@ -11,10 +11,13 @@ format, written by ``tf.train.CheckpointManager`` (temporary files, then
 rename) and pruned to ``keep`` checkpoints.
 """
 
+import errno
 import os
 import shutil
 
 import tensorflow as tf
+
+from monolith_tf.sparse_checkpoint import CheckpointSaveError
 
 
 def as_tf_variable(variable):
@@ -88,7 +91,18 @@ class DenseCheckpointer:
         self.remove_temporaries()
         self.step.assign(step)
         self.sparse_sequence.assign(sparse_sequence)
-        return self._ensure_manager().save(checkpoint_number=step)
+        try:
+            return self._ensure_manager().save(checkpoint_number=step)
+        except (OSError, tf.errors.OpError) as error:
+            # TensorFlow wrote into dense-<step>_temp; nothing of it is kept.
+            self.remove_temporaries()
+            message = getattr(error, "message", None) or str(error)
+            raise CheckpointSaveError(
+                getattr(error, "errno", None) or (errno.ENOSPC if "No space left" in message
+                                                  else errno.EIO),
+                f"dense checkpoint {os.path.join(self.directory, f'dense-{step}')} not saved "
+                f"({message.strip()}); nothing of it was kept and the previous checkpoints "
+                f"are intact") from error
 
     def checkpoints(self):
         """Path prefixes of the complete checkpoints, oldest first."""

@@ -47,6 +47,12 @@ class CheckpointError(ValueError):
     """A sparse checkpoint is missing, incomplete, corrupt or does not fit."""
 
 
+class CheckpointSaveError(OSError):
+    """A checkpoint (sparse or dense) could not be written, e.g. the disk is
+    full; nothing of it was kept and the previous checkpoints are intact.
+    ``errno`` is the failed write's when the OS gave one."""
+
+
 def _fsync_write(path, chunks):
     """Writes byte chunks to ``path``; returns (bytes, crc32)."""
     size, crc = 0, 0
@@ -221,16 +227,27 @@ class SparseCheckpointer:
         kind = "full" if full or self._base is None else "delta"
         final = os.path.join(self.directory, f"sparse-{sequence:08d}-{kind}")
         partial = os.path.join(self.directory, f".partial-{sequence:08d}-{kind}")
-        os.makedirs(partial)
-        manifest = {"format": FORMAT, "kind": kind, "sequence": sequence,
-                    "base": sequence if kind == "full" else self._base,
-                    "metadata": metadata or {}, "tables": {}}
-        for name, table in self.tables.items():
-            manifest["tables"][name] = self._save_table(partial, name, table, kind)
-        _fsync_write(os.path.join(partial, "manifest.json"),
-                     [json.dumps(manifest, indent=1, sort_keys=True).encode()])
-        os.rename(partial, final)
-        _fsync_directory(self.directory)
+        try:
+            os.makedirs(partial)
+            manifest = {"format": FORMAT, "kind": kind, "sequence": sequence,
+                        "base": sequence if kind == "full" else self._base,
+                        "metadata": metadata or {}, "tables": {}}
+            for name, table in self.tables.items():
+                manifest["tables"][name] = self._save_table(partial, name, table, kind)
+            _fsync_write(os.path.join(partial, "manifest.json"),
+                         [json.dumps(manifest, indent=1, sort_keys=True).encode()])
+            os.rename(partial, final)
+            _fsync_directory(self.directory)
+        except OSError as error:
+            shutil.rmtree(partial, ignore_errors=True)
+            # The tables' change marks and removed keys went into the lost
+            # files, so a delta on top of the last save would miss them: the
+            # next save must be a full snapshot.
+            self._base = None
+            raise CheckpointSaveError(
+                error.errno, f"sparse checkpoint {final} not saved ({error.strerror or error} "
+                f"writing {error.filename or partial}); nothing of it was kept, the previous "
+                f"checkpoints are intact and the next save is a full snapshot") from error
         if kind == "full":
             self._base = sequence
             self._prune()

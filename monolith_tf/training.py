@@ -36,6 +36,7 @@ optimizer slots lazily); all its effects are then overwritten.
 
 import os
 import signal
+import sys
 import threading
 import time
 from typing import Protocol
@@ -110,13 +111,16 @@ class TrainingWorker:
       tensorboard: write TensorBoard scalars.
       verbose: 0 silent, 1 progress bar, 2 one line per log interval.
       tasks: more StepTasks, run after the built-in ones at every step.
+      max_save_failures: a scheduled save that fails (a full disk) is
+        reported and retried when next due while training goes on; this many
+        failures in a row stop training with the error (CheckpointPolicy).
     """
 
     def __init__(self, model, model_dir, sparse_every_steps=None, sparse_every_secs=60.0,
                  dense_every_steps=None, dense_every_secs=600.0, full_every=10,
                  keep_full=2, keep_dense=3, resume="consistent", log_every_steps=100,
                  timestamp_feature="timestamp", tensorboard=True, verbose=1,
-                 checkpoints=True, tasks=()):
+                 checkpoints=True, tasks=(), max_save_failures=3):
         if getattr(model, "optimizer", None) is None:
             raise ValueError("TrainingWorker needs a compiled model (call model.compile first)")
         self.model = model
@@ -130,7 +134,8 @@ class TrainingWorker:
         self.checkpoint_policy = CheckpointPolicy(
             model_dir, model, {table_file_name(name): t for name, t in self.tables.items()},
             sparse_schedule, dense_schedule, full_every=full_every, keep_full=keep_full,
-            keep_dense=keep_dense, resume=resume, warn=self._warn) if checkpoints else None
+            keep_dense=keep_dense, resume=resume, warn=self._warn,
+            max_save_failures=max_save_failures) if checkpoints else None
         self.progress = ProgressReporter(
             log_every_steps, os.path.join(model_dir, "tensorboard") if tensorboard else None,
             verbose)
@@ -199,8 +204,9 @@ class TrainingWorker:
         return paths
 
     def _warn(self, message):
-        if self.verbose:
-            print(f"monolith_tf.training: {message}", flush=True)
+        # Warnings are never silenced: with verbose=0 they go to stderr.
+        print(f"monolith_tf.training: {message}", flush=True,
+              file=sys.stdout if self.verbose else sys.stderr)
 
     # -- the loop -----------------------------------------------------------------
 

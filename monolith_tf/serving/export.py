@@ -49,6 +49,7 @@ TF Serving model base path atomically (``base_path/<version>/``).
 """
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -78,6 +79,11 @@ def _input_specs(model):
 
 
 _FLOAT16_MAX = 65504.0
+
+
+class ExportError(OSError):
+    """A serving export could not be written (e.g. the disk is full); no
+    version directory was created and no staging files are left."""
 
 
 class _FloatRows(tf.Module):
@@ -414,6 +420,14 @@ def export_version(model, base_path, version=None, sync_state=None, **export_opt
             with open(os.path.join(staging, SYNC_STATE_FILE), "w") as out:
                 json.dump(sync_state, out, indent=1)
         os.rename(staging, final)
+    except (OSError, tf.errors.OpError) as error:
+        if isinstance(error, FileExistsError):
+            raise
+        message = getattr(error, "message", None) or str(error)
+        raise ExportError(
+            getattr(error, "errno", None) or
+            (errno.ENOSPC if "No space left" in message else errno.EIO),
+            f"export {final} not written ({message.strip()}); nothing of it was kept") from error
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return version

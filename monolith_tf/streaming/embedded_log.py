@@ -36,11 +36,19 @@ FSYNC_POLICIES = ("flush", "always", "never")
 
 def _write_atomically(path, data):
     temporary = f"{path}.tmp-{os.getpid()}"
-    with open(temporary, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except OSError as error:
+        try:
+            os.remove(temporary)
+        except OSError:
+            pass
+        raise LogError(f"{path}: not written ({error.strerror or error}); "
+                       f"the previous contents are intact") from error
 
 
 def _read_frame(f, position):
@@ -149,7 +157,10 @@ class EmbeddedProducer:
     def _file(self, topic, partition):
         key = (topic, partition)
         if key not in self._files:
-            self._files[key] = open(self.log._partition_file(topic, partition), "r+b")
+            # Unbuffered: a frame is written with pwrite and a failed append
+            # must leave no bytes behind in a buffer either.
+            self._files[key] = open(self.log._partition_file(topic, partition), "r+b",
+                                    buffering=0)
             self._valid_end[key] = 0
         return self._files[key]
 
@@ -166,14 +177,25 @@ class EmbeddedProducer:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             end = self._skip_whole_frames(f, (topic, partition))
-            f.truncate(end)  # cuts a frame torn by a crashed producer, if any
-            f.seek(end)
-            f.write(frame)
-            f.flush()
+            try:
+                os.ftruncate(f.fileno(), end)  # cuts a frame torn by a crashed producer, if any
+                written = 0
+                while written < len(frame):
+                    written += os.pwrite(f.fileno(), frame[written:], end + written)
+                if self.log.fsync == "always":
+                    os.fsync(f.fileno())
+            except OSError as error:
+                # A full disk: drop the part of the frame that was written, so
+                # the partition ends with a whole frame and a retry appends
+                # the record once.
+                try:
+                    os.ftruncate(f.fileno(), end)
+                except OSError:
+                    pass  # the next produce cuts it (as after a crash)
+                raise LogError(f"{f.name}: record not appended ({error.strerror or error}); "
+                               f"the partition still ends after its last whole record") from error
             self._valid_end[(topic, partition)] = end + len(frame)
-            if self.log.fsync == "always":
-                os.fsync(f.fileno())
-            else:
+            if self.log.fsync != "always":
                 self._unsynced.add((topic, partition))
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
@@ -191,8 +213,13 @@ class EmbeddedProducer:
     def flush(self):
         """Makes every record produced so far durable (fsync="flush"/"always")."""
         if self.log.fsync != "never":
-            for key in self._unsynced:
-                os.fsync(self._files[key].fileno())
+            for key in sorted(self._unsynced):
+                try:
+                    os.fsync(self._files[key].fileno())
+                except OSError as error:
+                    raise LogError(f"{self._files[key].name}: records not made durable "
+                                   f"({error.strerror or error})") from error
+                self._unsynced.discard(key)
         self._unsynced.clear()
 
     def close(self):

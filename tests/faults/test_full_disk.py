@@ -1,0 +1,48 @@
+"""Writes that run out of disk space: a sparse save, a dense save, a serving
+export, an embedded-log append and the training worker's saves. Each runs in
+a child process with a private mount namespace holding a small tmpfs
+(``unshare --mount``, as root or, elsewhere, in a user namespace), so the
+real disk is never filled and nothing stays mounted after the test."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+SCENARIOS = os.path.join(HERE, "disk_full_scenarios.py")
+
+
+def _namespace_command(mount_point, size, command):
+    user = [] if os.geteuid() == 0 else ["--map-root-user"]
+    script = f'mount -t tmpfs -o size={size} monolith-test "{mount_point}" && exec "$@"'
+    return ["unshare", "--mount", *user, "sh", "-c", script, "sh", *command]
+
+
+@pytest.fixture(scope="module")
+def small_disks(tmp_path_factory):
+    probe = tmp_path_factory.mktemp("probe")
+    result = subprocess.run(_namespace_command(probe, "1m", ["true"]), capture_output=True,
+                            text=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs in a private mount namespace here "
+                    f"(needs root or user namespaces): {result.stderr.strip()}")
+    return tmp_path_factory
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scenario", ["sparse", "dense", "export", "log_append",
+                                      "worker_policy"])
+def test_out_of_space(small_disks, scenario):
+    disk = small_disks.mktemp(scenario)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.path.join(REPO, "tests")]),
+               TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run(
+        _namespace_command(disk, "48m", [sys.executable, SCENARIOS, scenario, str(disk)]),
+        capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0 and f"OK {scenario}" in result.stdout, \
+        result.stdout[-3000:] + result.stderr[-5000:]
+    # The tmpfs was the child's: the directory under it is empty here.
+    assert os.listdir(disk) == []
