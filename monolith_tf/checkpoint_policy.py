@@ -25,6 +25,7 @@ the next older one is tried.
 import os
 import time
 
+from monolith_tf import kill_points
 from monolith_tf.dense_checkpoint import DenseCheckpointError, DenseCheckpointer
 from monolith_tf.sparse_checkpoint import (CheckpointError, CheckpointSaveError,
                                            SparseCheckpointer, list_checkpoints, read_manifest)
@@ -112,7 +113,9 @@ class CheckpointPolicy:
             self._sparse_saved = step
             self.sparse_schedule.done(step)
         if dense and self._dense_saved != step:
+            kill_points.reached("paired_save.sparse_done")
             self.dense.save(step, int(read_manifest(self._sparse_path)["sequence"]))
+            kill_points.reached("dense_save.written")
             self._dense_saved = step
             self.dense_schedule.done(step)
         return self._sparse_path

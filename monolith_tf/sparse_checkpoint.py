@@ -31,6 +31,7 @@ import zlib
 
 import numpy as np
 
+from monolith_tf import kill_points
 from monolith_tf.schema import ROW_FIELD_DTYPES
 
 FORMAT = "monolith_tf.sparse/2"
@@ -234,10 +235,13 @@ class SparseCheckpointer:
                         "metadata": metadata or {}, "tables": {}}
             for name, table in self.tables.items():
                 manifest["tables"][name] = self._save_table(partial, name, table, kind)
+                kill_points.reached("sparse_save.table")
             _fsync_write(os.path.join(partial, "manifest.json"),
                          [json.dumps(manifest, indent=1, sort_keys=True).encode()])
+            kill_points.reached("sparse_save.manifest")
             os.rename(partial, final)
             _fsync_directory(self.directory)
+            kill_points.reached("sparse_save.renamed")
         except OSError as error:
             shutil.rmtree(partial, ignore_errors=True)
             # The tables' change marks and removed keys went into the lost

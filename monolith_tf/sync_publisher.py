@@ -35,6 +35,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from monolith_tf import kill_points
 from monolith_tf.layers import hash_embedding_layers
 from monolith_tf.serving.export import (dense_variables, export_version, list_versions,
                                         read_sync_state)
@@ -153,6 +154,7 @@ class SyncPublisher:
             # Rows first: a dense version reaches replicas after the rows
             # trained with it (a row push due now is never skipped).
             self.push_rows(worker)
+            kill_points.reached("sync.rows_pushed")
             self.push_dense(worker)
             if self.base_schedule is None:
                 self.publish_base(worker, dense_version=self.dense_version)
@@ -199,6 +201,7 @@ class SyncPublisher:
                                 data_time=data_time, row_dtype=self.row_dtype)
                 record = encode_rows(push)
                 self._producer.produce(self.topic, record, key=name.encode(), partition=0)
+                kill_points.reached("sync.rows_record")
                 counts["bytes"] += len(record)
                 counts["records"] += 1
             counts["rows"] += len(ids)

@@ -43,6 +43,7 @@ from typing import Protocol
 
 import tensorflow as tf
 
+from monolith_tf import kill_points
 from monolith_tf.checkpoint_policy import CheckpointPolicy, Schedule
 from monolith_tf.data_source import POSITION_KEY, as_data_source
 from monolith_tf.layers import hash_embedding_layers, model_tables
@@ -320,6 +321,7 @@ class TrainingWorker:
             self.step += 1
             self.examples += self.last_batch_size
             self.source.batch_trained(batch_position)
+            kill_points.reached("worker.step")
             for task in self.tasks:
                 task.after_step(self)
             if self._stop_reason(max_steps, max_seconds, started):

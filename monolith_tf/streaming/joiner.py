@@ -59,6 +59,7 @@ import os
 import time
 import zlib
 
+from monolith_tf import kill_points
 from monolith_tf.streaming.log import LogError
 from monolith_tf.streaming.records import (RecordError, decode_action, decode_feature,
                                            encode_joined)
@@ -169,6 +170,11 @@ class Joiner:
         return os.path.join(self.state_dir, "joiner-state.json")
 
     def _load_snapshot(self):
+        # A snapshot being written when the process died is not the snapshot.
+        try:
+            os.remove(self._snapshot_path + ".tmp")
+        except FileNotFoundError:
+            pass
         try:
             with open(self._snapshot_path) as f:
                 snapshot = json.load(f)
@@ -220,8 +226,10 @@ class Joiner:
             json.dump(snapshot, f)
             f.flush()
             os.fsync(f.fileno())
+        kill_points.reached("joiner.snapshot")
         os.replace(temporary, self._snapshot_path)
         self._consumer.commit()
+        kill_points.reached("joiner.committed")
         self._last_checkpoint = time.monotonic()
         self._changed = False
 
@@ -270,6 +278,7 @@ class Joiner:
                                key=feature.request_id,
                                timestamp_ms=int(feature.event_time) * 1000)
         self.counters["emitted"] += 1
+        kill_points.reached("joiner.emitted")
 
     def _join_action(self, request_id, action):
         feature, labels, _, _ = self.pending[request_id]
