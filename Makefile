@@ -25,7 +25,7 @@ USE_VENV ?= 1
 DEPS_STAMP := $(if $(filter 1,$(USE_VENV)),$(VENV)/.deps-stamp,)
 MAKEFLAGS += -j2
 
-.PHONY: all deps native installed wheel data demo test test-fast asan tsan cc-test bench clean flink-venv \
+.PHONY: all deps native installed wheel data demo test test-fast asan tsan cc-test bench bench-soak clean flink-venv \
         experiments
 
 all: native
@@ -187,6 +187,12 @@ cc-test: $(CC_TEST)
 
 bench: native
 	PYTHONPATH=$(CURDIR) $(PY) bench/table_bench.py
+
+# Ten minutes of replay -> join -> train with expiry and checkpoints; memory,
+# rows and files must stay flat after warm-up (bench/soak.py; a one-minute run
+# is part of make test). Samples go to build/soak.json.
+bench-soak: installed
+	$(PY) bench/soak.py --seconds 600 --dir $(BUILD)/soak --json $(BUILD)/soak.json
 
 clean:
 	rm -rf $(BUILD) $(OPS_LIB) monolith_tf/_core*.so dist

@@ -119,7 +119,7 @@ class DenseCheckpointer:
             reader = tf.train.load_checkpoint(path)
             return (int(reader.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE")),
                     int(reader.get_tensor("sparse_sequence/.ATTRIBUTES/VARIABLE_VALUE")))
-        except (tf.errors.OpError, ValueError) as error:
+        except (tf.errors.OpError, ValueError, IndexError) as error:
             raise DenseCheckpointError(f"{path}: unreadable dense checkpoint: {error}") from error
 
     def restore(self, path):
@@ -129,7 +129,11 @@ class DenseCheckpointer:
         if not tf.io.gfile.exists(path + ".index"):
             raise DenseCheckpointError(f"{path}: no such dense checkpoint")
         checkpoint = self._ensure_manager().checkpoint
-        expected = {name: shape for name, shape in tf.train.list_variables(path)}
+        try:
+            expected = {name: shape for name, shape in tf.train.list_variables(path)}
+        except (tf.errors.OpError, ValueError) as error:
+            raise DenseCheckpointError(f"{path}: unreadable dense checkpoint: "
+                                       f"{getattr(error, 'message', error)}") from error
         count = sum(1 for name in expected if name.startswith("model_weights/"))
         if count != len(self.model.weights):
             raise DenseCheckpointError(
@@ -139,4 +143,6 @@ class DenseCheckpointer:
             checkpoint.restore(path).assert_existing_objects_matched()
         except (AssertionError, ValueError, tf.errors.OpError) as error:
             raise DenseCheckpointError(f"{path}: does not fit the model: {error}") from error
+        except IndexError as error:  # TF's reader on a truncated data file
+            raise DenseCheckpointError(f"{path}: unreadable dense checkpoint: {error}") from error
         return int(self.step.numpy()), int(self.sparse_sequence.numpy())

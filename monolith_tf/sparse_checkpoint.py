@@ -3,8 +3,8 @@
 A checkpoint is a directory ``sparse-<sequence>-<full|delta>`` holding, per
 table, row files, the keys removed since the previous save (deltas), the
 admission filter state, and ``manifest.json`` with every file's size and
-CRC-32 plus the caller's metadata (the training worker stores its step and
-data position there). It is written under a temporary name and renamed when
+CRC-32, the caller's metadata (the training worker stores its step and data
+position there) and a CRC-32 of the manifest itself. It is written under a temporary name and renamed when
 complete, so a directory with that name is always whole. A delta holds only
 the rows changed since the previous save and the keys removed since; restore
 = newest full + the deltas after it, in order. A corrupt or truncated file
@@ -236,6 +236,7 @@ class SparseCheckpointer:
             for name, table in self.tables.items():
                 manifest["tables"][name] = self._save_table(partial, name, table, kind)
                 kill_points.reached("sparse_save.table")
+            manifest["crc32"] = _manifest_crc(manifest)
             _fsync_write(os.path.join(partial, "manifest.json"),
                          [json.dumps(manifest, indent=1, sort_keys=True).encode()])
             kill_points.reached("sparse_save.manifest")
@@ -338,15 +339,19 @@ class SparseCheckpointer:
             for _, later_kind, later_path in checkpoints[index + 1:]:
                 if later_kind == "full":
                     break
-                if read_manifest(later_path).get("base") != seq:
+                try:
+                    base = read_manifest(later_path).get("base")
+                except CheckpointError:
+                    break  # a corrupt delta ends its chain; restore falls back before it
+                if base != seq:
                     break
                 chain.append(later_path)
             chains.append(chain)
         return chains[::-1]
 
     def restore(self, upto=None, discard_newer=False):
-        """Restores the newest complete chain; falls back to older chains when
-        a file is corrupt. Returns the last checkpoint path applied, or None
+        """Restores the newest complete chain; falls back to the checkpoints
+        before a corrupt delta, or to older chains when a full one is corrupt. Returns the last checkpoint path applied, or None
         when the directory holds no checkpoint. Raises CheckpointError when
         every chain fails (the first error names its file).
 
@@ -368,9 +373,21 @@ class SparseCheckpointer:
             chains = matching
         errors = []
         for chain in chains:
+            # All files first: a bad file changes no table. A bad delta
+            # shortens the chain to the checkpoints before it (an older but
+            # whole state); with ``upto``, that exact checkpoint or an error.
+            good = 0
+            for path in chain:
+                try:
+                    _verify(path)
+                except CheckpointError as error:
+                    errors.append(error)
+                    break
+                good += 1
+            if good == 0 or (upto is not None and good < len(chain)):
+                continue
+            chain = chain[:good]
             try:
-                for path in chain:
-                    _verify(path)  # all files first: a bad file changes no table
                 for position, path in enumerate(chain):
                     self._apply(path, full=position == 0)
             except CheckpointError as error:
@@ -435,9 +452,19 @@ def read_manifest(path):
             manifest = json.load(f)
     except (OSError, ValueError) as error:
         raise CheckpointError(f"{file}: unreadable manifest: {error}") from error
-    if manifest.get("format") != FORMAT:
-        raise CheckpointError(f"{file}: format {manifest.get('format')!r}, expected {FORMAT}")
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else manifest
+        raise CheckpointError(f"{file}: format {found!r}, expected {FORMAT}")
+    # Manifests written before the field existed have no CRC of their own.
+    if "crc32" in manifest and manifest.pop("crc32") != _manifest_crc(manifest):
+        raise CheckpointError(f"{file}: CRC mismatch (a corrupt manifest)")
     return manifest
+
+
+def _manifest_crc(manifest):
+    """CRC-32 of a manifest's canonical JSON (``crc32`` itself left out)."""
+    body = {key: value for key, value in manifest.items() if key != "crc32"}
+    return zlib.crc32(json.dumps(body, sort_keys=True).encode())
 
 
 def _read_file(path, info):

@@ -49,13 +49,17 @@ input positions) atomically, then commits the input offsets. A restart
 loads the snapshot and reads on from its positions; examples emitted after
 the last snapshot are emitted again (the only duplicates, bounded by one
 checkpoint interval of output). The snapshot is JSON with the held records
-as the base64 of the bytes they arrived as (no re-encoding); no pickle.
+as the base64 of the bytes they arrived as (no re-encoding); no pickle. It
+carries a CRC-32 of its content, and the one before it is kept
+(``joiner-state.json.prev``): a corrupt snapshot is reported and the
+previous one used (more duplicates, nothing lost); both corrupt is an error.
 """
 
 import base64
 import heapq
 import json
 import os
+import sys
 import time
 import zlib
 
@@ -64,9 +68,9 @@ from monolith_tf.streaming.log import LogError
 from monolith_tf.streaming.records import (RecordError, decode_action, decode_feature,
                                            encode_joined)
 
-SNAPSHOT_FORMAT = "monolith_tf.joiner/3"
+SNAPSHOT_FORMAT = "monolith_tf.joiner/4"  # /4: a CRC-32 of the rest, and a previous copy
 # Snapshots of format 2 lack only the closed request ids; they load as is.
-_READABLE_FORMATS = ("monolith_tf.joiner/2", SNAPSHOT_FORMAT)
+_READABLE_FORMATS = ("monolith_tf.joiner/2", "monolith_tf.joiner/3", SNAPSHOT_FORMAT)
 # Seconds between polls of an input that has nothing: the close timer's period.
 POLL_SECONDS = 0.2
 
@@ -121,6 +125,12 @@ class JoinerConfig:
         self.dedupe_horizon = int(dedupe_horizon)
 
 
+def _snapshot_crc(snapshot):
+    """CRC-32 of a snapshot's canonical JSON (``crc32`` itself left out)."""
+    body = {key: value for key, value in snapshot.items() if key != "crc32"}
+    return zlib.crc32(json.dumps(body, sort_keys=True).encode())
+
+
 def _encode_id(request_id):
     return base64.b64encode(request_id).decode()
 
@@ -169,20 +179,49 @@ class Joiner:
     def _snapshot_path(self):
         return os.path.join(self.state_dir, "joiner-state.json")
 
+    def _read_snapshot(self, path):
+        """The snapshot in ``path``, or None if there is no such file; raises
+        LogError naming the file when it is unreadable, corrupt or foreign."""
+        try:
+            with open(path, "rb") as f:
+                snapshot = json.loads(f.read())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as error:
+            raise LogError(f"{path}: unreadable joiner snapshot ({error})") from error
+        if not isinstance(snapshot, dict) or snapshot.get("format") not in _READABLE_FORMATS:
+            found = snapshot.get("format") if isinstance(snapshot, dict) else snapshot
+            raise LogError(f"{path}: format {found!r}, expected {SNAPSHOT_FORMAT}")
+        if snapshot["format"] == SNAPSHOT_FORMAT:
+            stored = snapshot.pop("crc32", None)
+            if stored != _snapshot_crc(snapshot):
+                raise LogError(f"{path}: CRC mismatch (a corrupt joiner snapshot)")
+        return snapshot
+
     def _load_snapshot(self):
         # A snapshot being written when the process died is not the snapshot.
         try:
             os.remove(self._snapshot_path + ".tmp")
         except FileNotFoundError:
             pass
+        previous = self._snapshot_path + ".prev"
         try:
-            with open(self._snapshot_path) as f:
-                snapshot = json.load(f)
-        except FileNotFoundError:
+            snapshot = self._read_snapshot(self._snapshot_path)
+        except LogError as error:
+            # The previous snapshot is older: resuming from it re-emits more
+            # examples (duplicates), never fewer.
+            try:
+                snapshot = self._read_snapshot(previous)
+            except LogError as previous_error:
+                raise LogError(f"{error}; the previous one too: {previous_error}") from error
+            if snapshot is None:
+                raise
+            print(f"monolith_tf.joiner: {error}; resuming from {previous}", file=sys.stderr,
+                  flush=True)
+        if snapshot is None:  # killed between keeping the previous and renaming the new
+            snapshot = self._read_snapshot(previous)
+        if snapshot is None:
             return
-        if snapshot.get("format") not in _READABLE_FORMATS:
-            raise LogError(f"{self._snapshot_path}: format {snapshot.get('format')!r}, "
-                           f"expected {SNAPSHOT_FORMAT}")
         for raw, labels, joined in snapshot["pending"]:
             raw = base64.b64decode(raw)
             feature = decode_feature(raw)
@@ -221,12 +260,15 @@ class Joiner:
             "counters": self.counters,
             "positions": [[list(key), offset] for key, offset in
                           self._consumer.positions().items()]}
+        snapshot["crc32"] = _snapshot_crc(snapshot)
         temporary = self._snapshot_path + ".tmp"
         with open(temporary, "w") as f:
             json.dump(snapshot, f)
             f.flush()
             os.fsync(f.fileno())
         kill_points.reached("joiner.snapshot")
+        if os.path.exists(self._snapshot_path):  # kept: the fallback if this one rots
+            os.replace(self._snapshot_path, self._snapshot_path + ".prev")
         os.replace(temporary, self._snapshot_path)
         self._consumer.commit()
         kill_points.reached("joiner.committed")
