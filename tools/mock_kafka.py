@@ -6,6 +6,7 @@ which ships inside the confluent-kafka wheel, started through ctypes.
 prints ``bootstrap.servers=<host:port,...>`` and then serves until stdin
 closes, reading commands from stdin, one per line:
   ``create <topic> <partitions>``   creates a topic, answers ``ok`` or ``error ...``
+  ``down <broker>`` / ``up <broker>`` takes a broker (1..n) down or back up
 The mock has no topic admin API of its own, keeps nothing on disk, and drops
 old messages past about 5 MiB per partition: enough for tests, not for
 production.
@@ -45,6 +46,10 @@ def _librdkafka():
     lib.rd_kafka_mock_topic_create.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int,
                                                ctypes.c_int]
     lib.rd_kafka_mock_topic_create.restype = ctypes.c_int
+    lib.rd_kafka_mock_broker_set_down.argtypes = [ctypes.c_void_p, ctypes.c_int32]
+    lib.rd_kafka_mock_broker_set_down.restype = ctypes.c_int
+    lib.rd_kafka_mock_broker_set_up.argtypes = [ctypes.c_void_p, ctypes.c_int32]
+    lib.rd_kafka_mock_broker_set_up.restype = ctypes.c_int
     return lib
 
 
@@ -73,6 +78,16 @@ class MockCluster:
             raise RuntimeError(f"mock topic {topic!r}: librdkafka error code {code}")
 
 
+    def set_broker(self, broker_id, up):
+        """Takes broker ``broker_id`` (1..brokers) down (closing its
+        connections, refusing new ones) or brings it back up."""
+        setter = self._lib.rd_kafka_mock_broker_set_up if up else \
+            self._lib.rd_kafka_mock_broker_set_down
+        code = setter(self._cluster, int(broker_id))
+        if code != 0:
+            raise RuntimeError(f"mock broker {broker_id}: librdkafka error code {code}")
+
+
 class MockBrokerProcess:
     """This module run as a subprocess (so the caller's process holds no
     librdkafka cluster threads), with a client for its stdin protocol.
@@ -91,6 +106,14 @@ class MockBrokerProcess:
     def create_topic(self, topic, partitions):
         """Creates ``topic``; raises RuntimeError with the broker's answer."""
         self.process.stdin.write(f"create {topic} {partitions}\n")
+        self.process.stdin.flush()
+        answer = self.process.stdout.readline().strip()
+        if answer != "ok":
+            raise RuntimeError(f"mock broker: {answer}")
+
+    def set_broker(self, broker_id, up):
+        """Takes a broker of the mock down or up (an outage, for fault tests)."""
+        self.process.stdin.write(f"{'up' if up else 'down'} {int(broker_id)}\n")
         self.process.stdin.flush()
         answer = self.process.stdout.readline().strip()
         if answer != "ok":
@@ -117,6 +140,12 @@ def main():
         if len(words) == 3 and words[0] == "create":
             try:
                 cluster.create_topic(words[1], int(words[2]))
+                print("ok", flush=True)
+            except (RuntimeError, ValueError) as error:
+                print(f"error {error}", flush=True)
+        elif len(words) == 2 and words[0] in ("down", "up"):
+            try:
+                cluster.set_broker(int(words[1]), up=words[0] == "up")
                 print("ok", flush=True)
             except (RuntimeError, ValueError) as error:
                 print(f"error {error}", flush=True)
