@@ -145,7 +145,8 @@ def train(args):
         sparse_every_secs=args.sparse_every_secs, dense_every_steps=args.dense_every_steps,
         dense_every_secs=args.dense_every_secs, full_every=args.full_every,
         resume=None if args.resume == "none" else args.resume,
-        log_every_steps=args.log_every_steps, verbose=args.verbose, tasks=tasks)
+        log_every_steps=args.log_every_steps, verbose=args.verbose, tasks=tasks,
+        max_save_failures=args.max_save_failures)
     summary = worker.train(job.make_dataset(args.data, args.batch_size), epochs=args.epochs,
                            max_steps=args.max_steps, max_seconds=args.max_seconds)
     if args.export:
@@ -367,6 +368,10 @@ def main(argv=None):
     train_parser.add_argument("--dense-every-steps", type=int)
     train_parser.add_argument("--dense-every-secs", type=float, default=600.0)
     train_parser.add_argument("--full-every", type=int, default=10)
+    train_parser.add_argument("--max-save-failures", type=int, default=3,
+                              help="scheduled saves that may fail in a row (a full disk) "
+                                   "before training stops; each failure is retried when the "
+                                   "next save is due")
     train_parser.add_argument("--resume", choices=("consistent", "latest", "none"),
                               default="consistent")
     train_parser.add_argument("--log-every-steps", type=int, default=100)

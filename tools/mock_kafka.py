@@ -23,6 +23,7 @@ import glob
 import os
 import subprocess
 import sys
+import threading
 
 _PRODUCER = 0
 
@@ -102,22 +103,25 @@ class MockBrokerProcess:
             self.process.kill()
             raise RuntimeError(f"mock broker did not start: {line!r}")
         self.bootstrap_servers = line.split("=", 1)[1]
+        self._lock = threading.Lock()
+
+    def _command(self, line):
+        # One command and its answer at a time: outage timers call in from
+        # other threads.
+        with self._lock:
+            self.process.stdin.write(line + "\n")
+            self.process.stdin.flush()
+            answer = self.process.stdout.readline().strip()
+        if answer != "ok":
+            raise RuntimeError(f"mock broker: {answer}")
 
     def create_topic(self, topic, partitions):
         """Creates ``topic``; raises RuntimeError with the broker's answer."""
-        self.process.stdin.write(f"create {topic} {partitions}\n")
-        self.process.stdin.flush()
-        answer = self.process.stdout.readline().strip()
-        if answer != "ok":
-            raise RuntimeError(f"mock broker: {answer}")
+        self._command(f"create {topic} {partitions}")
 
     def set_broker(self, broker_id, up):
         """Takes a broker of the mock down or up (an outage, for fault tests)."""
-        self.process.stdin.write(f"{'up' if up else 'down'} {int(broker_id)}\n")
-        self.process.stdin.flush()
-        answer = self.process.stdout.readline().strip()
-        if answer != "ok":
-            raise RuntimeError(f"mock broker: {answer}")
+        self._command(f"{'up' if up else 'down'} {int(broker_id)}")
 
     def config(self, timeout_s=10):
         return {"bootstrap.servers": self.bootstrap_servers,
