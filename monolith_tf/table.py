@@ -12,7 +12,8 @@ from monolith_tf.ops import table_ops
 from monolith_tf.schema import ROW_FIELDS, STATS_FIELDS, TABLE_DEFAULTS, optimizer_state_dim
 
 
-def _invalid(message):
+def invalid_argument(message):
+    """The error every table API raises for bad input (as the ops do)."""
     return tf.errors.InvalidArgumentError(None, None, message)
 
 
@@ -22,23 +23,27 @@ def _convert(value, what, dtype, widened_from):
     try:
         tensor = tf.convert_to_tensor(value, dtype_hint=dtype)
     except (TypeError, ValueError) as error:
-        raise _invalid(f"{what} must be {dtype.name}, got {type(value).__name__}: {error}")
+        raise invalid_argument(f"{what} must be {dtype.name}, got {type(value).__name__}: {error}")
     if tensor.dtype == dtype:
         return tensor
     if tensor.dtype in widened_from:
         return tf.cast(tensor, dtype)
-    raise _invalid(f"{what} must be {dtype.name}, got {tensor.dtype.name}")
+    raise invalid_argument(f"{what} must be {dtype.name}, got {tensor.dtype.name}")
 
 
 _INT_TYPES = (tf.int32, tf.int16, tf.int8, tf.uint8, tf.uint16, tf.uint32)
 _FLOAT_TYPES = (tf.float16, tf.bfloat16, tf.float64)
 
 
-def _as_int64(value, what):
+def as_int64(value, what):
+    """``value`` as int64 (narrower ints widened); InvalidArgumentError naming
+    ``what`` otherwise."""
     return _convert(value, what, tf.int64, _INT_TYPES)
 
 
-def _as_float32(value, what):
+def as_float32(value, what):
+    """``value`` as float32 (other floats converted); InvalidArgumentError
+    naming ``what`` otherwise."""
     return _convert(value, what, tf.float32, _FLOAT_TYPES)
 
 
@@ -82,11 +87,11 @@ class HashTable(tf.saved_model.experimental.TrackableResource):
         for option, value in (("dim", dim), ("capacity_hint", capacity_hint),
                               ("occurrence_threshold", occurrence_threshold)):
             if isinstance(value, bool) or not isinstance(value, int):
-                raise _invalid(f"{option} must be an int, got {value!r}")
+                raise invalid_argument(f"{option} must be an int, got {value!r}")
         for option, value in (("expire_after", expire_after), ("evict_every", evict_every)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)
                                       or value <= 0):
-                raise _invalid(f"{option} must be a positive int or None (off), got {value!r}")
+                raise invalid_argument(f"{option} must be a positive int or None (off), got {value!r}")
         if admission_filter is None:
             admission_filter = TABLE_DEFAULTS["admission_filter"]
         self._memory_control = {"occurrence_threshold": occurrence_threshold,
@@ -154,7 +159,7 @@ class HashTable(tf.saved_model.experimental.TrackableResource):
         (two lookups of a new id return the same row). With ``training=False``
         (serving) a missing id reads as zeros and nothing is inserted.
         """
-        ids = _as_int64(ids, "ids")
+        ids = as_int64(ids, "ids")
         return table_ops.monolith_hash_table_lookup(
             self.resource_handle, ids, dim=self._dim, insert_missing=bool(training))
 
@@ -166,22 +171,22 @@ class HashTable(tf.saved_model.experimental.TrackableResource):
         fine). ``timestamps`` is the data time in seconds, one scalar or one
         per id; each row keeps the largest and counts its occurrences.
         """
-        ids = _as_int64(ids, "ids")
+        ids = as_int64(ids, "ids")
         return table_ops.monolith_hash_table_apply_gradients(
-            self.resource_handle, ids, _as_float32(grads, "grads"),
-            _as_float32(learning_rate, "learning_rate"),
-            _as_int64(timestamps, "timestamps"))
+            self.resource_handle, ids, as_float32(grads, "grads"),
+            as_float32(learning_rate, "learning_rate"),
+            as_int64(timestamps, "timestamps"))
 
     def assign(self, ids, values):
         """Inserts or overwrites the embeddings of ``ids``; new rows get fresh
         optimizer state, existing rows keep theirs."""
         return table_ops.monolith_hash_table_assign(
-            self.resource_handle, _as_int64(ids, "ids"), _as_float32(values, "values"))
+            self.resource_handle, as_int64(ids, "ids"), as_float32(values, "values"))
 
     def remove(self, ids):
         """Removes ``ids``; returns how many were present (int64 scalar)."""
         return table_ops.monolith_hash_table_remove(self.resource_handle,
-                                                    _as_int64(ids, "ids"))
+                                                    as_int64(ids, "ids"))
 
     def size(self):
         """Number of rows (int64 scalar)."""
@@ -240,9 +245,9 @@ class HashTable(tf.saved_model.experimental.TrackableResource):
         the table is emptied first, so ``import_rows(**export(), clear=True)``
         restores it exactly. Inputs are validated before anything changes."""
         return table_ops.monolith_hash_table_import(
-            self.resource_handle, _as_int64(keys, "keys"), _as_float32(values, "values"),
-            _as_float32(state, "state"), _as_int64(timestamps, "timestamps"),
-            _as_int64(counts, "counts"), clear=clear)
+            self.resource_handle, as_int64(keys, "keys"), as_float32(values, "values"),
+            as_float32(state, "state"), as_int64(timestamps, "timestamps"),
+            as_int64(counts, "counts"), clear=clear)
 
     # tf.train.Checkpoint and SavedModel: TensorFlow materializes these tensors
     # at once, so a save holds one full export of the table in memory. The
@@ -256,7 +261,7 @@ class HashTable(tf.saved_model.experimental.TrackableResource):
         """Restores what ``save_filter_state`` returned."""
         return table_ops.monolith_hash_table_restore_filter(
             self.resource_handle, tf.convert_to_tensor(state, tf.uint8),
-            _as_int64(now, "now"))
+            as_int64(now, "now"))
 
     def _serialize_to_tensors(self):
         deps = [self.evict_expired()] if self._evict_on_save else []
@@ -279,7 +284,7 @@ def lookup_many(tables, ids_list, training=False):
     for every i, with the same ``training`` mode. Returns a list of float32
     tensors of shape ``ids_list[i].shape + [tables[i].dim]``."""
     return table_ops.monolith_hash_table_lookup_multi(
-        [t.resource_handle for t in tables], [_as_int64(ids, "ids") for ids in ids_list],
+        [t.resource_handle for t in tables], [as_int64(ids, "ids") for ids in ids_list],
         dims=[t.dim for t in tables], insert_missing=bool(training))
 
 
@@ -293,7 +298,7 @@ def apply_gradients_many(tables, ids_list, grads_list, learning_rates, timestamp
     if timestamps_list is None:
         timestamps_list = [0] * len(tables)
     return table_ops.monolith_hash_table_apply_gradients_multi(
-        [t.resource_handle for t in tables], [_as_int64(ids, "ids") for ids in ids_list],
-        [_as_float32(g, "grads") for g in grads_list],
-        _as_float32(learning_rates, "learning_rates"),
-        [_as_int64(ts, "timestamps") for ts in timestamps_list])
+        [t.resource_handle for t in tables], [as_int64(ids, "ids") for ids in ids_list],
+        [as_float32(g, "grads") for g in grads_list],
+        as_float32(learning_rates, "learning_rates"),
+        [as_int64(ts, "timestamps") for ts in timestamps_list])

@@ -3,6 +3,7 @@
 #include <string>
 
 #include "cc/ops/table_resource.h"
+#include "cc/table/sharding.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/resource_mgr.h"
 #include "tensorflow/core/framework/tensor.h"
@@ -575,7 +576,33 @@ class ApplyGradientsMultiOp : public MultiTableOpKernel {
   int n_;
 };
 
+// Routes ids to shards (cc/table/sharding.h); no table involved.
+class ShardIdsOp : public OpKernel {
+ public:
+  explicit ShardIdsOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    int64_t num_shards;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("num_shards", &num_shards));
+    OP_REQUIRES(ctx, num_shards >= 1 && num_shards <= (int64_t{1} << 30),
+                tensorflow::errors::InvalidArgument("num_shards must be in [1, 2^30], got ",
+                                                    num_shards));
+    num_shards_ = static_cast<int32_t>(num_shards);
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& ids = ctx->input(0);
+    Tensor* shards = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, ids.shape(), &shards));
+    const auto in = ids.flat<int64_t>();
+    auto out = shards->flat<int32_t>();
+    for (int64_t i = 0; i < in.size(); ++i) out(i) = monolith::ShardOf(in(i), num_shards_);
+  }
+
+ private:
+  int32_t num_shards_;
+};
+
 REGISTER_KERNEL_BUILDER(Name("MonolithHashTable").Device(DEVICE_CPU), CreateTableOp);
+REGISTER_KERNEL_BUILDER(Name("MonolithShardIds").Device(DEVICE_CPU), ShardIdsOp);
 REGISTER_KERNEL_BUILDER(Name("MonolithHashTableLookupMulti").Device(DEVICE_CPU), LookupMultiOp);
 REGISTER_KERNEL_BUILDER(Name("MonolithHashTableApplyGradientsMulti").Device(DEVICE_CPU),
                         ApplyGradientsMultiOp);

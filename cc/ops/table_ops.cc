@@ -76,6 +76,26 @@ freed with the last one. Otherwise it lives in the resource manager under
 container/shared_name until destroyed, and creators with that name share it.
 )doc");
 
+REGISTER_OP("MonolithShardIds")
+    .Input("ids: int64")
+    .Output("shards: int32")
+    .Attr("num_shards: int")
+    .SetShapeFn([](InferenceContext* c) {
+      int64_t num_shards;
+      TF_RETURN_IF_ERROR(c->GetAttr("num_shards", &num_shards));
+      if (num_shards < 1 || num_shards > (int64_t{1} << 30)) {
+        return tensorflow::errors::InvalidArgument("num_shards must be in [1, 2^30], got ",
+                                                   num_shards);
+      }
+      c->set_output(0, c->input(0));
+      return tensorflow::OkStatus();
+    })
+    .Doc(R"doc(
+The shard of each id (any shape; same shape out): the parameter-server task
+that holds its row in a table sharded `num_shards` ways. Stable across
+processes and restarts (cc/table/sharding.h documents the hash).
+)doc");
+
 REGISTER_OP("MonolithHashTableLookup")
     .Input("table_handle: resource")
     .Input("ids: int64")

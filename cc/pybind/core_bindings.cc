@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "cc/table/embedding_table.h"
+#include "cc/table/sharding.h"
 
 namespace py = pybind11;
 using monolith::EmbeddingTable;
@@ -66,6 +67,18 @@ const TableConfig kDefaults;
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "TF-free core of monolith_tf: the cuckoo-hash embedding table.";
+  m.def("shard_of",
+        [](const CArray<int64_t>& keys, int num_shards) {
+          if (num_shards < 1) throw std::invalid_argument("num_shards must be >= 1");
+          const int64_t n = CheckKeys(keys);
+          py::array_t<int32_t> out(n);
+          auto k = keys.unchecked<1>();
+          auto o = out.mutable_unchecked<1>();
+          for (int64_t i = 0; i < n; ++i) o(i) = monolith::ShardOf(k(i), num_shards);
+          return out;
+        },
+        py::arg("keys"), py::arg("num_shards"),
+        "The shard of each id in a table sharded num_shards ways (cc/table/sharding.h).");
   m.def("table_schema_json", &monolith::TableSchemaJson,
         "Defaults, stats and row field names (as the op library reports them).");
   py::class_<EmbeddingTable>(m, "EmbeddingTable")

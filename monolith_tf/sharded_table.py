@@ -1,0 +1,161 @@
+"""A table sharded over devices, one shard per parameter-server task:
+``ShardedHashTable``, and the id routing it uses, ``shard_ids``.
+
+Each shard is a ``HashTable`` created on its device (``/job:ps/task:<i>``
+under TensorFlow's parameter-server runtime, or any devices given); the op
+library must be loaded in every process of the cluster. An id lives in
+shard ``shard_ids(id, n)``: ``floor(SplitMix64(id ^ 0x6a09e667f3bcc909) *
+n / 2^64)`` (``cc/table/sharding.h``), stable across processes, restarts and
+machines. A lookup or an update splits the batch by shard
+(``tf.dynamic_partition``), runs each part on the device of its shard, and
+stitches the rows back in order, so only the batch's ids and rows travel,
+never a shard. Every shard gets the same options and seed, and the
+initializers are keyed by (seed, id), so a sharded table holds exactly the
+rows an unsharded one would. Each shard admits, counts and expires its own
+ids; memory per shard is about 1/n of the table.
+"""
+
+import tensorflow as tf
+
+from monolith_tf.ops import table_ops
+from monolith_tf.schema import ROW_FIELDS
+from monolith_tf.table import HashTable, as_float32, as_int64, invalid_argument
+
+
+def shard_ids(ids, num_shards):
+    """The shard (int32, same shape) of each id of ``ids`` in a table
+    sharded ``num_shards`` ways."""
+    return table_ops.monolith_shard_ids(as_int64(ids, "ids"), num_shards=int(num_shards))
+
+
+def ps_devices(num_ps):
+    """The CPU devices of parameter-server tasks 0..num_ps-1."""
+    return [f"/job:ps/replica:0/task:{task}/device:CPU:0" for task in range(num_ps)]
+
+
+class ShardedHashTable(tf.Module):
+    """A HashTable split into shards placed on ``devices`` (module doc).
+
+    Args:
+      dim: floats per row.
+      devices: one device string per shard (``ps_devices(n)`` under the
+        parameter-server runtime); None entries place a shard by TensorFlow's
+        default. ``num_shards`` alone means that many shards on the default
+        device (tests, and checking a sharded layout on one machine).
+      name: shard i is named ``<name>_shard<i>``.
+      **table_options: HashTable's options, the same for every shard.
+    """
+
+    def __init__(self, dim, devices=None, num_shards=None, name="sharded_table",
+                 **table_options):
+        if devices is None:
+            if isinstance(num_shards, bool) or not isinstance(num_shards, int) \
+                    or num_shards < 1:
+                raise invalid_argument(f"num_shards must be an int >= 1, got {num_shards!r}")
+            devices = [None] * num_shards
+        elif num_shards is not None and num_shards != len(devices):
+            raise invalid_argument(f"num_shards ({num_shards}) differs from the {len(devices)} devices")
+        if not devices:
+            raise invalid_argument("a sharded table needs at least one device")
+        super().__init__(name=name)
+        self.devices = list(devices)
+        self.shards = []
+        for index, device in enumerate(self.devices):
+            with tf.device(device):
+                self.shards.append(HashTable(dim, name=f"{name}_shard{index}", **table_options))
+
+    @property
+    def num_shards(self):
+        return len(self.shards)
+
+    @property
+    def dim(self):
+        return self.shards[0].dim
+
+    @property
+    def state_dim(self):
+        return self.shards[0].state_dim
+
+    def get_config(self):
+        """The options of every shard (the same) plus the devices."""
+        config = dict(self.shards[0].get_config())
+        config["name"] = self.name
+        return {**config, "devices": self.devices}
+
+    def _split(self, ids):
+        """(flat ids by shard, their positions in the flat batch by shard)."""
+        flat = tf.reshape(as_int64(ids, "ids"), [-1])
+        shard = shard_ids(flat, self.num_shards)
+        parts = tf.dynamic_partition(flat, shard, self.num_shards)
+        positions = tf.dynamic_partition(tf.range(tf.size(flat)), shard, self.num_shards)
+        return shard, parts, positions
+
+    def _on_shards(self, fn, *per_shard):
+        results = []
+        for index, table in enumerate(self.shards):
+            # The shard's op runs where the shard lives (it would be placed
+            # there anyway, by its resource input); only this part travels.
+            with tf.device(table.resource_handle.device):
+                results.append(fn(table, *(values[index] for values in per_shard)))
+        return results
+
+    def lookup(self, ids, training=False):
+        """Rows of ``ids`` (any shape): float32 ``ids.shape + [dim]``, as
+        ``HashTable.lookup``."""
+        ids = as_int64(ids, "ids")
+        _, parts, positions = self._split(ids)
+        rows = self._on_shards(lambda table, part: table.lookup(part, training=training), parts)
+        stitched = tf.dynamic_stitch(positions, rows)
+        return tf.reshape(stitched, tf.concat([tf.shape(ids), [self.dim]], 0))
+
+    def apply_gradients(self, ids, grads, learning_rate, timestamps=0):
+        """One optimizer step on the rows of ``ids`` (as ``HashTable``);
+        each shard updates its own rows in place."""
+        ids = as_int64(ids, "ids")
+        grads = as_float32(grads, "grads")
+        timestamps = as_int64(timestamps, "timestamps")
+        shard, parts, _ = self._split(ids)
+        flat_grads = tf.reshape(grads, [-1, self.dim])
+        grad_parts = tf.dynamic_partition(flat_grads, shard, self.num_shards)
+        if timestamps.shape.rank == 0:
+            time_parts = [timestamps] * self.num_shards
+        else:
+            time_parts = tf.dynamic_partition(tf.reshape(timestamps, [-1]), shard,
+                                              self.num_shards)
+        learning_rate = as_float32(learning_rate, "learning_rate")
+        return tf.group(self._on_shards(
+            lambda table, part, grad, time: table.apply_gradients(part, grad, learning_rate,
+                                                                  timestamps=time),
+            parts, grad_parts, time_parts))
+
+    def assign(self, ids, values):
+        """Inserts or overwrites the embeddings of ``ids`` on their shards."""
+        shard, parts, _ = self._split(ids)
+        value_parts = tf.dynamic_partition(
+            tf.reshape(as_float32(values, "values"), [-1, self.dim]), shard, self.num_shards)
+        return tf.group(self._on_shards(lambda table, part, value: table.assign(part, value),
+                                        parts, value_parts))
+
+    def remove(self, ids):
+        """Removes ``ids``; returns how many were present."""
+        _, parts, _ = self._split(ids)
+        return tf.add_n(self._on_shards(lambda table, part: table.remove(part), parts))
+
+    def shard_sizes(self):
+        """Rows per shard (int64 [num_shards])."""
+        return tf.stack([table.size() for table in self.shards])
+
+    def size(self):
+        """Rows in all shards (int64 scalar)."""
+        return tf.reduce_sum(self.shard_sizes())
+
+    def evict_expired(self):
+        """Each shard evicts its own expired rows; returns how many in all."""
+        return tf.add_n([table.evict_expired() for table in self.shards])
+
+    def export(self, only_dirty=False, clear_dirty=False):
+        """Every shard's rows, concatenated (shard 0 first), as
+        ``HashTable.export`` returns them."""
+        exports = [table.export(only_dirty=only_dirty, clear_dirty=clear_dirty)
+                   for table in self.shards]
+        return {field: tf.concat([rows[field] for rows in exports], 0) for field in ROW_FIELDS}

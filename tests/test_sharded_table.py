@@ -1,0 +1,170 @@
+"""Sharded tables: id routing against an independent numpy reference, a
+sharded table against an unsharded one (in process and with the shards on
+the PS tasks of a localhost cluster), and the cluster's bad inputs."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import monolith_tf as mt
+from monolith_tf import _core
+from monolith_tf.cluster import LocalCluster, check_cluster_spec, connect, wait_for_cluster
+from monolith_tf.sharded_table import ShardedHashTable, ps_devices, shard_ids
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MASK = (1 << 64) - 1
+
+
+def reference_shard(ids, num_shards):
+    """The documented routing, in plain Python integers."""
+    out = []
+    for key in ids:
+        x = (int(key) & MASK) ^ 0x6A09E667F3BCC909
+        x ^= x >> 30
+        x = (x * 0xBF58476D1CE4E5B9) & MASK
+        x ^= x >> 27
+        x = (x * 0x94D049BB133111EB) & MASK
+        x ^= x >> 31
+        out.append((x * num_shards) >> 64)
+    return np.array(out, np.int32)
+
+
+@pytest.mark.parametrize("num_shards", [1, 2, 3, 7])
+def test_routing_matches_the_documented_hash_and_is_balanced(num_shards):
+    rng = np.random.default_rng(num_shards)
+    ids = np.concatenate([rng.integers(-2**63, 2**63 - 1, 2000, dtype=np.int64),
+                          np.arange(-5, 5, dtype=np.int64)])
+    want = reference_shard(ids, num_shards)
+    np.testing.assert_array_equal(shard_ids(ids, num_shards).numpy(), want)
+    np.testing.assert_array_equal(_core.shard_of(ids, num_shards), want)
+    # Shape kept; sequential ids (the common case) spread evenly.
+    assert shard_ids(ids.reshape(-1, 2), num_shards).shape == (len(ids) // 2, 2)
+    counts = np.bincount(shard_ids(np.arange(100_000), num_shards).numpy(),
+                         minlength=num_shards)
+    assert counts.min() > 0.95 * 100_000 / num_shards
+
+
+def test_bad_shard_counts_and_id_dtypes():
+    with pytest.raises(tf.errors.InvalidArgumentError, match="num_shards"):
+        shard_ids([1, 2], 0)
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        shard_ids(tf.constant([1.5]), 2)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="num_shards"):
+        ShardedHashTable(4, num_shards=0)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="differs"):
+        ShardedHashTable(4, devices=[None, None], num_shards=3)
+
+
+def train_both(sharded, single, steps, seed=0):
+    rng = np.random.default_rng(seed)
+    for step in range(steps):
+        ids = rng.integers(0, 3000, (64, 3))
+        got = sharded.lookup(ids, training=True)
+        want = single.lookup(ids, training=True)
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+        grads = rng.normal(size=(64, 3, 4)).astype(np.float32)
+        sharded.apply_gradients(ids, grads, 0.1, timestamps=step)
+        single.apply_gradients(ids, grads, 0.1, timestamps=step)
+
+
+def sorted_rows(rows):
+    rows = {k: np.asarray(v) for k, v in rows.items()}
+    order = np.argsort(rows["keys"])
+    return {k: v[order] for k, v in rows.items()}
+
+
+def assert_same_rows(sharded, single):
+    got, want = sorted_rows(sharded.export()), sorted_rows(single.export())
+    for field in want:
+        np.testing.assert_array_equal(got[field], want[field], err_msg=field)
+
+
+OPTIONS = dict(initializer="normal(stddev=0.1)", optimizer="adagrad", seed=5)
+
+
+def test_sharded_table_equals_an_unsharded_one_and_each_shard_holds_its_ids():
+    sharded = ShardedHashTable(4, num_shards=3, **OPTIONS)
+    single = mt.HashTable(4, **OPTIONS)
+    train_both(sharded, single, steps=6)
+    assert_same_rows(sharded, single)
+    sizes = sharded.shard_sizes().numpy()
+    assert sizes.sum() == int(single.size()) == int(sharded.size())
+    for index, table in enumerate(sharded.shards):
+        keys = table.export()["keys"].numpy()
+        assert len(keys) == sizes[index] > 0
+        assert (reference_shard(keys, 3) == index).all()
+    # Removal, assignment and expiry go to the owning shard.
+    assert int(sharded.remove([1, 2, 3, 10**9])) == int(single.remove([1, 2, 3, 10**9]))
+    sharded.assign([7, 8], np.ones((2, 4), np.float32))
+    single.assign([7, 8], np.ones((2, 4), np.float32))
+    assert_same_rows(sharded, single)
+
+
+@pytest.mark.slow
+def test_shards_on_the_ps_tasks_of_a_localhost_cluster_equal_one_process():
+    """In a fresh process: connecting makes the process's eager context the
+    cluster's for good, which the rest of this session must not inherit."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.path.join(REPO, "tests")]),
+               TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run([sys.executable, "-c", "import test_sharded_table as t; "
+                             "t.shards_on_a_localhost_cluster(); print('OK')"],
+                            capture_output=True, text=True, env=env, timeout=240)
+    assert result.returncode == 0 and "OK" in result.stdout, \
+        result.stdout[-2000:] + result.stderr[-4000:]
+
+
+def shards_on_a_localhost_cluster():
+    """Two PS tasks and a worker on 127.0.0.1: the shards live on the PS
+    tasks, steps run by the chief and scheduled on the worker give the rows
+    of one unsharded table, each PS holds only the ids routed to it."""
+    with LocalCluster(num_ps=2, num_workers=1) as cluster:
+        strategy = connect(cluster.cluster, timeout=60)
+        sharded = ShardedHashTable(4, devices=ps_devices(2), **OPTIONS)
+        assert [t.resource_handle.device for t in sharded.shards] == \
+            ["/job:ps/replica:0/task:0/device:CPU:0", "/job:ps/replica:0/task:1/device:CPU:0"]
+        single = mt.HashTable(4, **OPTIONS)
+
+        @tf.function
+        def step(ids, grads, now):
+            rows = sharded.lookup(ids, training=True)
+            sharded.apply_gradients(ids, grads, 0.1, timestamps=now)
+            return rows
+
+        rng = np.random.default_rng(1)
+        coordinator = tf.distribute.coordinator.ClusterCoordinator(strategy)
+        for index in range(4):
+            ids = rng.integers(0, 3000, (64, 3))
+            grads = rng.normal(size=(64, 3, 4)).astype(np.float32)
+            args = (tf.constant(ids), tf.constant(grads), tf.constant(index, tf.int64))
+            if index % 2:   # a step scheduled on the worker task
+                got = coordinator.schedule(step, args=args)
+                coordinator.join()
+                got = got.fetch()
+            else:           # a step run by the chief
+                got = step(*args).numpy()
+            np.testing.assert_array_equal(got, single.lookup(ids, training=True).numpy())
+            single.apply_gradients(ids, grads, 0.1, timestamps=index)
+        assert_same_rows(sharded, single)
+        sizes = sharded.shard_sizes().numpy()
+        assert sizes.sum() == int(single.size()) and sizes.min() > 0
+        for index, table in enumerate(sharded.shards):
+            assert (reference_shard(table.export()["keys"].numpy(), 2) == index).all()
+
+
+def test_cluster_spec_without_ps_and_unreachable_tasks_are_clear_errors():
+    with pytest.raises(ValueError, match="no 'ps' tasks"):
+        check_cluster_spec({"chief": ["127.0.0.1:1"], "worker": ["127.0.0.1:2"]})
+    with pytest.raises(ValueError, match="unknown jobs"):
+        check_cluster_spec({"ps": ["127.0.0.1:1"], "master": ["127.0.0.1:2"]})
+    with pytest.raises(ValueError, match="no 'chief'"):
+        connect({"ps": ["127.0.0.1:1"], "worker": ["127.0.0.1:2"]})
+    import socket
+    with socket.socket() as sock:   # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{sock.getsockname()[1]}"
+    with pytest.raises(TimeoutError, match=f"ps task 0 at {dead} unreachable after 1 s"):
+        wait_for_cluster({"ps": [dead], "chief": ["127.0.0.1:1"]}, timeout=1.0)
