@@ -15,6 +15,9 @@ rows an unsharded one would. Each shard admits, counts and expires its own
 ids; memory per shard is about 1/n of the table.
 """
 
+import struct
+
+import numpy as np
 import tensorflow as tf
 
 from monolith_tf.ops import table_ops
@@ -153,9 +156,89 @@ class ShardedHashTable(tf.Module):
         """Each shard evicts its own expired rows; returns how many in all."""
         return tf.add_n([table.evict_expired() for table in self.shards])
 
-    def export(self, only_dirty=False, clear_dirty=False):
-        """Every shard's rows, concatenated (shard 0 first), as
-        ``HashTable.export`` returns them."""
-        exports = [table.export(only_dirty=only_dirty, clear_dirty=clear_dirty)
-                   for table in self.shards]
+    def export(self, chunk=0, num_chunks=1, only_dirty=False, clear_dirty=False):
+        """Chunk ``chunk`` of ``num_chunks`` of every shard, concatenated
+        (shard 0 first), as ``HashTable.export`` returns rows: the chunks
+        still tile the whole table, so a sparse checkpoint of a sharded table
+        is an ordinary one (restorable onto any number of shards, or none)."""
+        exports = self._on_shards(
+            lambda table: table.export(chunk, num_chunks, only_dirty=only_dirty,
+                                       clear_dirty=clear_dirty))
         return {field: tf.concat([rows[field] for rows in exports], 0) for field in ROW_FIELDS}
+
+    def import_rows(self, keys, values, state, timestamps, counts, clear=False):
+        """Upserts rows as ``export`` returns them, each on the shard its id
+        routes to (so rows saved with another shard count land where they
+        belong now); ``clear`` empties every shard first."""
+        shard, parts, _ = self._split(keys)
+
+        def split(value, what, convert):
+            return tf.dynamic_partition(convert(value, what), shard, self.num_shards)
+
+        fields = [parts, split(values, "values", as_float32), split(state, "state", as_float32),
+                  split(timestamps, "timestamps", as_int64), split(counts, "counts", as_int64)]
+        return tf.group(self._on_shards(
+            lambda table, *rows: table.import_rows(*rows, clear=clear), *fields))
+
+    def take_removed(self):
+        """Ids removed or evicted from any shard since the previous call."""
+        return tf.concat([table.take_removed() for table in self.shards], 0)
+
+    def take_sync_changes(self):
+        """Every shard's ``HashTable.take_sync_changes``, concatenated."""
+        changes = [table.take_sync_changes() for table in self.shards]
+        return {field: tf.concat([c[field] for c in changes], 0) for field in changes[0]}
+
+    def stats(self):
+        """Counters summed over the shards (``now``: the newest)."""
+        per_shard = [table.stats() for table in self.shards]
+        return {field: (tf.reduce_max if field == "now" else tf.reduce_sum)(
+            tf.stack([stats[field] for stats in per_shard])) for field in per_shard[0]}
+
+    def save_filter_state(self):
+        """(admission filter states of all shards, newest data time): empty
+        without admission filters (as an unsharded table's), else the states
+        packed as ``b"MTSHARDF"``, u32 shards, u64 length per shard, then the
+        states (little-endian), which only a table of as many shards reads."""
+        states, nows = zip(*(table.save_filter_state() for table in self.shards))
+        states = [np.asarray(state).tobytes() for state in states]
+        now = tf.reduce_max(tf.stack(nows))
+        if not any(states):  # no admission filter: the same empty state as a HashTable's
+            return tf.zeros([0], tf.uint8), now
+        packed = (_FILTER_MAGIC + struct.pack("<I", len(states)) +
+                  struct.pack(f"<{len(states)}Q", *map(len, states)) + b"".join(states))
+        return tf.constant(np.frombuffer(packed, np.uint8)), now
+
+    def restore_filter_state(self, state, now):
+        """Restores ``save_filter_state``'s result. A filter sketch cannot be
+        split by id, so states saved with another shard count (or unsharded)
+        are not restored: each shard's filter starts empty (ids below the
+        occurrence threshold count again from zero); ``now`` always is."""
+        data = np.asarray(state, np.uint8).tobytes()
+        states = _unpack_filter_states(data)
+        if states is None or len(states) != self.num_shards:
+            states = [np.asarray(table.save_filter_state()[0]).tobytes()
+                      for table in self.shards]
+        for table, shard_state in zip(self.shards, states):
+            table.restore_filter_state(np.frombuffer(shard_state, np.uint8), now)
+
+
+_FILTER_MAGIC = b"MTSHARDF"
+
+
+def _unpack_filter_states(data):
+    """Per-shard filter states packed by ``save_filter_state``; None when
+    ``data`` is not in that layout (an unsharded table's state)."""
+    header = len(_FILTER_MAGIC) + 4
+    if not data.startswith(_FILTER_MAGIC) or len(data) < header:
+        return None
+    (count,) = struct.unpack_from("<I", data, len(_FILTER_MAGIC))
+    lengths = struct.unpack_from(f"<{count}Q", data, header)
+    states, position = [], header + 8 * count
+    for length in lengths:
+        states.append(data[position:position + length])
+        position += length
+    if position != len(data):
+        raise invalid_argument(f"sharded filter state of {len(data)} bytes does not match "
+                               f"its header ({position})")
+    return states

@@ -168,3 +168,54 @@ def test_cluster_spec_without_ps_and_unreachable_tasks_are_clear_errors():
         dead = f"127.0.0.1:{sock.getsockname()[1]}"
     with pytest.raises(TimeoutError, match=f"ps task 0 at {dead} unreachable after 1 s"):
         wait_for_cluster({"ps": [dead], "chief": ["127.0.0.1:1"]}, timeout=1.0)
+
+
+@pytest.mark.parametrize("restore_onto", [3, 1, None])
+def test_a_checkpoint_of_2_shards_restores_onto_other_shard_counts(tmp_path, restore_onto):
+    """Sparse checkpoints (full + delta) of a 2-shard table restore onto 3
+    shards, 1 shard, and an unsharded HashTable with exactly the same rows;
+    rows land on the shards their ids route to now."""
+    from monolith_tf.sparse_checkpoint import SparseCheckpointer
+
+    options = dict(OPTIONS, expire_after=100)
+    sharded = ShardedHashTable(4, num_shards=2, **options)
+    single = mt.HashTable(4, **options)
+    train_both(sharded, single, steps=3)
+    saver = SparseCheckpointer(str(tmp_path), {"emb": sharded}, chunk_rows=128)
+    saver.save()                                   # full, several blocks
+    train_both(sharded, single, steps=2, seed=1)
+    sharded.remove([5, 6, 7])
+    single.remove([5, 6, 7])
+    saver.save()                                   # delta with removals
+    restored = (mt.HashTable(4, **options) if restore_onto is None
+                else ShardedHashTable(4, num_shards=restore_onto, **options))
+    SparseCheckpointer(str(tmp_path), {"emb": restored}).restore()
+    assert_same_rows(restored, single)
+    assert int(restored.stats()["now"]) == int(single.stats()["now"])
+    if restore_onto:
+        for index, table in enumerate(restored.shards):
+            assert (reference_shard(table.export()["keys"].numpy(), restore_onto) == index).all()
+    # And back: an unsharded checkpoint restores onto shards.
+    SparseCheckpointer(str(tmp_path / "single"), {"emb": single}).save()
+    onto_two = ShardedHashTable(4, num_shards=2, **options)
+    SparseCheckpointer(str(tmp_path / "single"), {"emb": onto_two}).restore()
+    assert_same_rows(onto_two, single)
+
+
+def test_admission_counts_survive_a_checkpoint_of_the_same_layout_only(tmp_path):
+    """With occurrence_threshold=2 an id seen once is counted, not admitted.
+    Restored onto as many shards, the second sighting admits it; onto another
+    count the filter sketches cannot be split by id and start empty."""
+    from monolith_tf.sparse_checkpoint import SparseCheckpointer
+
+    options = dict(OPTIONS, occurrence_threshold=2)
+    sharded = ShardedHashTable(4, num_shards=2, **options)
+    ids = np.arange(100, 200)
+    sharded.lookup(ids, training=True)
+    assert int(sharded.size()) == 0
+    SparseCheckpointer(str(tmp_path), {"emb": sharded}).save()
+    for shards, admitted in ((2, 100), (3, 0)):
+        restored = ShardedHashTable(4, num_shards=shards, **options)
+        SparseCheckpointer(str(tmp_path), {"emb": restored}).restore()
+        restored.lookup(ids, training=True)
+        assert int(restored.size()) == admitted, shards
