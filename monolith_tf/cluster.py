@@ -90,21 +90,29 @@ class LocalCluster:
         self.processes = {}
         for job in ("ps", "worker"):
             for task in range(len(self.cluster[job])):
-                self.processes[(job, task)] = subprocess.Popen(
-                    [sys.executable, "-m", "monolith_tf.cluster", "serve", "--cluster",
-                     json.dumps(self.cluster), "--job", job, "--task", str(task)],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                self._start(job, task)
         try:
             wait_for_cluster(self.cluster, start_timeout)
         except TimeoutError:
             self.stop()
             raise
 
+    def _start(self, job, task):
+        self.processes[(job, task)] = subprocess.Popen(
+            [sys.executable, "-m", "monolith_tf.cluster", "serve", "--cluster",
+             json.dumps(self.cluster), "--job", job, "--task", str(task)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
     def kill(self, job, task):
-        """Kills one task (fault tests)."""
+        """Kills one task with SIGKILL (fault tests)."""
         process = self.processes[(job, task)]
         process.kill()
         process.wait()
+
+    def restart(self, job, task, timeout=60.0):
+        """Starts a killed task again at its address; waits until it listens."""
+        self._start(job, task)
+        wait_for_cluster({job: [self.cluster[job][task]]}, timeout, jobs=(job,))
 
     def stop(self):
         for process in self.processes.values():

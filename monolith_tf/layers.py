@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from monolith_tf import table as table_lib
 from monolith_tf.schema import ROW_FIELDS, TABLE_DEFAULTS, table_name
+from monolith_tf.sharded_table import ShardedHashTable, ps_devices
 
 keras = tf.keras
 # tf_keras (Keras 2) expresses shapes as TensorShape, Keras 3 as tuples.
@@ -85,6 +86,18 @@ def _deserialize_learning_rate(config):
     return float(config)
 
 
+def parameter_server_devices():
+    """The PS tasks' devices when called under a ParameterServerStrategy's
+    scope (layers built there shard their tables over them), else []."""
+    strategy = tf.distribute.get_strategy()
+    if not isinstance(strategy, tf.distribute.experimental.ParameterServerStrategy):
+        return []
+    # The connected cluster's PS CPUs, as TensorFlow lists them.
+    tasks = {int(device.name.split("/task:")[1].split("/")[0])
+             for device in tf.config.list_logical_devices("CPU") if "/job:ps/" in device.name}
+    return ps_devices(len(tasks))
+
+
 class FeatureTable:
     """One feature of a layer: its HashTable, learning rate and combiner, and
     the layer config that rebuilds them (``config``)."""
@@ -103,9 +116,14 @@ class FeatureTable:
         if unknown:
             raise ValueError(f"{name}: unknown arguments {sorted(unknown)}")
         memory_control = {**MEMORY_CONTROL_DEFAULTS, **memory_control}
-        self.table = table_lib.HashTable(dim, initializer=initializer, optimizer=optimizer,
-                                         seed=seed, capacity_hint=capacity_hint,
-                                         name=f"{name}_table", **memory_control)
+        options = dict(initializer=initializer, optimizer=optimizer, seed=seed,
+                       capacity_hint=capacity_hint, **memory_control)
+        devices = parameter_server_devices()
+        if devices:
+            # Built under ParameterServerStrategy: one shard per PS task.
+            self.table = ShardedHashTable(dim, devices=devices, name=f"{name}_table", **options)
+        else:
+            self.table = table_lib.HashTable(dim, name=f"{name}_table", **options)
         table_config = self.table.get_config()  # specs as resolved (None: the defaults)
         self.config = {"dim": dim, "initializer": table_config["initializer"],
                        "optimizer": table_config["optimizer"],

@@ -22,7 +22,8 @@ import tensorflow as tf
 
 from monolith_tf.ops import table_ops
 from monolith_tf.schema import ROW_FIELDS
-from monolith_tf.table import HashTable, as_float32, as_int64, invalid_argument
+from monolith_tf.table import (HashTable, apply_gradients_many, as_float32, as_int64,
+                               invalid_argument)
 
 
 def shard_ids(ids, num_shards):
@@ -113,7 +114,8 @@ class ShardedHashTable(tf.Module):
 
     def apply_gradients(self, ids, grads, learning_rate, timestamps=0):
         """One optimizer step on the rows of ``ids`` (as ``HashTable``);
-        each shard updates its own rows in place."""
+        each shard updates its own rows in place. Returns the number of
+        distinct rows updated (int64 scalar)."""
         ids = as_int64(ids, "ids")
         grads = as_float32(grads, "grads")
         timestamps = as_int64(timestamps, "timestamps")
@@ -125,10 +127,10 @@ class ShardedHashTable(tf.Module):
         else:
             time_parts = tf.dynamic_partition(tf.reshape(timestamps, [-1]), shard,
                                               self.num_shards)
-        learning_rate = as_float32(learning_rate, "learning_rate")
-        return tf.group(self._on_shards(
-            lambda table, part, grad, time: table.apply_gradients(part, grad, learning_rate,
-                                                                  timestamps=time),
+        learning_rate = tf.reshape(as_float32(learning_rate, "learning_rate"), [1])
+        return tf.add_n(self._on_shards(
+            lambda table, part, grad, time: apply_gradients_many(
+                [table], [part], [grad], learning_rate, [time]),
             parts, grad_parts, time_parts))
 
     def assign(self, ids, values):

@@ -282,10 +282,21 @@ class HashTable(tf.saved_model.experimental.TrackableResource):
 def lookup_many(tables, ids_list, training=False):
     """Rows of several tables in one op call: ``tables[i].lookup(ids_list[i])``
     for every i, with the same ``training`` mode. Returns a list of float32
-    tensors of shape ``ids_list[i].shape + [tables[i].dim]``."""
-    return table_ops.monolith_hash_table_lookup_multi(
-        [t.resource_handle for t in tables], [as_int64(ids, "ids") for ids in ids_list],
-        dims=[t.dim for t in tables], insert_missing=bool(training))
+    tensors of shape ``ids_list[i].shape + [tables[i].dim]``. Tables that are
+    not plain HashTables (sharded ones) are looked up one by one."""
+    fused = [i for i, table in enumerate(tables) if isinstance(table, HashTable)]
+    rows = [None] * len(tables)
+    if fused:
+        fused_rows = table_ops.monolith_hash_table_lookup_multi(
+            [tables[i].resource_handle for i in fused],
+            [as_int64(ids_list[i], "ids") for i in fused],
+            dims=[tables[i].dim for i in fused], insert_missing=bool(training))
+        for i, values in zip(fused, fused_rows):
+            rows[i] = values
+    for i, table in enumerate(tables):
+        if rows[i] is None:
+            rows[i] = table.lookup(ids_list[i], training=training)
+    return rows
 
 
 def apply_gradients_many(tables, ids_list, grads_list, learning_rates, timestamps_list=None):
@@ -293,12 +304,23 @@ def apply_gradients_many(tables, ids_list, grads_list, learning_rates, timestamp
 
     ``learning_rates`` holds one float per table; ``timestamps_list`` one data
     time (seconds) per table, a scalar or one per id (default 0). Returns the
-    number of distinct rows updated (int64 scalar).
+    number of distinct rows updated (int64 scalar). Tables that are not plain
+    HashTables (sharded ones) are updated one by one.
     """
     if timestamps_list is None:
         timestamps_list = [0] * len(tables)
-    return table_ops.monolith_hash_table_apply_gradients_multi(
-        [t.resource_handle for t in tables], [as_int64(ids, "ids") for ids in ids_list],
-        [as_float32(g, "grads") for g in grads_list],
-        as_float32(learning_rates, "learning_rates"),
-        [as_int64(ts, "timestamps") for ts in timestamps_list])
+    learning_rates = as_float32(learning_rates, "learning_rates")
+    fused = [i for i, table in enumerate(tables) if isinstance(table, HashTable)]
+    updated = []
+    if fused:
+        updated.append(table_ops.monolith_hash_table_apply_gradients_multi(
+            [tables[i].resource_handle for i in fused],
+            [as_int64(ids_list[i], "ids") for i in fused],
+            [as_float32(grads_list[i], "grads") for i in fused],
+            tf.gather(learning_rates, fused),
+            [as_int64(timestamps_list[i], "timestamps") for i in fused]))
+    for i, table in enumerate(tables):
+        if i not in fused:
+            updated.append(table.apply_gradients(ids_list[i], grads_list[i], learning_rates[i],
+                                                 timestamps=timestamps_list[i]))
+    return tf.add_n(updated)

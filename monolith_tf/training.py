@@ -112,6 +112,10 @@ class TrainingWorker:
       tensorboard: write TensorBoard scalars.
       verbose: 0 silent, 1 progress bar, 2 one line per log interval.
       tasks: more StepTasks, run after the built-in ones at every step.
+      strategy: a ``ParameterServerStrategy`` (``monolith_tf.cluster.connect``)
+        under whose scope the model was built: its tables are sharded over
+        the PS tasks and each step runs on a worker task; this process (the
+        chief) reads the data and runs the step tasks (saves, pushes).
       max_save_failures: a scheduled save that fails (a full disk) is
         reported and retried when next due while training goes on; this many
         failures in a row stop training with the error (CheckpointPolicy).
@@ -121,11 +125,18 @@ class TrainingWorker:
                  dense_every_steps=None, dense_every_secs=600.0, full_every=10,
                  keep_full=2, keep_dense=3, resume="consistent", log_every_steps=100,
                  timestamp_feature="timestamp", tensorboard=True, verbose=1,
-                 checkpoints=True, tasks=(), max_save_failures=3):
+                 checkpoints=True, tasks=(), max_save_failures=3, strategy=None):
         if getattr(model, "optimizer", None) is None:
             raise ValueError("TrainingWorker needs a compiled model (call model.compile first)")
         self.model = model
         self.model_dir = model_dir
+        self.strategy = strategy
+        self._coordinator = None
+        if strategy is not None:
+            if not isinstance(strategy, tf.distribute.experimental.ParameterServerStrategy):
+                raise ValueError(f"strategy must be a ParameterServerStrategy (monolith_tf."
+                                 f"cluster.connect), got {type(strategy).__name__}")
+            self._coordinator = tf.distribute.coordinator.ClusterCoordinator(strategy)
         self.timestamp_feature = timestamp_feature
         self.verbose = verbose
         self.layers = hash_embedding_layers(model)
@@ -252,6 +263,8 @@ class TrainingWorker:
     def _train_next(self, iterator):
         """Trains the iterator's next batch; returns (logs as tensors, batch
         size, batch position), or None at the end of the data."""
+        if self._coordinator is not None:
+            return self._train_next_on_cluster(iterator)
         if self._step_function is None:
             self._step_function = tf.function(self._compiled_step)
         next_batch = iterator.get_next_as_optional()
@@ -259,6 +272,26 @@ class TrainingWorker:
             return None
         logs, size, position = self._step_function(next_batch)
         return logs, int(size), position.numpy().tolist() if position.shape[0] else []
+
+    def _train_next_on_cluster(self, iterator):
+        """The step under ParameterServerStrategy: the chief reads the batch,
+        a worker task runs the step (``strategy.run`` inside a function the
+        ClusterCoordinator schedules), reading and updating the variables
+        and table shards on the PS tasks. One step at a time, in data order,
+        so a run's result does not depend on the number of workers."""
+        next_batch = iterator.get_next_as_optional()
+        if not next_batch.has_value():
+            return None
+        batch = next_batch.get_value()
+        if self._step_function is None:
+            def replica_step(batch):
+                return self._compiled_step(tf.experimental.Optional.from_value(batch))
+
+            self._step_function = tf.function(
+                lambda batch: self.strategy.run(replica_step, args=(batch,)))
+        result = self._coordinator.schedule(self._step_function, args=(batch,))
+        logs, size, position = result.fetch()
+        return logs, int(size), list(position) if len(position) else []
 
     def _install_signal_handlers(self):
         self._stop_requested = None

@@ -219,3 +219,53 @@ def test_admission_counts_survive_a_checkpoint_of_the_same_layout_only(tmp_path)
         SparseCheckpointer(str(tmp_path), {"emb": restored}).restore()
         restored.lookup(ids, training=True)
         assert int(restored.size()) == admitted, shards
+
+
+def run_scenario(name, directory, timeout=300):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.path.join(REPO, "tests")]),
+               TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "tests", "cluster_scenarios.py"), name,
+         str(directory)], capture_output=True, text=True, env=env, timeout=timeout)
+    assert result.returncode == 0 and f"OK {name}" in result.stdout, \
+        result.stdout[-2000:] + result.stderr[-4000:]
+    return dict(np.load(directory / f"{name}.npz"))
+
+
+@pytest.mark.slow
+def test_training_worker_on_2_ps_equals_one_process_and_checkpoints_reshard(tmp_path):
+    """The same job trained by one process and by a localhost cluster (2 PS,
+    1 worker killed and restarted mid-run) ends with the same rows and dense
+    weights; its sparse checkpoint restored onto 3 PS and onto one process
+    holds exactly its rows."""
+    from test_training import write_ratings
+
+    from cluster_scenarios import build
+
+    write_ratings(tmp_path / "u.data", 64 * 30, seed=3)
+    single = run_scenario("single", tmp_path)
+    cluster = run_scenario("cluster2", tmp_path)
+    assert single.keys() == cluster.keys()
+    for key in single:
+        if key.endswith(("/keys", "/counts")):
+            np.testing.assert_array_equal(cluster[key], single[key], err_msg=key)
+        elif single[key].dtype.kind == "f":
+            np.testing.assert_allclose(cluster[key], single[key], rtol=1e-5, atol=1e-6,
+                                       err_msg=key)
+    onto_three = run_scenario("restore3", tmp_path)
+    table_keys = [key for key in cluster if not key.startswith("weight/")]
+    for key in table_keys:
+        np.testing.assert_array_equal(onto_three[key], cluster[key], err_msg=key)
+    # Onto one process: the same checkpoint, unsharded tables.
+    from monolith_tf.schema import table_file_name
+    from monolith_tf.sparse_checkpoint import SparseCheckpointer
+    model = build()
+    model({"user_id": tf.constant([1], tf.int64), "movie_id": tf.constant([1], tf.int64),
+           "timestamp": tf.constant([0], tf.int64)})
+    tables = {table_file_name(name): table for name, table in mt.layers.model_tables(model).items()}
+    SparseCheckpointer(str(tmp_path / "cluster" / "sparse"), tables).restore()
+    for name, table in mt.layers.model_tables(model).items():
+        rows = sorted_rows(table.export())
+        for field in ("keys", "values", "state", "counts"):
+            np.testing.assert_array_equal(rows[field], cluster[f"{name}/{field}"],
+                                          err_msg=f"{name} {field}")
