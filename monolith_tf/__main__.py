@@ -30,6 +30,7 @@
 """
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
@@ -123,8 +124,40 @@ def train(args):
     if missing:
         raise ValueError(f"data files not found: {missing}")
     job = load_job(args.job)
-    tf.keras.utils.set_random_seed(args.seed)
-    model = job.build_model(**dict(args.option))
+    with contextlib.ExitStack() as cleanup:
+        strategy = _connect_cluster(args, cleanup)
+        tf.keras.utils.set_random_seed(args.seed)
+        with strategy.scope() if strategy is not None else contextlib.nullcontext():
+            model = job.build_model(**dict(args.option))
+        return _train_model(args, job, model, strategy)
+
+
+def _connect_cluster(args, cleanup):
+    """The ParameterServerStrategy of ``--local-cluster`` (a localhost
+    cluster this process starts and stops) or ``--cluster`` (a JSON spec, or
+    ``env``: TF_CONFIG's), with this process as the chief; None without."""
+    if not (args.local_cluster or args.cluster):
+        return None
+    from monolith_tf import cluster as cluster_lib
+
+    if args.local_cluster:
+        counts = dict(part.split("=", 1) for part in args.local_cluster.split(","))
+        unknown = set(counts) - {"ps", "workers"}
+        if unknown or not all(value.isdigit() for value in counts.values()):
+            raise ValueError(f"--local-cluster must be ps=N,workers=M, got {args.local_cluster!r}")
+        local = cleanup.enter_context(cluster_lib.LocalCluster(
+            num_ps=int(counts.get("ps", 1)), num_workers=int(counts.get("workers", 1))))
+        spec = local.cluster
+    elif args.cluster == "env":
+        spec = cluster_lib.cluster_from_tf_config()[0]
+    else:
+        spec = json.loads(args.cluster)
+    return cluster_lib.connect(spec, timeout=args.cluster_timeout)
+
+
+def _train_model(args, job, model, strategy):
+    from monolith_tf.training import TrainingWorker
+
     tasks = []
     if args.sync_log:
         from monolith_tf.streaming import open_log
@@ -146,7 +179,7 @@ def train(args):
         dense_every_secs=args.dense_every_secs, full_every=args.full_every,
         resume=None if args.resume == "none" else args.resume,
         log_every_steps=args.log_every_steps, verbose=args.verbose, tasks=tasks,
-        max_save_failures=args.max_save_failures)
+        max_save_failures=args.max_save_failures, strategy=strategy)
     summary = worker.train(job.make_dataset(args.data, args.batch_size), epochs=args.epochs,
                            max_steps=args.max_steps, max_seconds=args.max_seconds)
     if args.export:
@@ -368,6 +401,14 @@ def main(argv=None):
     train_parser.add_argument("--dense-every-steps", type=int)
     train_parser.add_argument("--dense-every-secs", type=float, default=600.0)
     train_parser.add_argument("--full-every", type=int, default=10)
+    cluster_group = train_parser.add_mutually_exclusive_group()
+    cluster_group.add_argument("--cluster", metavar="SPEC",
+                               help="train on a parameter-server cluster as its chief: the "
+                                    "cluster spec as JSON, or 'env' for TF_CONFIG's")
+    cluster_group.add_argument("--local-cluster", metavar="ps=N,workers=M",
+                               help="start a cluster on 127.0.0.1 and train on it")
+    train_parser.add_argument("--cluster-timeout", type=float, default=60.0,
+                              help="seconds to wait for the cluster's tasks")
     train_parser.add_argument("--max-save-failures", type=int, default=3,
                               help="scheduled saves that may fail in a row (a full disk) "
                                    "before training stops; each failure is retried when the "

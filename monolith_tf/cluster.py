@@ -3,6 +3,8 @@ servers with the op library loaded, check a cluster is reachable, connect a
 chief (``ParameterServerStrategy``), and a localhost cluster for trying it.
 
     python -m monolith_tf.cluster serve --cluster '<json>' --job ps --task 0
+    TF_CONFIG='{"cluster": {...}, "task": {"type": "ps", "index": 0}}' \
+        python -m monolith_tf.cluster serve
 
 runs one task (``ps`` or ``worker``) of a cluster spec until killed. Every
 process of the cluster must load monolith_tf's op library (the PS tasks run
@@ -28,6 +30,22 @@ def _free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def cluster_from_tf_config(environ=None):
+    """(cluster spec, task type, task index) from the ``TF_CONFIG`` variable
+    (``{"cluster": {...}, "task": {"type": "ps", "index": 0}}``)."""
+    import os
+
+    text = (environ if environ is not None else os.environ).get("TF_CONFIG")
+    if not text:
+        raise ValueError("TF_CONFIG is not set")
+    try:
+        config = json.loads(text)
+        task = config.get("task", {})
+        return config["cluster"], task.get("type", "chief"), int(task.get("index", 0))
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ValueError(f"TF_CONFIG is not a cluster config: {error}") from error
 
 
 def check_cluster_spec(cluster):
@@ -140,12 +158,19 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     serve_parser = sub.add_parser("serve", help="run one PS or worker task")
-    serve_parser.add_argument("--cluster", required=True, help="cluster spec as JSON")
-    serve_parser.add_argument("--job", required=True, choices=("ps", "worker"))
-    serve_parser.add_argument("--task", required=True, type=int)
+    serve_parser.add_argument("--cluster", help="cluster spec as JSON (default: TF_CONFIG's "
+                                                "cluster, task type and index)")
+    serve_parser.add_argument("--job", choices=("ps", "worker"))
+    serve_parser.add_argument("--task", type=int)
     args = parser.parse_args(argv)
     try:
-        serve(json.loads(args.cluster), args.job, args.task)
+        if args.cluster is None:
+            spec, job, task = cluster_from_tf_config()
+        else:
+            spec, job, task = json.loads(args.cluster), args.job, args.task
+            if job is None or task is None:
+                raise ValueError("--cluster needs --job and --task")
+        serve(spec, job, task)
     except (ValueError, tf.errors.OpError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

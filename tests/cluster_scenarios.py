@@ -24,6 +24,8 @@ import movielens_ctr_job as job  # noqa: E402
 import monolith_tf as mt  # noqa: E402
 from monolith_tf.cluster import LocalCluster, connect  # noqa: E402
 from monolith_tf.sparse_checkpoint import SparseCheckpointer  # noqa: E402
+from monolith_tf.streaming import open_log  # noqa: E402
+from monolith_tf.sync_publisher import SyncPublisher  # noqa: E402
 from monolith_tf.schema import table_file_name  # noqa: E402
 from monolith_tf.sharded_table import ShardedHashTable, shard_ids  # noqa: E402
 from monolith_tf.training import TrainingWorker  # noqa: E402
@@ -73,6 +75,7 @@ def single(directory):
     model = build()
     train(model, os.path.join(directory, "single"), os.path.join(directory, "u.data"))
     save_state(model, os.path.join(directory, "single.npz"))
+    mt.export_saved_model(model, os.path.join(directory, "single_export"))
 
 
 class KillWorkerAt:
@@ -102,11 +105,19 @@ def cluster2(directory):
         strategy = connect(cluster.cluster, timeout=60)
         model = build(strategy)
         killer = KillWorkerAt(cluster, step=12)
+        # The sync publisher, unchanged, on the sharded model: rows every
+        # 5 steps' worth of data time, a base version when training begins.
+        publisher = SyncPublisher(open_log({"path": os.path.join(directory, "sync")}),
+                                  os.path.join(directory, "models"), sparse_every_secs=None,
+                                  sparse_every_data_secs=5 * BATCH * 10)
         result = train(model, os.path.join(directory, "cluster"),
-                       os.path.join(directory, "u.data"), strategy, tasks=[killer])
+                       os.path.join(directory, "u.data"), strategy, tasks=[killer, publisher])
+        publisher.close()
         assert killer.restarted.is_set() and result["steps"] == 30, result
+        assert publisher.totals["pushes"] >= 5, publisher.totals
         assert_shards_hold_their_ids(model, 2)
         save_state(model, os.path.join(directory, "cluster2.npz"))
+        mt.export_saved_model(model, os.path.join(directory, "cluster2_export"))
 
 
 def restore3(directory):

@@ -2,6 +2,7 @@
 sharded table against an unsharded one (in process and with the shards on
 the PS tasks of a localhost cluster), and the cluster's bad inputs."""
 
+import json
 import os
 import subprocess
 import sys
@@ -252,6 +253,28 @@ def test_training_worker_on_2_ps_equals_one_process_and_checkpoints_reshard(tmp_
         elif single[key].dtype.kind == "f":
             np.testing.assert_allclose(cluster[key], single[key], rtol=1e-5, atol=1e-6,
                                        err_msg=key)
+    # The serving exports of both models answer alike (stock ops: loaded
+    # here without the cluster), and a replica following the cluster's sync
+    # stream serves its final rows.
+    features = {"user_id": tf.constant(np.arange(1, 300), tf.int64),
+                "movie_id": tf.constant(np.arange(300, 1, -1), tf.int64),
+                "timestamp": tf.zeros([299], tf.int64)}
+    scores = [list(tf.saved_model.load(str(tmp_path / name)).signatures["serving_default"](
+        **features).values())[0].numpy() for name in ("single_export", "cluster2_export")]
+    np.testing.assert_allclose(scores[1], scores[0], rtol=1e-5, atol=1e-6)
+    from monolith_tf.experiments.progressive import MODEL_NAME, Replica
+    from monolith_tf.streaming import open_log
+    replica = Replica(str(tmp_path / "models"), open_log({"path": str(tmp_path / "sync")})).start()
+    try:
+        replica.wait_for_version(timeout=60)
+        replica.catch_up(timeout=60)
+        servable = replica.server.manager.servable(MODEL_NAME)
+        for table in servable.facts["tables"]:
+            ids, values = servable.table_rows(table["name"])
+            np.testing.assert_array_equal(ids, cluster[f"{table['name']}/keys"])
+            np.testing.assert_array_equal(values, cluster[f"{table['name']}/values"])
+    finally:
+        replica.stop()
     onto_three = run_scenario("restore3", tmp_path)
     table_keys = [key for key in cluster if not key.startswith("weight/")]
     for key in table_keys:
@@ -269,3 +292,37 @@ def test_training_worker_on_2_ps_equals_one_process_and_checkpoints_reshard(tmp_
         for field in ("keys", "values", "state", "counts"):
             np.testing.assert_array_equal(rows[field], cluster[f"{name}/{field}"],
                                           err_msg=f"{name} {field}")
+
+
+@pytest.mark.slow
+def test_cli_trains_on_a_local_cluster_and_rejects_bad_specs(tmp_path):
+    from test_training import write_ratings
+
+    data = write_ratings(tmp_path / "u.data", 64 * 12, seed=1)
+    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3")
+    command = [sys.executable, "-m", "monolith_tf", "train", "--job",
+               os.path.join(REPO, "examples", "movielens_ctr_job.py"), "--data", data,
+               "--model-dir", str(tmp_path / "run"), "--batch-size", "64", "--verbose", "0"]
+    result = subprocess.run(command + ["--local-cluster", "ps=2,workers=2"],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert '"steps": 12' in result.stdout
+    assert os.listdir(tmp_path / "run" / "sparse") and os.listdir(tmp_path / "run" / "dense")
+    bad = subprocess.run(command + ["--local-cluster", "ps=two"], capture_output=True,
+                         text=True, env=env, timeout=120)
+    assert bad.returncode != 0 and "--local-cluster must be ps=N,workers=M" in bad.stderr
+    no_ps = subprocess.run(command + ["--cluster", '{"chief": ["127.0.0.1:1"]}'],
+                           capture_output=True, text=True, env=env, timeout=120)
+    assert no_ps.returncode != 0 and "no 'ps' tasks" in no_ps.stderr
+
+
+def test_tf_config_is_read_for_task_servers():
+    from monolith_tf.cluster import cluster_from_tf_config
+
+    spec = {"ps": ["127.0.0.1:1"], "chief": ["127.0.0.1:2"]}
+    config = {"TF_CONFIG": json.dumps({"cluster": spec, "task": {"type": "ps", "index": 0}})}
+    assert cluster_from_tf_config(config) == (spec, "ps", 0)
+    with pytest.raises(ValueError, match="TF_CONFIG is not set"):
+        cluster_from_tf_config({})
+    with pytest.raises(ValueError, match="not a cluster config"):
+        cluster_from_tf_config({"TF_CONFIG": "[1, 2]"})
