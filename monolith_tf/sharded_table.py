@@ -107,9 +107,17 @@ class ShardedHashTable(tf.Module):
         """Rows of ``ids`` (any shape): float32 ``ids.shape + [dim]``, as
         ``HashTable.lookup``."""
         ids = as_int64(ids, "ids")
-        _, parts, positions = self._split(ids)
+        flat = tf.reshape(ids, [-1])
+        # Each distinct id travels once. Not with occurrence admission, which
+        # counts every occurrence of a training lookup.
+        dedup = not (training and self.shards[0].get_config()["occurrence_threshold"])
+        if dedup:
+            flat, occurrences = tf.unique(flat)
+        _, parts, positions = self._split(flat)
         rows = self._on_shards(lambda table, part: table.lookup(part, training=training), parts)
         stitched = tf.dynamic_stitch(positions, rows)
+        if dedup:
+            stitched = tf.gather(stitched, occurrences)
         return tf.reshape(stitched, tf.concat([tf.shape(ids), [self.dim]], 0))
 
     def apply_gradients(self, ids, grads, learning_rate, timestamps=0):

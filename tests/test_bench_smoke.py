@@ -112,3 +112,15 @@ def test_sync_and_freshness_benches_run():
     assert result.returncode == 0, result.stderr[-3000:]
     row = [line for line in result.stdout.splitlines() if line.startswith("| 1 s |")]
     assert len(row) == 1 and "3/3" in row[0]
+
+
+@pytest.mark.slow
+def test_ps_bench_one_configuration_runs():
+    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "bench", "ps_bench.py"), "--one", "ps=2,workers=1",
+         "--steps", "3", "--batch", "64"], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    row = json.loads([line for line in result.stdout.splitlines() if line.startswith("{")][-1])
+    assert row["config"] == "ps=2,workers=1" and row["examples_per_sec"] > 0
+    assert row["loopback_bytes_per_step"] > 0
