@@ -41,6 +41,7 @@ import threading
 import time
 from typing import Protocol
 
+import numpy as np
 import tensorflow as tf
 
 from monolith_tf import kill_points
@@ -291,7 +292,7 @@ class TrainingWorker:
                 lambda batch: self.strategy.run(replica_step, args=(batch,)))
         result = self._coordinator.schedule(self._step_function, args=(batch,))
         logs, size, position = result.fetch()
-        return logs, int(size), list(position) if len(position) else []
+        return logs, int(size), np.asarray(position).tolist()
 
     def _install_signal_handlers(self):
         self._stop_requested = None
