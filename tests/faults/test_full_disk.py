@@ -24,8 +24,11 @@ def _namespace_command(mount_point, size, command):
 @pytest.fixture(scope="module")
 def small_disks(tmp_path_factory):
     probe = tmp_path_factory.mktemp("probe")
-    result = subprocess.run(_namespace_command(probe, "1m", ["true"]), capture_output=True,
-                            text=True)
+    try:
+        result = subprocess.run(_namespace_command(probe, "1m", ["true"]), capture_output=True,
+                                text=True, timeout=60)
+    except FileNotFoundError as error:  # no util-linux unshare on this machine
+        pytest.skip(f"cannot mount a tmpfs in a private mount namespace here: {error}")
     if result.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs in a private mount namespace here "
                     f"(needs root or user namespaces): {result.stderr.strip()}")
