@@ -26,6 +26,14 @@ def as_tf_variable(variable):
     return variable if isinstance(variable, tf.Variable) else variable.value
 
 
+def write_error_parts(error):
+    """(errno, message) of a failed write, an OSError or TensorFlow's OpError
+    (which has no errno: ENOSPC is read from its message, else EIO)."""
+    message = (getattr(error, "message", None) or str(error)).strip()
+    code = getattr(error, "errno", None)
+    return code or (errno.ENOSPC if "No space left" in message else errno.EIO), message
+
+
 class DenseCheckpointError(ValueError):
     """A dense checkpoint is missing, unreadable or does not fit the model."""
 
@@ -96,12 +104,10 @@ class DenseCheckpointer:
         except (OSError, tf.errors.OpError) as error:
             # TensorFlow wrote into dense-<step>_temp; nothing of it is kept.
             self.remove_temporaries()
-            message = getattr(error, "message", None) or str(error)
+            code, message = write_error_parts(error)
             raise CheckpointSaveError(
-                getattr(error, "errno", None) or (errno.ENOSPC if "No space left" in message
-                                                  else errno.EIO),
-                f"dense checkpoint {os.path.join(self.directory, f'dense-{step}')} not saved "
-                f"({message.strip()}); nothing of it was kept and the previous checkpoints "
+                code, f"dense checkpoint {os.path.join(self.directory, f'dense-{step}')} not saved "
+                f"({message}); nothing of it was kept and the previous checkpoints "
                 f"are intact") from error
 
     def checkpoints(self):

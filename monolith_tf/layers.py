@@ -22,6 +22,7 @@ import tensorflow as tf
 from monolith_tf import table as table_lib
 from monolith_tf.schema import ROW_FIELDS, TABLE_DEFAULTS, table_name
 from monolith_tf.sharded_table import ShardedHashTable, ps_devices
+from monolith_tf.table import invalid_argument
 
 keras = tf.keras
 # tf_keras (Keras 2) expresses shapes as TensorShape, Keras 3 as tuples.
@@ -36,10 +37,6 @@ MEMORY_CONTROL_DEFAULTS = {"occurrence_threshold": TABLE_DEFAULTS["occurrence_th
                            "expire_after": None, "evict_every": None, "evict_on_save": False}
 
 
-def _invalid(message):
-    return tf.errors.InvalidArgumentError(None, None, message)
-
-
 def ids_to_int64(ids, feature="ids"):
     """Raw ids as int64: strings are fingerprinted, narrower ints widened.
 
@@ -52,7 +49,7 @@ def ids_to_int64(ids, feature="ids"):
         return ids
     if ids.dtype in (tf.int32, tf.int16, tf.int8, tf.uint8, tf.uint16, tf.uint32):
         return tf.cast(ids, tf.int64)
-    raise _invalid(f"{feature} must be int64, int32 or string ids, got {ids.dtype.name}")
+    raise invalid_argument(f"{feature} must be int64, int32 or string ids, got {ids.dtype.name}")
 
 
 def hash_embedding_layers(model):
@@ -145,7 +142,7 @@ def _flatten(ids, feature, combiner):
         return _flatten_sparse(ids, feature, combiner)
     if isinstance(ids, tf.RaggedTensor):
         if ids.ragged_rank != 1 or ids.flat_values.shape.rank != 1:
-            raise _invalid(f"{feature}: ragged ids must be [batch, (n)]")
+            raise invalid_argument(f"{feature}: ragged ids must be [batch, (n)]")
         ragged = ids
 
         def combine_ragged(rows):
@@ -158,7 +155,7 @@ def _flatten(ids, feature, combiner):
         return ids_to_int64(ragged.flat_values, feature), combine_ragged
     ids = tf.convert_to_tensor(ids)
     if ids.shape.rank is not None and ids.shape.rank not in (1, 2):
-        raise _invalid(f"{feature}: dense ids must be [batch] or [batch, n], got rank "
+        raise invalid_argument(f"{feature}: dense ids must be [batch] or [batch, n], got rank "
                        f"{ids.shape.rank}")
 
     def combine_dense(rows):
@@ -172,9 +169,10 @@ def _flatten(ids, feature, combiner):
 
 def _flatten_sparse(ids, feature, combiner):
     if ids.shape.rank is not None and ids.shape.rank != 2:
-        raise _invalid(f"{feature}: a SparseTensor of ids must be 2-D, got rank {ids.shape.rank}")
+        raise invalid_argument(
+            f"{feature}: a SparseTensor of ids must be 2-D, got rank {ids.shape.rank}")
     if combiner is None:
-        raise _invalid(f"{feature}: SparseTensor ids need a combiner (sum, mean or sqrtn)")
+        raise invalid_argument(f"{feature}: SparseTensor ids need a combiner (sum, mean or sqrtn)")
     checks = [
         tf.debugging.assert_non_negative(
             ids.indices, message=f"{feature}: SparseTensor indices must be >= 0"),
@@ -443,7 +441,7 @@ class HashEmbeddingCollection(_HashEmbeddingBase):
     def call(self, inputs, training=None):
         missing = [f.name for f in self._feature_list if f.name not in inputs]
         if missing:
-            raise _invalid(f"inputs lack features {missing}")
+            raise invalid_argument(f"inputs lack features {missing}")
         outputs = self._embed(self._feature_list,
                               [inputs[f.name] for f in self._feature_list], training,
                               inputs.get(self.timestamp_feature))

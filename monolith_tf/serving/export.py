@@ -49,7 +49,6 @@ TF Serving model base path atomically (``base_path/<version>/``).
 """
 
 import contextlib
-import errno
 import json
 import os
 import shutil
@@ -57,7 +56,7 @@ import tempfile
 
 import tensorflow as tf
 
-from monolith_tf.dense_checkpoint import as_tf_variable
+from monolith_tf.dense_checkpoint import as_tf_variable, write_error_parts
 from monolith_tf.layers import hash_embedding_layers, model_tables
 from monolith_tf.schema import table_name
 
@@ -423,11 +422,9 @@ def export_version(model, base_path, version=None, sync_state=None, **export_opt
     except (OSError, tf.errors.OpError) as error:
         if isinstance(error, FileExistsError):
             raise
-        message = getattr(error, "message", None) or str(error)
-        raise ExportError(
-            getattr(error, "errno", None) or
-            (errno.ENOSPC if "No space left" in message else errno.EIO),
-            f"export {final} not written ({message.strip()}); nothing of it was kept") from error
+        code, message = write_error_parts(error)
+        raise ExportError(code, f"export {final} not written ({message}); "
+                                f"nothing of it was kept") from error
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return version

@@ -15,7 +15,6 @@ import sys
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from monolith_tf.experiments.progressive import MODEL_NAME, Replica
 from monolith_tf.schema import table_file_name
