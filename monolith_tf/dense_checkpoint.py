@@ -11,27 +11,18 @@ format, written by ``tf.train.CheckpointManager`` (temporary files, then
 rename) and pruned to ``keep`` checkpoints.
 """
 
-import errno
 import os
 import shutil
 
 import tensorflow as tf
 
-from monolith_tf.sparse_checkpoint import CheckpointSaveError
+from monolith_tf.sparse_checkpoint import CheckpointSaveError, write_error_parts
 
 
 def as_tf_variable(variable):
     """The ``tf.Variable`` behind a Keras variable (Keras 3 wraps it; tf_keras
     variables are ``tf.Variable`` already)."""
     return variable if isinstance(variable, tf.Variable) else variable.value
-
-
-def write_error_parts(error):
-    """(errno, message) of a failed write, an OSError or TensorFlow's OpError
-    (which has no errno: ENOSPC is read from its message, else EIO)."""
-    message = (getattr(error, "message", None) or str(error)).strip()
-    code = getattr(error, "errno", None)
-    return code or (errno.ENOSPC if "No space left" in message else errno.EIO), message
 
 
 class DenseCheckpointError(ValueError):

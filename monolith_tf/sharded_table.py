@@ -23,7 +23,7 @@ import tensorflow as tf
 from monolith_tf.ops import table_ops
 from monolith_tf.schema import ROW_FIELDS
 from monolith_tf.table import (HashTable, apply_gradients_many, as_float32, as_int64,
-                               invalid_argument)
+                               invalid_argument, row_file_entries)
 
 
 def shard_ids(ids, num_shards):
@@ -63,6 +63,7 @@ class ShardedHashTable(tf.Module):
             raise invalid_argument("a sharded table needs at least one device")
         super().__init__(name=name)
         self.devices = list(devices)
+        self._row_writers = {}  # (only_dirty, clear_dirty) -> tf.function
         self.shards = []
         for index, device in enumerate(self.devices):
             with tf.device(device):
@@ -175,6 +176,27 @@ class ShardedHashTable(tf.Module):
             lambda table: table.export(chunk, num_chunks, only_dirty=only_dirty,
                                        clear_dirty=clear_dirty))
         return {field: tf.concat([rows[field] for rows in exports], 0) for field in ROW_FIELDS}
+
+    def write_row_files(self, prefix, rows_per_block, file_bytes, only_dirty=False,
+                        clear_dirty=False):
+        """Each shard writes its own rows as ``<prefix>.s<i>.rows.00000``, ...
+        on its own task (on a parameter server, into that server's file
+        system), all shards at once; only the file names and CRCs come back.
+        Eager; returns the manifest entries of every shard's files (as
+        ``HashTable.write_row_files``, plus ``shard``)."""
+        key = (bool(only_dirty), bool(clear_dirty))
+        if key not in self._row_writers:
+            self._row_writers[key] = tf.function(
+                lambda prefixes, rows_per_block, file_bytes: self._on_shards(
+                    lambda table, shard_prefix: table.write_rows_op(
+                        shard_prefix, rows_per_block, file_bytes, *key),
+                    prefixes), autograph=False)
+        # One function, so the shards' writes run concurrently on their tasks.
+        outputs = self._row_writers[key](
+            [tf.constant(f"{prefix}.s{index}.rows") for index in range(self.num_shards)],
+            tf.constant(int(rows_per_block), tf.int64), tf.constant(int(file_bytes), tf.int64))
+        return [entry for index, shard_outputs in enumerate(outputs)
+                for entry in row_file_entries(shard_outputs, shard=index)]
 
     def import_rows(self, keys, values, state, timestamps, counts, clear=False):
         """Upserts rows as ``export`` returns them, each on the shard its id

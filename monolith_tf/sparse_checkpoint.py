@@ -11,9 +11,17 @@ the rows changed since the previous save and the keys removed since; restore
 raises CheckpointError naming it, and ``restore`` falls back to the previous
 complete chain.
 
-Memory: a table is exported one block of ``chunk_rows`` rows at a time and
-each block is written straight from the exported arrays, so a save holds at
-most one block beyond the table itself; restore reads one block at a time.
+Row files are written by the process that holds the table
+(``table.write_row_files``, the core's ``cc/table/row_file.cc``): with a
+table sharded over parameter servers each server writes its own shard's
+files, all shards at once, and only the manifest comes from the caller; the
+directory must then be on a file system every task sees (as TensorFlow's own
+distributed checkpoints need). The manifest names each file's shard. Restore
+reads every file and routes rows by id, so it fits any shard count.
+
+Memory: a table is written one block of ``chunk_rows`` rows at a time, so a
+save holds at most one block beyond the table itself; restore reads one
+block at a time.
 
 Row file format (little-endian, no pickle; ``read_rows`` reads it): a
 sequence of blocks, each
@@ -29,7 +37,9 @@ import shutil
 import struct
 import zlib
 
+import errno
 import numpy as np
+import tensorflow as tf
 
 from monolith_tf import kill_points
 from monolith_tf.schema import ROW_FIELD_DTYPES
@@ -54,6 +64,17 @@ class CheckpointSaveError(OSError):
     ``errno`` is the failed write's when the OS gave one."""
 
 
+def write_error_parts(error):
+    """(errno, message) of a failed write, an OSError or TensorFlow's OpError
+    (which has no errno: ENOSPC is read from its class or message, else EIO)."""
+    message = (getattr(error, "message", None) or str(error)).strip()
+    code = getattr(error, "errno", None)
+    if not code and (isinstance(error, tf.errors.ResourceExhaustedError)
+                     or "No space left" in message):
+        code = errno.ENOSPC
+    return code or errno.EIO, message
+
+
 def _fsync_write(path, chunks):
     """Writes byte chunks to ``path``; returns (bytes, crc32)."""
     size, crc = 0, 0
@@ -65,56 +86,6 @@ def _fsync_write(path, chunks):
         f.flush()
         os.fsync(f.fileno())
     return size, crc
-
-
-def _block_buffers(rows):
-    """The header and arrays of one block, as buffers (no copy of the rows)."""
-    arrays = [np.ascontiguousarray(rows[name], dtype) for name, dtype in _FIELDS]
-    n, dim = rows["values"].shape
-    header = _HEADER.pack(_MAGIC, _VERSION, dim, rows["state"].shape[1], n)
-    return [header] + [memoryview(a.reshape(-1).view(np.uint8)) for a in arrays]
-
-
-class _RowFileWriter:
-    """Appends blocks to one row file, tracking rows, bytes, CRC and the
-    data-time range for the manifest; ``close`` fsyncs."""
-
-    def __init__(self, path):
-        self.path = path
-        self._file = open(path, "wb")
-        self.info = {"file": os.path.basename(path), "rows": 0, "bytes": 0, "crc32": 0,
-                     "oldest_update": None, "newest_update": None}
-
-    def write_block(self, rows):
-        for buffer in _block_buffers(rows):
-            self._file.write(buffer)
-            self.info["bytes"] += len(buffer)
-            self.info["crc32"] = zlib.crc32(buffer, self.info["crc32"])
-        stamps = rows["timestamps"]
-        self.info["rows"] += len(stamps)
-        if len(stamps):
-            # Kept in the manifest, so inspecting a checkpoint reads no row file.
-            oldest, newest = int(stamps.min()), int(stamps.max())
-            info = self.info
-            info["oldest_update"] = oldest if info["oldest_update"] is None else min(
-                oldest, info["oldest_update"])
-            info["newest_update"] = newest if info["newest_update"] is None else max(
-                newest, info["newest_update"])
-
-    def close(self):
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        return self.info
-
-
-def write_rows(path, rows):
-    """Writes one block of rows (a dict as HashTable.export returns, numpy)
-    as a row file; returns (bytes, crc32)."""
-    writer = _RowFileWriter(path)
-    writer.write_block(rows)
-    info = writer.close()
-    return info["bytes"], info["crc32"]
 
 
 def iter_row_blocks(path):
@@ -243,16 +214,19 @@ class SparseCheckpointer:
             os.rename(partial, final)
             _fsync_directory(self.directory)
             kill_points.reached("sparse_save.renamed")
-        except OSError as error:
+        except (OSError, tf.errors.OpError) as error:
             shutil.rmtree(partial, ignore_errors=True)
             # The tables' change marks and removed keys went into the lost
             # files, so a delta on top of the last save would miss them: the
             # next save must be a full snapshot.
             self._base = None
+            code, message = write_error_parts(error)
+            if isinstance(error, OSError):  # an OpError's message names its file
+                message = f"{error.strerror or error} writing {error.filename or partial}"
             raise CheckpointSaveError(
-                error.errno, f"sparse checkpoint {final} not saved ({error.strerror or error} "
-                f"writing {error.filename or partial}); nothing of it was kept, the previous "
-                f"checkpoints are intact and the next save is a full snapshot") from error
+                code, f"sparse checkpoint {final} not saved ({message}); nothing of "
+                f"it was kept, the previous checkpoints are intact and the next save is a "
+                f"full snapshot") from error
         if kind == "full":
             self._base = sequence
             self._prune()
@@ -288,23 +262,12 @@ class SparseCheckpointer:
         if table.get_config().get("evict_on_save"):
             table.evict_expired()
         removed = table.take_removed().numpy()  # starts the record on a full save
-        num_blocks = max(1, -(-int(table.size()) // self._rows_per_block(table)))
-        files, writer = [], None
-        for block in range(num_blocks):
-            # np.asarray shares the tensor's buffer (.numpy() would copy it).
-            rows = {k: np.asarray(v) for k, v in table.export(
-                block, num_blocks, only_dirty=delta, clear_dirty=True).items()}
-            if not len(rows["keys"]) and writer is not None:
-                continue  # deltas skip empty blocks; every table has one file
-            if writer is not None and writer.info["bytes"] >= self.file_bytes:
-                files.append(writer.close())
-                writer = None
-            if writer is None:
-                writer = _RowFileWriter(os.path.join(partial, f"{name}.rows.{len(files):05d}"))
-            writer.write_block(rows)
-        files.append(writer.close())
+        files = table.write_row_files(os.path.join(partial, name), self._rows_per_block(table),
+                                      self.file_bytes, only_dirty=delta, clear_dirty=True)
         entry = {"dim": table.dim, "state_dim": table.state_dim, "config": table.get_config(),
                  "files": files}
+        if any("shard" in info for info in files):
+            entry["shards"] = table.num_shards
         if delta:
             file = f"{name}.removed"
             nbytes, crc = _fsync_write(os.path.join(partial, file),
@@ -485,4 +448,13 @@ def _verify(path):
         infos = list(entry["files"]) + [entry["filter"]] + (
             [entry["removed"]] if "removed" in entry else [])
         for info in infos:
-            _check_crc(os.path.join(path, info["file"]), info["bytes"], info["crc32"])
+            try:
+                _check_crc(os.path.join(path, info["file"]), info["bytes"], info["crc32"])
+            except CheckpointError as error:
+                if "shard" not in info:
+                    raise
+                raise CheckpointError(
+                    f"{error}; it holds shard {info['shard']} of {entry.get('shards', '?')}, "
+                    "written by the task that held that shard (the checkpoint directory "
+                    "must be on a file system every task and the restoring process "
+                    "share)") from error

@@ -6,6 +6,9 @@ first training lookup, updated in place by the table's own optimizer and
 saved with ``tf.train.Checkpoint`` and SavedModel.
 """
 
+import os
+
+import numpy as np
 import tensorflow as tf
 
 from monolith_tf.ops import table_ops
@@ -240,6 +243,27 @@ class HashTable(tf.saved_model.experimental.TrackableResource):
             clear_dirty=bool(clear_dirty))
         return dict(zip(ROW_FIELDS, outputs))
 
+    def write_row_files(self, prefix, rows_per_block, file_bytes, only_dirty=False,
+                        clear_dirty=False):
+        """Writes the rows (``only_dirty``/``clear_dirty`` as ``export``) as
+        sparse-checkpoint row files ``<prefix>.rows.00000``, ... in the
+        process that holds the table, one block of ``rows_per_block`` rows at
+        a time, a new file past ``file_bytes``. Eager; returns the manifest
+        entry of each file (``file``: its base name, ``rows``, ``bytes``,
+        ``crc32``, ``oldest_update``/``newest_update``: None without rows)."""
+        outputs = self.write_rows_op(tf.constant(f"{prefix}.rows"), rows_per_block, file_bytes,
+                                     only_dirty, clear_dirty)
+        return row_file_entries(outputs)
+
+    def write_rows_op(self, prefix, rows_per_block, file_bytes, only_dirty, clear_dirty):
+        """The op behind ``write_row_files`` (graph-friendly): its six output
+        tensors for the files written as ``<prefix>.00000``, ...; the integer
+        arguments may be tensors."""
+        return table_ops.monolith_hash_table_write_rows(
+            self.resource_handle, prefix, as_int64(rows_per_block, "rows_per_block"),
+            as_int64(file_bytes, "file_bytes"), only_dirty=bool(only_dirty),
+            clear_dirty=bool(clear_dirty))
+
     def import_rows(self, keys, values, state, timestamps, counts, clear=False):
         """Upserts full rows as ``export`` returns them; with ``clear=True``
         the table is emptied first, so ``import_rows(**export(), clear=True)``
@@ -297,6 +321,23 @@ def lookup_many(tables, ids_list, training=False):
         if rows[i] is None:
             rows[i] = table.lookup(ids_list[i], training=training)
     return rows
+
+
+def row_file_entries(outputs, shard=None):
+    """Manifest entries of the files a write-rows op reported (its six
+    outputs, numpy-convertible); ``shard`` is recorded when given."""
+    paths, rows, nbytes, crcs, oldest, newest = (np.asarray(output) for output in outputs)
+    entries = []
+    for index, path in enumerate(paths):
+        count = int(rows[index])
+        entry = {"file": os.path.basename(path.decode()), "rows": count,
+                 "bytes": int(nbytes[index]), "crc32": int(crcs[index]),
+                 "oldest_update": int(oldest[index]) if count else None,
+                 "newest_update": int(newest[index]) if count else None}
+        if shard is not None:
+            entry["shard"] = shard
+        entries.append(entry)
+    return entries
 
 
 def apply_gradients_many(tables, ids_list, grads_list, learning_rates, timestamps_list=None):

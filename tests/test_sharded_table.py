@@ -187,7 +187,16 @@ def test_a_checkpoint_of_2_shards_restores_onto_other_shard_counts(tmp_path, res
     train_both(sharded, single, steps=2, seed=1)
     sharded.remove([5, 6, 7])
     single.remove([5, 6, 7])
-    saver.save()                                   # delta with removals
+    delta = saver.save()                           # delta with removals
+    # Each shard wrote its own files, holding only the ids routed to it.
+    from monolith_tf.sparse_checkpoint import read_manifest, read_rows
+    entry = read_manifest(delta)["tables"]["emb"]
+    assert entry["shards"] == 2 and sorted({info["shard"] for info in entry["files"]}) == [0, 1]
+    for info in entry["files"]:
+        assert info["file"].startswith(f"emb.s{info['shard']}.rows."), info
+        keys = read_rows(os.path.join(delta, info["file"]), info["crc32"])["keys"]
+        assert len(keys) == info["rows"]
+        assert (reference_shard(keys, 2) == info["shard"]).all()
     restored = (mt.HashTable(4, **options) if restore_onto is None
                 else ShardedHashTable(4, num_shards=restore_onto, **options))
     SparseCheckpointer(str(tmp_path), {"emb": restored}).restore()
@@ -201,6 +210,37 @@ def test_a_checkpoint_of_2_shards_restores_onto_other_shard_counts(tmp_path, res
     onto_two = ShardedHashTable(4, num_shards=2, **options)
     SparseCheckpointer(str(tmp_path / "single"), {"emb": onto_two}).restore()
     assert_same_rows(onto_two, single)
+
+
+def test_a_checkpoint_missing_a_shards_file_is_a_clear_error_and_restore_falls_back(tmp_path):
+    """A shard's row file that never reached the shared file system makes
+    its checkpoint unrestorable: the error names the file and the shard, and
+    restore falls back to the previous complete chain, changing nothing
+    else."""
+    from monolith_tf.sparse_checkpoint import CheckpointError, SparseCheckpointer, read_manifest
+
+    sharded = ShardedHashTable(4, num_shards=2, **OPTIONS)
+    single = mt.HashTable(4, **OPTIONS)
+    train_both(sharded, single, steps=2)
+    saver = SparseCheckpointer(str(tmp_path), {"emb": sharded}, keep_full=2)
+    older = saver.save()
+    before = sorted_rows(single.export())
+    train_both(sharded, single, steps=2, seed=1)
+    newest = saver.save(full=True)
+    lost = [info for info in read_manifest(newest)["tables"]["emb"]["files"]
+            if info["shard"] == 1][0]
+    os.remove(os.path.join(newest, lost["file"]))
+    with pytest.raises(CheckpointError) as raised:
+        SparseCheckpointer(str(tmp_path), {"emb": ShardedHashTable(4, num_shards=2, **OPTIONS)}
+                           ).restore(upto=newest)
+    message = str(raised.value)
+    assert lost["file"] in message and "shard 1 of 2" in message, message
+    assert "No such file" in message, message
+    fallback = ShardedHashTable(4, num_shards=3, **OPTIONS)
+    assert SparseCheckpointer(str(tmp_path), {"emb": fallback}).restore() == older
+    got = sorted_rows(fallback.export())
+    for field in before:
+        np.testing.assert_array_equal(got[field], before[field], err_msg=field)
 
 
 def test_admission_counts_survive_a_checkpoint_of_the_same_layout_only(tmp_path):
@@ -275,6 +315,14 @@ def test_training_worker_on_2_ps_equals_one_process_and_checkpoints_reshard(tmp_
             np.testing.assert_array_equal(values, cluster[f"{table['name']}/values"])
     finally:
         replica.stop()
+    # The PS tasks wrote their own shards' row files.
+    from monolith_tf.sparse_checkpoint import list_checkpoints, read_manifest, read_rows
+    newest = list_checkpoints(str(tmp_path / "cluster" / "sparse"))[-1][2]
+    for name, entry in read_manifest(newest)["tables"].items():
+        assert sorted({info["shard"] for info in entry["files"]}) == [0, 1], name
+        for info in entry["files"]:
+            keys = read_rows(os.path.join(newest, info["file"]), info["crc32"])["keys"]
+            assert (reference_shard(keys, 2) == info["shard"]).all(), info
     onto_three = run_scenario("restore3", tmp_path)
     table_keys = [key for key in cluster if not key.startswith("weight/")]
     for key in table_keys:

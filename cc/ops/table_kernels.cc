@@ -3,6 +3,7 @@
 #include <string>
 
 #include "cc/ops/table_resource.h"
+#include "cc/table/row_file.h"
 #include "cc/table/sharding.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/resource_mgr.h"
@@ -601,6 +602,55 @@ class ShardIdsOp : public OpKernel {
   int32_t num_shards_;
 };
 
+// Writes the table's rows as sparse-checkpoint row files where the table
+// lives (on a parameter server, that server's file system).
+class WriteRowsOp : public TableOpKernel {
+ public:
+  explicit WriteRowsOp(OpKernelConstruction* ctx) : TableOpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("only_dirty", &options_.only_dirty));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("clear_dirty", &options_.clear_dirty));
+  }
+
+ protected:
+  void ComputeWithTable(OpKernelContext* ctx, EmbeddingTable& table) override {
+    const Tensor& prefix = ctx->input(1);
+    const Tensor& rows_per_block = ctx->input(2);
+    const Tensor& file_bytes = ctx->input(3);
+    OP_REQUIRES(ctx,
+                tensorflow::TensorShapeUtils::IsScalar(prefix.shape()) &&
+                    tensorflow::TensorShapeUtils::IsScalar(rows_per_block.shape()) &&
+                    tensorflow::TensorShapeUtils::IsScalar(file_bytes.shape()),
+                errors::InvalidArgument("prefix, rows_per_block and file_bytes must be "
+                                        "scalars, got ", ShapeString(prefix), ", ",
+                                        ShapeString(rows_per_block), " and ",
+                                        ShapeString(file_bytes)));
+    RowFileOptions options = options_;
+    options.rows_per_block = rows_per_block.scalar<int64_t>()();
+    options.file_bytes = file_bytes.scalar<int64_t>()();
+    std::vector<RowFileInfo> files;
+    OP_REQUIRES_OK(ctx, CallCore([&] {
+                     files = WriteRowFiles(table, prefix.scalar<tensorflow::tstring>()(),
+                                           options);
+                   }));
+    const int64_t n = static_cast<int64_t>(files.size());
+    Tensor* paths;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({n}), &paths));
+    std::vector<int64_t> columns[5];
+    for (int64_t i = 0; i < n; ++i) {
+      paths->flat<tensorflow::tstring>()(i) = files[i].path;
+      columns[0].push_back(files[i].rows);
+      columns[1].push_back(files[i].bytes);
+      columns[2].push_back(files[i].crc32);
+      columns[3].push_back(files[i].oldest_update);
+      columns[4].push_back(files[i].newest_update);
+    }
+    for (int i = 0; i < 5; ++i) SetVectorOutput(ctx, i + 1, columns[i]);
+  }
+
+ private:
+  RowFileOptions options_;
+};
+
 REGISTER_KERNEL_BUILDER(Name("MonolithHashTable").Device(DEVICE_CPU), CreateTableOp);
 REGISTER_KERNEL_BUILDER(Name("MonolithShardIds").Device(DEVICE_CPU), ShardIdsOp);
 REGISTER_KERNEL_BUILDER(Name("MonolithHashTableLookupMulti").Device(DEVICE_CPU), LookupMultiOp);
@@ -622,6 +672,7 @@ REGISTER_KERNEL_BUILDER(Name("MonolithHashTableSaveFilter").Device(DEVICE_CPU), 
 REGISTER_KERNEL_BUILDER(Name("MonolithHashTableRestoreFilter").Device(DEVICE_CPU),
                         RestoreFilterOp);
 REGISTER_KERNEL_BUILDER(Name("MonolithHashTableImport").Device(DEVICE_CPU), ImportOp);
+REGISTER_KERNEL_BUILDER(Name("MonolithHashTableWriteRows").Device(DEVICE_CPU), WriteRowsOp);
 
 }  // namespace
 }  // namespace monolith

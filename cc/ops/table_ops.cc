@@ -208,6 +208,35 @@ REGISTER_OP("MonolithHashTableRestoreFilter")
     })
     .Doc("Restores what MonolithHashTableSaveFilter returned.");
 
+REGISTER_OP("MonolithHashTableWriteRows")
+    .Input("table_handle: resource")
+    .Input("prefix: string")
+    .Input("rows_per_block: int64")
+    .Input("file_bytes: int64")
+    .Output("files: string")
+    .Output("rows: int64")
+    .Output("bytes: int64")
+    .Output("crc32: int64")
+    .Output("oldest_update: int64")
+    .Output("newest_update: int64")
+    .Attr("only_dirty: bool = false")
+    .Attr("clear_dirty: bool = false")
+    .SetIsStateful()
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle unused;
+      for (int i = 1; i < 4; ++i) TF_RETURN_IF_ERROR(c->WithRank(c->input(i), 0, &unused));
+      const ShapeHandle files = c->Vector(InferenceContext::kUnknownDim);
+      for (int i = 0; i < 6; ++i) c->set_output(i, files);
+      return tensorflow::OkStatus();
+    })
+    .Doc(R"doc(
+Writes the table's rows (with only_dirty, the rows changed since the last
+clear_dirty export) as sparse-checkpoint row files `<prefix>.00000`, ... in
+the process that holds the table, one block of rows_per_block rows at a time,
+a new file past file_bytes. Returns per file its path, rows, bytes, CRC-32 and
+the oldest and newest row data times (0 for a file without rows).
+)doc");
+
 REGISTER_OP("MonolithHashTableExport")
     .Input("table_handle: resource")
     .Input("chunk: int64")

@@ -3,9 +3,11 @@
 #ifndef MONOLITH_TF_CC_OPS_TABLE_RESOURCE_H_
 #define MONOLITH_TF_CC_OPS_TABLE_RESOURCE_H_
 
+#include <cerrno>
 #include <new>
 #include <stdexcept>
 #include <string>
+#include <system_error>
 
 #include "cc/table/embedding_table.h"
 #include "tensorflow/core/framework/op_kernel.h"
@@ -32,7 +34,8 @@ class HashTableResource : public tensorflow::ResourceBase {
 };
 
 // Runs `fn`, turning core exceptions into a Status: bad input becomes
-// InvalidArgument, running out of memory or ids becomes ResourceExhausted.
+// InvalidArgument, running out of memory or ids becomes ResourceExhausted,
+// a failed file write the code of its errno.
 template <typename Fn>
 tensorflow::Status CallCore(Fn&& fn) {
   try {
@@ -43,6 +46,14 @@ tensorflow::Status CallCore(Fn&& fn) {
     return tensorflow::errors::ResourceExhausted(e.what());
   } catch (const std::bad_alloc&) {
     return tensorflow::errors::ResourceExhausted("out of memory in MonolithHashTable");
+  } catch (const std::system_error& e) {
+    // A failed file write: a full disk is ResourceExhausted (as TF's own file
+    // ops report it); the message names the file and the OS's reason.
+    const int code = e.code().value();
+    if (code == ENOSPC || code == EDQUOT) return tensorflow::errors::ResourceExhausted(e.what());
+    if (code == ENOENT) return tensorflow::errors::NotFound(e.what());
+    if (code == EACCES || code == EPERM) return tensorflow::errors::PermissionDenied(e.what());
+    return tensorflow::errors::Internal(e.what());
   } catch (const std::exception& e) {
     return tensorflow::errors::Internal(e.what());
   }

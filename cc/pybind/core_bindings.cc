@@ -7,10 +7,13 @@
 #include <algorithm>
 #include <iterator>
 #include <stdexcept>
+#include <string_view>
+#include <system_error>
 #include <thread>
 #include <vector>
 
 #include "cc/table/embedding_table.h"
+#include "cc/table/row_file.h"
 #include "cc/table/sharding.h"
 
 namespace py = pybind11;
@@ -67,6 +70,15 @@ const TableConfig kDefaults;
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "TF-free core of monolith_tf: the cuckoo-hash embedding table.";
+  // A failed file write is an OSError carrying its errno, as Python's own.
+  py::register_exception_translator([](std::exception_ptr error) {
+    try {
+      if (error) std::rethrow_exception(error);
+    } catch (const std::system_error& e) {
+      PyErr_SetObject(PyExc_OSError,
+                      py::make_tuple(e.code().value(), std::string(e.what())).ptr());
+    }
+  });
   m.def("shard_of",
         [](const CArray<int64_t>& keys, int num_shards) {
           if (num_shards < 1) throw std::invalid_argument("num_shards must be >= 1");
@@ -79,6 +91,13 @@ PYBIND11_MODULE(_core, m) {
         },
         py::arg("keys"), py::arg("num_shards"),
         "The shard of each id in a table sharded num_shards ways (cc/table/sharding.h).");
+  m.def("crc32",
+        [](const py::bytes& data, uint32_t crc) {
+          const std::string_view view = data;
+          return monolith::Crc32(view.data(), view.size(), crc);
+        },
+        py::arg("data"), py::arg("crc") = 0,
+        "CRC-32 of data continuing from crc, as zlib.crc32 (cc/table/row_file.h).");
   m.def("table_schema_json", &monolith::TableSchemaJson,
         "Defaults, stats and row field names (as the op library reports them).");
   py::class_<EmbeddingTable>(m, "EmbeddingTable")
@@ -239,6 +258,37 @@ PYBIND11_MODULE(_core, m) {
            },
            py::arg("chunk") = 0, py::arg("num_chunks") = 1, py::arg("only_dirty") = false,
            py::arg("clear_dirty") = false)
+      .def("write_row_files",
+           [](EmbeddingTable& t, const std::string& prefix, int64_t rows_per_block,
+              int64_t file_bytes, bool only_dirty, bool clear_dirty) {
+             monolith::RowFileOptions options;
+             options.rows_per_block = rows_per_block;
+             options.file_bytes = file_bytes;
+             options.only_dirty = only_dirty;
+             options.clear_dirty = clear_dirty;
+             std::vector<monolith::RowFileInfo> files;
+             {
+               py::gil_scoped_release release;
+               files = monolith::WriteRowFiles(t, prefix, options);
+             }
+             py::list out;
+             for (const auto& f : files) {
+               py::dict d;
+               d["path"] = f.path;
+               d["rows"] = f.rows;
+               d["bytes"] = f.bytes;
+               d["crc32"] = f.crc32;
+               d["oldest_update"] = f.oldest_update;
+               d["newest_update"] = f.newest_update;
+               out.append(d);
+             }
+             return out;
+           },
+           py::arg("prefix"), py::arg("rows_per_block") = 1 << 16,
+           py::arg("file_bytes") = int64_t{256} << 20, py::arg("only_dirty") = false,
+           py::arg("clear_dirty") = false,
+           "Writes the rows as sparse-checkpoint row files <prefix>.00000, ...; "
+           "returns one dict per file.")
       .def("import_rows",
            [](EmbeddingTable& t, const CArray<int64_t>& keys, const CArray<float>& values,
               const CArray<float>& state, const CArray<int64_t>& timestamps,

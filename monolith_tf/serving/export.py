@@ -56,7 +56,8 @@ import tempfile
 
 import tensorflow as tf
 
-from monolith_tf.dense_checkpoint import as_tf_variable, write_error_parts
+from monolith_tf.dense_checkpoint import as_tf_variable
+from monolith_tf.sparse_checkpoint import write_error_parts
 from monolith_tf.layers import hash_embedding_layers, model_tables
 from monolith_tf.schema import table_name
 
