@@ -179,7 +179,8 @@ def _train_model(args, job, model, strategy):
         dense_every_secs=args.dense_every_secs, full_every=args.full_every,
         resume=None if args.resume == "none" else args.resume,
         log_every_steps=args.log_every_steps, verbose=args.verbose, tasks=tasks,
-        max_save_failures=args.max_save_failures, strategy=strategy)
+        max_save_failures=args.max_save_failures, strategy=strategy,
+        steps_in_flight=args.steps_in_flight if strategy is not None else 1)
     summary = worker.train(job.make_dataset(args.data, args.batch_size), epochs=args.epochs,
                            max_steps=args.max_steps, max_seconds=args.max_seconds)
     if args.export:
@@ -409,6 +410,9 @@ def main(argv=None):
                                help="start a cluster on 127.0.0.1 and train on it")
     train_parser.add_argument("--cluster-timeout", type=float, default=60.0,
                               help="seconds to wait for the cluster's tasks")
+    train_parser.add_argument("--steps-in-flight", type=int, default=1,
+                              help="on a cluster, steps issued before waiting for the oldest "
+                                   "(1: in data order; more: asynchronous, every worker busy)")
     train_parser.add_argument("--max-save-failures", type=int, default=3,
                               help="scheduled saves that may fail in a row (a full disk) "
                                    "before training stops; each failure is retried when the "

@@ -124,9 +124,9 @@ class CheckpointPolicy:
         """Saves what the schedules say is due at ``step`` (dense implies
         sparse). ``metadata`` is called only when a save is due: it reads
         device state, which a step that saves nothing should not pay for."""
-        dense = self.dense_schedule.due(step)
-        if not (dense or self.sparse_schedule.due(step)):
+        if not self.due(step):
             return
+        dense = self.dense_schedule.due(step)
         try:
             self.save(step, metadata(), dense=dense)
         except CheckpointSaveError as error:
@@ -223,6 +223,15 @@ class CheckpointPolicy:
                               f"be restored; first error: {errors[0]}")
 
     # -- a step task of the training worker (monolith_tf.training.StepTask) -----
+
+    # A save must hold exactly the steps counted so far: with steps in
+    # flight (TrainingWorker's steps_in_flight), the worker calls after_step
+    # only once they are all applied, and stops issuing steps while due().
+    needs_applied_steps = True
+
+    def due(self, step):
+        """Whether a save is due at ``step``."""
+        return self.dense_schedule.due(step) or self.sparse_schedule.due(step)
 
     def begin(self, worker):
         pass

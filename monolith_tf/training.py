@@ -34,6 +34,7 @@ restoring, one batch is trained to create every variable (Keras creates
 optimizer slots lazily); all its effects are then overwritten.
 """
 
+import collections
 import os
 import signal
 import sys
@@ -69,7 +70,12 @@ class StepTask(Protocol):
         """A train() call starts."""
 
     def after_step(self, worker):
-        """A batch was trained; ``worker.step`` counts it."""
+        """A batch was trained; ``worker.step`` counts it. With steps in
+        flight (``steps_in_flight``), later steps may already be running;
+        a task whose action must see exactly the counted steps (a
+        checkpoint) sets ``needs_applied_steps = True`` and defines
+        ``due(step)``: it is then called only when no step is in flight, and
+        no new step is issued while it is due."""
 
     def finish(self, worker):
         """The train() call ends (data, budget or signal); not after an error."""
@@ -117,6 +123,13 @@ class TrainingWorker:
         under whose scope the model was built: its tables are sharded over
         the PS tasks and each step runs on a worker task; this process (the
         chief) reads the data and runs the step tasks (saves, pushes).
+      steps_in_flight: with a strategy, how many steps the chief issues
+        before waiting for the oldest (1: one at a time, in data order, so
+        the result does not depend on the number of workers). More keep
+        every worker busy (asynchronous training, as Monolith's and
+        TensorFlow's PS training: a step may read rows and weights that an
+        earlier step in flight has not updated yet); checkpoints still hold
+        exactly the steps they count (issuing pauses while one is due).
       max_save_failures: a scheduled save that fails (a full disk) is
         reported and retried when next due while training goes on; this many
         failures in a row stop training with the error (CheckpointPolicy).
@@ -126,7 +139,8 @@ class TrainingWorker:
                  dense_every_steps=None, dense_every_secs=600.0, full_every=10,
                  keep_full=2, keep_dense=3, resume="consistent", log_every_steps=100,
                  timestamp_feature="timestamp", tensorboard=True, verbose=1,
-                 checkpoints=True, tasks=(), max_save_failures=3, strategy=None):
+                 checkpoints=True, tasks=(), max_save_failures=3, strategy=None,
+                 steps_in_flight=1):
         if getattr(model, "optimizer", None) is None:
             raise ValueError("TrainingWorker needs a compiled model (call model.compile first)")
         self.model = model
@@ -138,6 +152,13 @@ class TrainingWorker:
                 raise ValueError(f"strategy must be a ParameterServerStrategy (monolith_tf."
                                  f"cluster.connect), got {type(strategy).__name__}")
             self._coordinator = tf.distribute.coordinator.ClusterCoordinator(strategy)
+        if isinstance(steps_in_flight, bool) or not isinstance(steps_in_flight, int) \
+                or steps_in_flight < 1:
+            raise ValueError(f"steps_in_flight must be an int >= 1, got {steps_in_flight!r}")
+        if steps_in_flight > 1 and strategy is None:
+            raise ValueError("steps_in_flight > 1 needs a strategy (steps in flight run on "
+                             "the workers of a cluster)")
+        self.steps_in_flight = steps_in_flight
         self.timestamp_feature = timestamp_feature
         self.verbose = verbose
         self.layers = hash_embedding_layers(model)
@@ -265,7 +286,11 @@ class TrainingWorker:
         """Trains the iterator's next batch; returns (logs as tensors, batch
         size, batch position), or None at the end of the data."""
         if self._coordinator is not None:
-            return self._train_next_on_cluster(iterator)
+            scheduled = self._schedule_next(iterator)
+            if scheduled is None:
+                return None
+            logs, size, position = scheduled.fetch()
+            return logs, int(size), np.asarray(position).tolist()
         if self._step_function is None:
             self._step_function = tf.function(self._compiled_step)
         next_batch = iterator.get_next_as_optional()
@@ -274,12 +299,12 @@ class TrainingWorker:
         logs, size, position = self._step_function(next_batch)
         return logs, int(size), position.numpy().tolist() if position.shape[0] else []
 
-    def _train_next_on_cluster(self, iterator):
-        """The step under ParameterServerStrategy: the chief reads the batch,
-        a worker task runs the step (``strategy.run`` inside a function the
-        ClusterCoordinator schedules), reading and updating the variables
-        and table shards on the PS tasks. One step at a time, in data order,
-        so a run's result does not depend on the number of workers."""
+    def _schedule_next(self, iterator):
+        """Under ParameterServerStrategy: the chief reads the next batch and
+        schedules its step on a worker task (``strategy.run`` inside a
+        function the ClusterCoordinator schedules), which reads and updates
+        the variables and table shards on the PS tasks. Returns the step's
+        RemoteValue, or None at the end of the data."""
         next_batch = iterator.get_next_as_optional()
         if not next_batch.has_value():
             return None
@@ -290,9 +315,20 @@ class TrainingWorker:
 
             self._step_function = tf.function(
                 lambda batch: self.strategy.run(replica_step, args=(batch,)))
-        result = self._coordinator.schedule(self._step_function, args=(batch,))
-        logs, size, position = result.fetch()
-        return logs, int(size), np.asarray(position).tolist()
+        return self._coordinator.schedule(self._step_function, args=(batch,))
+
+    def _may_issue(self, in_flight, max_steps, max_seconds, started):
+        """Whether the cluster loop may issue another step with ``in_flight``
+        steps issued and not yet counted."""
+        if in_flight >= self.steps_in_flight:
+            return False
+        upcoming = self.step + in_flight
+        if self._stop_requested or (max_steps is not None and upcoming >= max_steps) or (
+                max_seconds is not None and time.monotonic() - started >= max_seconds):
+            return False
+        # A task due at the last issued step runs once the pipeline drains.
+        return not (in_flight and any(task.due(upcoming) for task in self.tasks
+                                      if getattr(task, "needs_applied_steps", False)))
 
     def _install_signal_handlers(self):
         self._stop_requested = None
@@ -344,6 +380,8 @@ class TrainingWorker:
     def _train_segment(self, segment, max_steps, max_seconds, started):
         """Trains the segment's batches, running the step tasks after each;
         returns whether the source has more to read (False at its end)."""
+        if self._coordinator is not None and self.steps_in_flight > 1:
+            return self._train_segment_pipelined(segment, max_steps, max_seconds, started)
         iterator = iter(segment)
         trained_any = False
         while True:
@@ -351,15 +389,44 @@ class TrainingWorker:
             if trained is None:
                 return self.source.segment_ended(trained_any)
             trained_any = True
-            self.last_step_logs, self.last_batch_size, batch_position = trained
-            self.step += 1
-            self.examples += self.last_batch_size
-            self.source.batch_trained(batch_position)
-            kill_points.reached("worker.step")
-            for task in self.tasks:
-                task.after_step(self)
+            self._count_step(trained, all_applied=True)
             if self._stop_reason(max_steps, max_seconds, started):
                 return True  # stopped early: the outer loop sees why
+
+    def _train_segment_pipelined(self, segment, max_steps, max_seconds, started):
+        """``_train_segment`` with up to ``steps_in_flight`` steps issued to
+        the cluster; steps are counted (and the step tasks run) in the order
+        they were issued, and the loop returns only with none in flight."""
+        iterator = iter(segment)
+        in_flight = collections.deque()
+        trained_any = exhausted = False
+        while True:
+            while not exhausted and self._may_issue(len(in_flight), max_steps, max_seconds,
+                                                    started):
+                scheduled = self._schedule_next(iterator)
+                if scheduled is None:
+                    exhausted = True
+                else:
+                    in_flight.append(scheduled)
+            if not in_flight:
+                return self.source.segment_ended(trained_any) if exhausted else True
+            logs, size, position = in_flight.popleft().fetch()
+            trained_any = True
+            self._count_step((logs, int(size), np.asarray(position).tolist()),
+                             all_applied=not in_flight)
+
+    def _count_step(self, trained, all_applied):
+        """Counts a trained step and runs the step tasks; with steps still in
+        flight (``all_applied`` False), not those that need every counted
+        step applied and nothing more (checkpoints)."""
+        self.last_step_logs, self.last_batch_size, batch_position = trained
+        self.step += 1
+        self.examples += self.last_batch_size
+        self.source.batch_trained(batch_position)
+        kill_points.reached("worker.step")
+        for task in self.tasks:
+            if all_applied or not getattr(task, "needs_applied_steps", False):
+                task.after_step(self)
 
     def _stop_reason(self, max_steps, max_seconds, started):
         if self._stop_requested:

@@ -54,10 +54,11 @@ def save_state(model, path):
     os.replace(path + ".tmp.npz", path)
 
 
-def train(model, model_dir, data, strategy=None, tasks=()):
+def train(model, model_dir, data, strategy=None, tasks=(), steps_in_flight=1):
     worker = TrainingWorker(model, model_dir, sparse_every_steps=10, sparse_every_secs=None,
                             dense_every_steps=20, dense_every_secs=None, verbose=0,
-                            tensorboard=False, strategy=strategy, tasks=list(tasks))
+                            tensorboard=False, strategy=strategy, tasks=list(tasks),
+                            steps_in_flight=steps_in_flight)
     return worker.train(job.make_dataset([data], BATCH))
 
 
@@ -120,6 +121,18 @@ def cluster2(directory):
         mt.export_saved_model(model, os.path.join(directory, "cluster2_export"))
 
 
+def pipelined(directory):
+    """2 PS, 2 workers, up to 4 steps in flight: asynchronous training."""
+    with LocalCluster(num_ps=2, num_workers=2) as cluster:
+        strategy = connect(cluster.cluster, timeout=60)
+        model = build(strategy)
+        result = train(model, os.path.join(directory, "pipelined"),
+                       os.path.join(directory, "u.data"), strategy, steps_in_flight=4)
+        assert result["steps"] == 30 and result["examples"] == 30 * BATCH, result
+        assert_shards_hold_their_ids(model, 2)
+        save_state(model, os.path.join(directory, "pipelined.npz"))
+
+
 def restore3(directory):
     """The 2-PS run's newest sparse checkpoint restored onto 3 PS."""
     with LocalCluster(num_ps=3, num_workers=1) as cluster:
@@ -134,7 +147,8 @@ def restore3(directory):
         save_state(model, os.path.join(directory, "restore3.npz"))
 
 
-SCENARIOS = {"single": single, "cluster2": cluster2, "restore3": restore3}
+SCENARIOS = {"single": single, "cluster2": cluster2, "restore3": restore3,
+             "pipelined": pipelined}
 
 if __name__ == "__main__":
     SCENARIOS[sys.argv[1]](sys.argv[2])

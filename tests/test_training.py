@@ -321,6 +321,11 @@ def test_bad_arguments(tmp_path):
         TrainingWorker(model, str(tmp_path), resume="newest")
     with pytest.raises(ValueError, match="steps must be > 0"):
         TrainingWorker(model, str(tmp_path), sparse_every_steps=0)
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="steps_in_flight must be an int >= 1"):
+            TrainingWorker(model, str(tmp_path), steps_in_flight=bad)
+    with pytest.raises(ValueError, match="steps_in_flight > 1 needs a strategy"):
+        TrainingWorker(model, str(tmp_path), steps_in_flight=2)
     with pytest.raises(TypeError, match="tf.data.Dataset"):
         worker(model, tmp_path).train([1, 2, 3])
     with pytest.raises(DenseCheckpointError, match="no such dense checkpoint"):
