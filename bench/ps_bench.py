@@ -1,5 +1,6 @@
 """Parameter-server scale-out on loopback: examples/s and table rows/s of
-the training worker on a localhost cluster (1 or 2 PS x 1 or 2 workers)
+the training worker on a localhost cluster (1 or 2 PS x 1 or 2 workers, one
+step at a time or 4 in flight)
 against the same job in one process, and the bytes that cross loopback per
 step against the batch's own rows.
 
@@ -25,7 +26,8 @@ import time
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = ["single", "ps=1,workers=1", "ps=2,workers=1", "ps=1,workers=2", "ps=2,workers=2"]
+CONFIGS = ["single", "ps=1,workers=1", "ps=2,workers=1", "ps=1,workers=2", "ps=2,workers=2",
+           "ps=1,workers=1,in_flight=4", "ps=2,workers=2,in_flight=4"]
 
 
 def loopback_tx_bytes():
@@ -79,7 +81,7 @@ def run_one(config, steps, batch, warmup=10):
             self.seconds = time.perf_counter() - self.started
             self.bytes = loopback_tx_bytes() - self.bytes
 
-    def train(strategy):
+    def train(strategy, steps_in_flight=1):
         if strategy is not None:
             with strategy.scope():
                 model = build()
@@ -91,7 +93,8 @@ def run_one(config, steps, batch, warmup=10):
             ({"user": users, "item": items}, labels)).batch(batch)
         clock = Clock()
         TrainingWorker(model, "/tmp/ps_bench_unused", checkpoints=False, tensorboard=False,
-                       verbose=0, strategy=strategy, tasks=[clock]).train(dataset)
+                       verbose=0, strategy=strategy, tasks=[clock],
+                       steps_in_flight=steps_in_flight).train(dataset)
         return clock
 
     if config == "single":
@@ -99,7 +102,7 @@ def run_one(config, steps, batch, warmup=10):
     else:
         counts = dict(part.split("=") for part in config.split(","))
         with LocalCluster(num_ps=int(counts["ps"]), num_workers=int(counts["workers"])) as c:
-            clock = train(connect(c.cluster, timeout=60))
+            clock = train(connect(c.cluster, timeout=60), int(counts.get("in_flight", 1)))
     examples_per_sec = steps * batch / clock.seconds
     return {"config": config, "examples_per_sec": round(examples_per_sec),
             "rows_per_sec": round(steps * distinct / clock.seconds),
