@@ -10,7 +10,7 @@ EXT_SUFFIX_FILE := $(BUILD)/ext_suffix.txt
 TF_CFLAGS_FILE := $(BUILD)/tf_cflags.txt
 TF_LFLAGS_FILE := $(BUILD)/tf_lflags.txt
 
-CXXFLAGS_COMMON := -std=c++17 -O3 -fPIC -Wall -Wextra -Wno-unused-parameter -I.
+CXXFLAGS_COMMON := -std=c++17 -O3 -fno-math-errno -fPIC -Wall -Wextra -Wno-unused-parameter -I.
 CORE_SRCS := $(wildcard cc/table/*.cc)
 OPS_SRCS := $(wildcard cc/ops/*.cc)
 CORE_HDRS := $(wildcard cc/table/*.h)
@@ -25,7 +25,7 @@ USE_VENV ?= 1
 DEPS_STAMP := $(if $(filter 1,$(USE_VENV)),$(VENV)/.deps-stamp,)
 MAKEFLAGS += -j2
 
-.PHONY: all deps native installed wheel data demo test test-fast asan tsan cc-test bench bench-soak clean flink-venv \
+.PHONY: all deps native installed wheel data demo test test-fast asan tsan cc-test bench bench-soak bench-peers clean flink-venv \
         experiments
 
 all: native
@@ -49,6 +49,15 @@ $(FLINK_VENV)/.deps-stamp: flink/requirements.txt
 	touch $@
 
 flink-venv: $(FLINK_VENV)/.deps-stamp
+
+# TensorFlow 2.16 and TFRA 0.8.1 (TFRA supports no newer TensorFlow) in a
+# virtualenv of their own, for the peer comparison of `make bench-peers`.
+PEERS_VENV ?= .venv-peers
+$(PEERS_VENV)/.deps-stamp: bench/peers-requirements.txt
+	test -x $(PEERS_VENV)/bin/python || $(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install --upgrade pip
+	$(PEERS_VENV)/bin/python -m pip install -r bench/peers-requirements.txt
+	touch $@
 
 $(BUILD)/flags.stamp: $(DEPS_STAMP)
 	mkdir -p $(BUILD)
@@ -191,6 +200,10 @@ bench: native
 # Ten minutes of replay -> join -> train with expiry and checkpoints; memory,
 # rows and files must stay flat after warm-up (bench/soak.py; a one-minute run
 # is part of make test). Samples go to build/soak.json.
+# Our table against TFRA 0.8.1 and a dense tf.gather, alternating in one run.
+bench-peers: native $(PEERS_VENV)/.deps-stamp
+	PYTHONPATH=$(CURDIR) $(PY) bench/peers_bench.py --peer-python $(PEERS_VENV)/bin/python
+
 bench-soak: installed
 	$(PY) bench/soak.py --seconds 600 --dir $(BUILD)/soak --json $(BUILD)/soak.json
 

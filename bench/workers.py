@@ -17,11 +17,11 @@ def emit(result):
     print(_PREFIX + json.dumps(result), flush=True)
 
 
-def run(script, args, what, env=None):
-    """Parent side: runs ``script`` with ``args`` in a new Python process and
-    returns its result dict; on failure prints the worker's stderr tail and
-    exits naming ``what``."""
-    command = [sys.executable, os.path.abspath(script)] + [str(a) for a in args]
+def run(script, args, what, env=None, python=None):
+    """Parent side: runs ``script`` with ``args`` in a new Python process
+    (``python``, default this one's) and returns its result dict; on failure
+    prints the worker's stderr tail and exits naming ``what``."""
+    command = [python or sys.executable, os.path.abspath(script)] + [str(a) for a in args]
     environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env or {}))
     out = subprocess.run(command, capture_output=True, text=True, env=environment)
     lines = [line for line in out.stdout.splitlines() if line.startswith(_PREFIX)]

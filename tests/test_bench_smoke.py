@@ -124,3 +124,35 @@ def test_ps_bench_one_configuration_runs():
     row = json.loads([line for line in result.stdout.splitlines() if line.startswith("{")][-1])
     assert row["config"] == "ps=2,workers=1" and row["examples_per_sec"] > 0
     assert row["loopback_bytes_per_step"] > 0
+
+
+@pytest.mark.slow
+def test_peers_bench_runs_without_the_peer_virtualenv():
+    """Ours against the dense limit (TFRA needs `make bench-peers`' own
+    virtualenv, which the test suite does not build)."""
+    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "bench", "peers_bench.py"), "--systems",
+         "ours,gather", "--keys", "20000", "--batch", "4096", "--repeats", "2", "--rounds", "1"],
+        capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {line.split("|")[1].strip(): line for line in result.stdout.splitlines()
+            if line.startswith("| ") and "---" not in line}
+    assert rows["lookup, present ids"].count("x (") == 1  # a ratio against dense only
+    assert float(rows["Adagrad apply (rows)"].split("|")[2]) > 0
+    bad = subprocess.run(
+        [sys.executable, os.path.join(REPO, "bench", "peers_bench.py"), "--systems", "ours,hbm"],
+        capture_output=True, text=True, env=env, timeout=120)
+    assert bad.returncode == 2 and "unknown systems ['hbm']" in bad.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("op", ["lookup", "gather", "insert_reused", "adagrad"])
+def test_table_profile_loop_runs(op):
+    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "bench", "table_profile.py"), "--op", op,
+         "--keys", "20000", "--batch", "4096", "--seconds", "0.5"],
+        capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith(f"{op}: ") and " M ids/s " in result.stdout

@@ -77,24 +77,31 @@ struct DedupedBatch {
 DedupedBatch Dedup(const int64_t* keys, const float* grads, int64_t n, int dim,
                    const int64_t* timestamps, bool per_key_timestamps) {
   DedupedBatch out;
-  size_t slots = 16;
-  while (slots < 2 * static_cast<size_t>(n)) slots <<= 1;
-  const size_t mask = slots - 1;
-  std::vector<int32_t> slot_to_unique(slots, -1);
+  size_t num_slots = 16;
+  while (num_slots < 2 * static_cast<size_t>(n)) num_slots <<= 1;
+  const size_t mask = num_slots - 1;
+  // Open addressing with the key beside its index, so a probe is one cache
+  // line; slots are prefetched a few keys ahead (the array outgrows L2).
+  struct Slot {
+    int64_t key;
+    int32_t unique;  // -1: empty
+  };
+  std::vector<Slot> slots(num_slots, Slot{0, -1});
+  constexpr int64_t kAhead = 8;
+  auto home = [&](int64_t key) { return Mix64(static_cast<uint64_t>(key)) & mask; };
   out.keys.reserve(n);
   out.first_row.reserve(n);
   out.summed_slot.reserve(n);
   out.occurrences.reserve(n);
   out.timestamps.reserve(n);
   for (int64_t i = 0; i < n; ++i) {
+    if (i + kAhead < n) PrefetchLine(&slots[home(keys[i + kAhead])]);
     const int64_t key = keys[i];
     const int64_t ts = per_key_timestamps ? timestamps[i] : timestamps[0];
-    size_t slot = Mix64(static_cast<uint64_t>(key)) & mask;
-    while (slot_to_unique[slot] >= 0 && out.keys[slot_to_unique[slot]] != key) {
-      slot = (slot + 1) & mask;
-    }
-    if (slot_to_unique[slot] < 0) {
-      slot_to_unique[slot] = static_cast<int32_t>(out.keys.size());
+    size_t slot = home(key);
+    while (slots[slot].unique >= 0 && slots[slot].key != key) slot = (slot + 1) & mask;
+    if (slots[slot].unique < 0) {
+      slots[slot] = Slot{key, static_cast<int32_t>(out.keys.size())};
       out.keys.push_back(key);
       out.first_row.push_back(i);
       out.summed_slot.push_back(-1);
@@ -102,7 +109,7 @@ DedupedBatch Dedup(const int64_t* keys, const float* grads, int64_t n, int dim,
       out.timestamps.push_back(ts);
       continue;
     }
-    const size_t u = slot_to_unique[slot];
+    const size_t u = slots[slot].unique;
     if (out.summed_slot[u] < 0) {
       out.summed_slot[u] = static_cast<int32_t>(out.summed.size() / dim);
       const float* first = grads + static_cast<size_t>(out.first_row[u]) * dim;

@@ -13,7 +13,7 @@ class Sgd : public Optimizer {
  public:
   int StateDim(int) const override { return 0; }
   void InitState(float*, int) const override {}
-  void Apply(float* w, float*, const float* g, int dim,
+  void Apply(float* __restrict w, float*, const float* __restrict g, int dim,
              float lr) const override {
     for (int i = 0; i < dim; ++i) w[i] -= lr * g[i];
   }
@@ -27,7 +27,7 @@ class Adagrad : public Optimizer {
   void InitState(float* acc, int dim) const override {
     std::fill(acc, acc + dim, initial_accumulator_);
   }
-  void Apply(float* w, float* acc, const float* g, int dim,
+  void Apply(float* __restrict w, float* __restrict acc, const float* __restrict g, int dim,
              float lr) const override {
     for (int i = 0; i < dim; ++i) {
       acc[i] += g[i] * g[i];
@@ -49,7 +49,7 @@ class Adam : public Optimizer {
   void InitState(float* state, int dim) const override {
     std::fill(state, state + 2 * dim + 1, 0.f);
   }
-  void Apply(float* w, float* state, const float* g, int dim,
+  void Apply(float* __restrict w, float* __restrict state, const float* __restrict g, int dim,
              float lr) const override {
     float* m = state;
     float* v = state + dim;
@@ -80,7 +80,7 @@ class Ftrl : public Optimizer {
     std::fill(state, state + dim, 0.f);
     std::fill(state + dim, state + 2 * dim, initial_accumulator_);
   }
-  void Apply(float* w, float* state, const float* g, int dim,
+  void Apply(float* __restrict w, float* __restrict state, const float* __restrict g, int dim,
              float lr) const override {
     float* z = state;
     float* n = state + dim;
