@@ -421,7 +421,10 @@ int64_t EmbeddingTable::EvictExpired() {
   index_.ForEachInRange(0, index_.num_buckets(), [&](int64_t key, uint32_t id) {
     if (arena_.Header(id)->timestamp < oldest_kept) expired.push_back(key);
   });
-  for (int64_t key : expired) arena_.Free(index_.Erase(key));
+  for (size_t i = 0; i < expired.size(); ++i) {
+    if (i + kPrefetchAhead < expired.size()) index_.Prefetch(expired[i + kPrefetchAhead]);
+    arena_.Free(index_.Erase(expired[i]));
+  }
   RecordRemoved(expired.begin(), expired.end());
   evicted_ += static_cast<int64_t>(expired.size());
   return static_cast<int64_t>(expired.size());
@@ -479,6 +482,8 @@ int64_t EmbeddingTable::Remove(const int64_t* keys, int64_t n) {
   ExclusiveLock lock(*lock_);
   int64_t removed = 0;
   for (int64_t i = 0; i < n; ++i) {
+    // Expiry and eviction remove in batches: overlap the bucket misses.
+    if (i + kPrefetchAhead < n) index_.Prefetch(keys[i + kPrefetchAhead]);
     const uint32_t id = index_.Erase(keys[i]);
     if (id != CuckooIndex::kNoEntry) {
       arena_.Free(id);
