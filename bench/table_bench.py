@@ -74,6 +74,40 @@ def timed(fn, batches, rounds=5):
     return best
 
 
+def dense_operations(variable, accumulator, grads):
+    """The no-hash limit: tf.gather on a variable, and TensorFlow's fused
+    sparse Adagrad on it (as tf_keras applies sparse gradients); both as
+    tf.functions of the row positions."""
+    import tensorflow as tf
+
+    @tf.function
+    def apply(ids):
+        tf.raw_ops.ResourceSparseApplyAdagradV2(
+            var=variable.handle, accum=accumulator.handle, lr=0.01, epsilon=1e-7,
+            grad=grads, indices=ids)
+
+    return tf.function(lambda ids: tf.gather(variable, ids)), apply
+
+
+def round_trip_adagrad(embedding, accumulator, grads, store):
+    """A hash table's Adagrad step as its users write it (TFRA's optimizers
+    do the same): look up the distinct ids' rows and accumulators, compute,
+    write both back with ``store(table, ids, values)``; a tf.function of the
+    ids."""
+    import tensorflow as tf
+
+    @tf.function
+    def apply(ids):
+        unique, position = tf.unique(ids)
+        summed = tf.math.unsorted_segment_sum(grads, position, tf.shape(unique)[0])
+        acc = accumulator.lookup(unique) + summed * summed
+        rows = embedding.lookup(unique) - 0.01 * summed / (tf.sqrt(acc) + 1e-7)
+        store(accumulator, unique, acc)
+        store(embedding, unique, rows)
+
+    return apply
+
+
 def run_system(system, num_keys, dim, batch, repeats, warm_bytes):
     import numpy as np
     import tensorflow as tf
@@ -152,27 +186,14 @@ def run_system(system, num_keys, dim, batch, repeats, warm_bytes):
         result["insert"] = num_keys / (time.perf_counter() - start)
         result["bytes_per_entry"] = (rss_bytes() - before) / num_keys
         lookup = tf.function(lambda ids: embedding.lookup(ids))
-
-        @tf.function
-        def apply(ids):
-            unique, position = tf.unique(ids)
-            summed = tf.math.unsorted_segment_sum(grads, position, tf.shape(unique)[0])
-            acc = accumulator.lookup(unique) + summed * summed
-            rows = embedding.lookup(unique) - 0.01 * summed / (tf.sqrt(acc) + 1e-7)
-            accumulator.insert(unique, acc)
-            embedding.insert(unique, rows)
+        apply = round_trip_adagrad(embedding, accumulator, grads,
+                                   lambda table, ids, values: table.insert(ids, values))
     else:
         before = rss_bytes()
         variable = tf.Variable(tf.fill([num_keys, dim], 0.01))
         accumulator = tf.Variable(tf.fill([num_keys, dim], 0.1))
         result["bytes_per_entry"] = (rss_bytes() - before) / num_keys
-        lookup = tf.function(lambda ids: tf.gather(variable, ids))
-
-        @tf.function
-        def apply(ids):
-            tf.raw_ops.ResourceSparseApplyAdagradV2(
-                var=variable.handle, accum=accumulator.handle, lr=0.01, epsilon=1e-7,
-                grad=grads, indices=ids)
+        lookup, apply = dense_operations(variable, accumulator, grads)
 
     result["lookup"] = batch / timed(lookup, probe_batches)
     result["adagrad"] = batch / timed(apply, probe_batches)
