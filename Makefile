@@ -168,7 +168,7 @@ asan: $(BUILD)/flags.stamp
 # The core and its bindings built with ThreadSanitizer, run against the tests
 # where threads race on one table (lookups, applies, inserts with growth,
 # eviction, removal, exports and sync pushes). Any report fails the run;
-# cc/tsan_suppressions.txt lists the one intended race and why.
+# cc/tsan_suppressions.txt lists the intended races (optimistic row copies) and why.
 TSAN_DIR := $(BUILD)/tsan
 TSAN_TESTS := $(CURDIR)/tests/core/test_concurrency.py \
   "$(CURDIR)/tests/core/test_memory_control.py::test_eviction_during_concurrent_lookups_and_growth_keeps_live_entries" \

@@ -156,3 +156,21 @@ def test_table_profile_loop_runs(op):
         capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.startswith(f"{op}: ") and " M ids/s " in result.stdout
+
+
+@pytest.mark.slow
+def test_table_profile_compares_lookup_with_gather_in_one_process():
+    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "bench", "table_profile.py"),
+         "--op", "lookup_vs_gather", "--keys", "20000", "--batch", "4096",
+         "--seconds", "1.2", "--window", "0.2"],
+        capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    windows = [line.split("|")[1:5] for line in lines if line.startswith("| ") and "window" not in line]
+    assert len(windows) == 3  # 1.2 s in windows of 0.2 s, two ops each
+    for _, ours, dense, ratio in windows:
+        assert float(ours) > 0 and float(dense) > 0
+        assert abs(float(ratio.strip().rstrip("x")) - float(ours) / float(dense)) < 0.02
+    assert lines[-1].startswith("median lookup / gather: ") and lines[-1].endswith("x")

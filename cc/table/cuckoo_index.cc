@@ -50,6 +50,27 @@ bool CuckooIndex::PlaceWithKicks(int64_t key, uint32_t id) {
   if (PlaceInBucket(buckets_[b1], key, id) || PlaceInBucket(buckets_[b2], key, id)) {
     return true;
   }
+  // Both are full. First try to move one of their ten residents to its other
+  // bucket: those buckets are fetched together, so this costs about one
+  // memory latency, where each step of the random walk below costs one.
+  const uint64_t homes[2] = {b1, b2};
+  uint64_t others[2][kSlotsPerBucket];
+  for (int h = 0; h < 2; ++h) {
+    for (int s = 0; s < kSlotsPerBucket; ++s) {
+      others[h][s] = OtherBucket(buckets_[homes[h]].keys[s], homes[h]);
+      PrefetchLine(&buckets_[others[h][s]]);
+    }
+  }
+  for (int h = 0; h < 2; ++h) {
+    Bucket& home = buckets_[homes[h]];
+    for (int s = 0; s < kSlotsPerBucket; ++s) {
+      if (PlaceInBucket(buckets_[others[h][s]], home.keys[s], home.ids[s])) {
+        home.keys[s] = key;
+        home.ids[s] = id;
+        return true;
+      }
+    }
+  }
   // Random walk: evict a random resident and move it to its other bucket.
   uint64_t bucket = (NextRandom() & 1) ? b1 : b2;
   for (int kick = 0; kick < kMaxKicks; ++kick) {
@@ -57,8 +78,7 @@ bool CuckooIndex::PlaceWithKicks(int64_t key, uint32_t id) {
     Bucket& victim_bucket = buckets_[bucket];
     std::swap(key, victim_bucket.keys[slot]);
     std::swap(id, victim_bucket.ids[slot]);
-    const uint64_t h1 = Hash1(key) & mask_, h2 = Hash2(key) & mask_;
-    const uint64_t other = (h1 == bucket) ? h2 : h1;
+    const uint64_t other = OtherBucket(key, bucket);
     if (PlaceInBucket(buckets_[other], key, id)) return true;
     bucket = other;
   }

@@ -179,6 +179,11 @@ class CuckooIndex {
     return kNoEntry;
   }
   static bool PlaceInBucket(Bucket& bucket, int64_t key, uint32_t id);
+  // The candidate bucket of `key` that is not `bucket`.
+  uint64_t OtherBucket(int64_t key, uint64_t bucket) const {
+    const uint64_t first = Hash1(key) & mask_;
+    return first == bucket ? Hash2(key) & mask_ : first;
+  }
 
   uint64_t Hash1(int64_t key) const {
     return Mix64(static_cast<uint64_t>(key) ^ seed1_);

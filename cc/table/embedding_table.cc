@@ -133,7 +133,7 @@ EmbeddingTable::EmbeddingTable(const TableConfig& config)
       state_dim_(optimizer_->StateDim(config.dim)),
       lock_(new TableLock),
       index_(static_cast<size_t>(config.capacity_hint), config.seed),
-      arena_(config.dim + state_dim_),
+      arena_(config.dim, state_dim_),
       filter_(config.occurrence_threshold > 0
                   ? MakeAdmissionFilter(config.admission_filter, config.occurrence_threshold,
                                         config.seed)
@@ -167,9 +167,8 @@ void EmbeddingTable::InitRow(int64_t key, uint32_t id) {
   // and belongs in the next delta.
   arena_.Header(id)->timestamp = now_.load(std::memory_order_relaxed);
   MarkChanged(key, id);
-  float* floats = arena_.Floats(id);
-  initializer_->Fill(key, floats, config_.dim);
-  optimizer_->InitState(floats + config_.dim, config_.dim);
+  initializer_->Fill(key, arena_.Embedding(id), config_.dim);
+  optimizer_->InitState(arena_.State(id), config_.dim);
 }
 
 void EmbeddingTable::MarkChanged(int64_t key, uint32_t id) {
@@ -196,22 +195,34 @@ uint32_t EmbeddingTable::InsertNew(int64_t key) {
 
 namespace {
 
+// Brings every cache line of [p, p + bytes) towards the cache, writable
+// when `for_write`.
+inline void PrefetchSpan(const void* p, size_t bytes, bool for_write = false) {
+  const uintptr_t first = reinterpret_cast<uintptr_t>(p) & ~uintptr_t{63};
+  const uintptr_t last = reinterpret_cast<uintptr_t>(p) + bytes;
+  for (uintptr_t line = first; line < last; line += 64) {
+    const void* address = reinterpret_cast<const void*>(line);
+    if (for_write) {
+      PrefetchLineForWrite(address);
+    } else {
+      PrefetchLine(address);
+    }
+  }
+}
+
 // Resolves keys[begin, end) to entry ids with software prefetching: bucket
-// lines kBucketAhead keys early, then row lines kRowAhead keys early, so the
-// dependent cache misses of many keys overlap. Calls f(i, id).
-template <typename F>
-void ForEachResolved(const CuckooIndex& index, const EntryArena& arena,
-                     const int64_t* keys, int64_t begin, int64_t end,
-                     size_t row_bytes, F&& f) {
+// lines kBucketAhead keys early, then the entry's lines (prefetch_entry(id))
+// kRowAhead keys early, so the dependent cache misses of many keys overlap.
+// Calls f(i, id).
+template <typename PrefetchEntry, typename F>
+void ForEachResolved(const CuckooIndex& index, const int64_t* keys, int64_t begin,
+                     int64_t end, PrefetchEntry&& prefetch_entry, F&& f) {
   constexpr int64_t kBucketAhead = 16, kRowAhead = 8;
   uint32_t ring[kRowAhead];
   auto resolve = [&](int64_t j) {
     const uint32_t id = index.Find(keys[j]);
     ring[j % kRowAhead] = id;
-    if (id != CuckooIndex::kNoEntry) {
-      const char* row = reinterpret_cast<const char*>(arena.Header(id));
-      for (size_t off = 0; off < row_bytes; off += 64) PrefetchLine(row + off);
-    }
+    if (id != CuckooIndex::kNoEntry) prefetch_entry(id);
   };
   for (int64_t j = begin; j < std::min(begin + kBucketAhead, end); ++j) {
     index.Prefetch(keys[j]);
@@ -225,33 +236,92 @@ void ForEachResolved(const CuckooIndex& index, const EntryArena& arena,
   }
 }
 
+// The copy of a lookup that reads no row versions: only valid when no
+// in-place writer ran meanwhile, which the caller checks afterwards, throwing
+// the copy away otherwise (so TSan's report of a race here is suppressed, as
+// for ReadEntryConsistent). Not inlined, so that suppression can name it.
+__attribute__((noinline)) int64_t CopyRowsWithoutVersionCheck(
+    const CuckooIndex& index, const EntryArena& arena, const int64_t* keys, int64_t begin,
+    int64_t end, int dim, float* out, uint8_t* missing) {
+  const size_t embedding_bytes = sizeof(float) * dim;
+  int64_t absent = 0;
+  ForEachResolved(
+      index, keys, begin, end,
+      [&](uint32_t id) { PrefetchSpan(arena.Embedding(id), embedding_bytes); },
+      [&](int64_t i, uint32_t id) {
+        if (id == CuckooIndex::kNoEntry) {
+          missing[i] = 1;
+          ++absent;
+        } else {
+          std::memcpy(out + static_cast<size_t>(i) * dim, arena.Embedding(id), embedding_bytes);
+        }
+      });
+  return absent;
+}
+
 }  // namespace
+
+class EmbeddingTable::InPlaceWriteSection {
+ public:
+  explicit InPlaceWriteSection(InPlaceWriters* writers) : writers_(writers) {
+    // Counted as running before it is counted as started, and both before
+    // any row write: a reader that loads `started` and then `active` cannot
+    // miss this writer.
+    writers_->active.fetch_add(1);
+    writers_->started.fetch_add(1);
+  }
+  ~InPlaceWriteSection() { writers_->active.fetch_sub(1, std::memory_order_release); }
+  InPlaceWriteSection(const InPlaceWriteSection&) = delete;
+  InPlaceWriteSection& operator=(const InPlaceWriteSection&) = delete;
+
+ private:
+  InPlaceWriters* writers_;
+};
+
+int64_t EmbeddingTable::CopyPresentRows(const int64_t* keys, int64_t begin, int64_t end,
+                                        float* out, uint8_t* missing) const {
+  const int dim = config_.dim;
+  const uint64_t started = in_place_writers_.started.load(std::memory_order_acquire);
+  if (in_place_writers_.active.load(std::memory_order_acquire) == 0) {
+    const int64_t absent =
+        CopyRowsWithoutVersionCheck(index_, arena_, keys, begin, end, dim, out, missing);
+    std::atomic_thread_fence(std::memory_order_acquire);
+    if (in_place_writers_.started.load(std::memory_order_relaxed) == started) return absent;
+  }
+  // A writer ran: copy each row under its seqlock (one more line per row).
+  const size_t embedding_bytes = sizeof(float) * dim;
+  int64_t absent = 0;
+  ForEachResolved(
+      index_, keys, begin, end,
+      [&](uint32_t id) {
+        PrefetchLine(arena_.Header(id));
+        PrefetchSpan(arena_.Embedding(id), embedding_bytes);
+      },
+      [&](int64_t i, uint32_t id) {
+        if (id == CuckooIndex::kNoEntry) {
+          missing[i] = 1;
+          ++absent;
+          return;
+        }
+        float* dst = out + static_cast<size_t>(i) * dim;
+        const float* src = arena_.Embedding(id);
+        ReadEntryConsistent(arena_.Header(id),
+                            [&] { std::memcpy(dst, src, embedding_bytes); });
+      });
+  return absent;
+}
 
 int64_t EmbeddingTable::Lookup(const int64_t* keys, int64_t n,
                                bool insert_missing, float* out,
                                const ParallelRunner& runner) {
   CheckCount(n, "number of ids");
   const int dim = config_.dim;
-  const size_t row_bytes = sizeof(EntryHeader) + sizeof(float) * dim;
   std::vector<uint8_t> missing(n, 0);
   std::atomic<int64_t> num_missing{0};
   {
     SharedLock lock(*lock_);
     runner.For(n, 60, [&](int64_t begin, int64_t end) {
-      int64_t local_missing = 0;
-      ForEachResolved(index_, arena_, keys, begin, end, row_bytes,
-                      [&](int64_t i, uint32_t id) {
-        float* dst = out + static_cast<size_t>(i) * dim;
-        if (id == CuckooIndex::kNoEntry) {
-          missing[i] = 1;
-          ++local_missing;
-          return;
-        }
-        const EntryHeader* header = arena_.Header(id);
-        const float* src = arena_.Floats(id);
-        ReadEntryConsistent(header, [&] { std::memcpy(dst, src, sizeof(float) * dim); });
-      });
-      num_missing += local_missing;
+      num_missing += CopyPresentRows(keys, begin, end, out, missing.data());
     });
   }
   if (num_missing.load() == 0) return 0;
@@ -301,18 +371,37 @@ int64_t EmbeddingTable::Lookup(const int64_t* keys, int64_t n,
     throw;
   }
   admitted_ += static_cast<int64_t>(fresh.size());
+  // New rows are filled and copied out in one pass, while their lines are
+  // in cache; their memory (often freed by removals, anywhere in the arena)
+  // is prefetched for writing a few rows ahead.
+  std::vector<uint8_t> copied(todo.size(), 0);
+  const size_t embedding_bytes = sizeof(float) * dim;
+  const size_t header_bytes = arena_.header_bytes();
   runner.For(static_cast<int64_t>(fresh.size()), 100, [&](int64_t begin, int64_t end) {
+    constexpr int64_t kAhead = 8;
     for (int64_t f = begin; f < end; ++f) {
-      InitRow(keys[todo[fresh[f]]], ids[fresh[f]]);
+      if (f + kAhead < end) {
+        const uint32_t ahead = ids[fresh[f + kAhead]];
+        PrefetchSpan(arena_.Embedding(ahead), embedding_bytes, /*for_write=*/true);
+        PrefetchSpan(arena_.Header(ahead), header_bytes, /*for_write=*/true);
+      }
+      const size_t j = fresh[f];
+      InitRow(keys[todo[j]], ids[j]);
+      std::memcpy(out + static_cast<size_t>(todo[j]) * dim, arena_.Embedding(ids[j]),
+                  embedding_bytes);
+      copied[j] = 1;
     }
   });
+  // The others: inserted by another thread or by an earlier duplicate in
+  // this batch (filled above), or not admitted.
   runner.For(static_cast<int64_t>(todo.size()), 20, [&](int64_t begin, int64_t end) {
     for (int64_t j = begin; j < end; ++j) {
+      if (copied[j]) continue;
       float* dst = out + static_cast<size_t>(todo[j]) * dim;
       if (ids[j] == CuckooIndex::kNoEntry) {
         std::fill(dst, dst + dim, 0.f);  // not admitted yet: the default row
       } else {
-        std::memcpy(dst, arena_.Floats(ids[j]), sizeof(float) * dim);
+        std::memcpy(dst, arena_.Embedding(ids[j]), sizeof(float) * dim);
       }
     }
   });
@@ -347,16 +436,15 @@ int64_t EmbeddingTable::ApplyGradients(const int64_t* keys, const float* grads,
   const DedupedBatch batch =
       Dedup(keys, grads, n, dim, timestamps, per_key_timestamps);
   const int64_t unique = static_cast<int64_t>(batch.keys.size());
-  const size_t row_bytes =
-      sizeof(EntryHeader) + sizeof(float) * (dim + state_dim_);
+  const size_t embedding_bytes = sizeof(float) * dim;
+  const size_t header_bytes = arena_.header_bytes();
 
 
   auto update = [&](int64_t u, uint32_t id) {
     EntryHeader* header = arena_.Header(id);
-    float* weights = arena_.Floats(id);
     EntryWriteLock row_lock(header);
-    optimizer_->Apply(weights, weights + dim, batch.Gradient(grads, u, dim), dim,
-                      learning_rate);
+    optimizer_->Apply(arena_.Embedding(id), arena_.State(id), batch.Gradient(grads, u, dim),
+                      dim, learning_rate);
     const uint64_t count = uint64_t{header->count} + batch.occurrences[u];
     header->count = static_cast<uint32_t>(std::min<uint64_t>(count, kCountMax));
     MarkChanged(batch.keys[u], id);
@@ -370,9 +458,14 @@ int64_t EmbeddingTable::ApplyGradients(const int64_t* keys, const float* grads,
   std::mutex missing_mutex;
   {
     SharedLock lock(*lock_);
+    const InPlaceWriteSection writing(&in_place_writers_);
     runner.For(unique, 150, [&](int64_t begin, int64_t end) {
       std::vector<int64_t> local_missing;
-      ForEachResolved(index_, arena_, batch.keys.data(), begin, end, row_bytes,
+      ForEachResolved(index_, batch.keys.data(), begin, end,
+                      [&](uint32_t id) {
+                        PrefetchSpan(arena_.Embedding(id), embedding_bytes);
+                        PrefetchSpan(arena_.Header(id), header_bytes);
+                      },
                       [&](int64_t u, uint32_t id) {
                         if (id == CuckooIndex::kNoEntry) {
                           local_missing.push_back(u);
@@ -471,7 +564,7 @@ void EmbeddingTable::Assign(const int64_t* keys, const float* values, int64_t n)
     if (i + kPrefetchAhead < n) index_.Prefetch(keys[i + kPrefetchAhead]);
     uint32_t id = index_.Find(keys[i]);
     if (id == CuckooIndex::kNoEntry) id = InsertNew(keys[i]);
-    std::memcpy(arena_.Floats(id), values + static_cast<size_t>(i) * dim,
+    std::memcpy(arena_.Embedding(id), values + static_cast<size_t>(i) * dim,
                 sizeof(float) * dim);
     MarkChanged(keys[i], id);
   }
@@ -512,11 +605,11 @@ int64_t EmbeddingTable::Export(
   // or marks the entry dirty again after it.
   auto copy_entry = [&](const RowBuffers& out, int64_t row, int64_t key, uint32_t id) {
     EntryHeader* header = arena_.Header(id);
-    const float* floats = arena_.Floats(id);
     auto copy = [&] {
-      std::memcpy(out.values + static_cast<size_t>(row) * dim, floats, sizeof(float) * dim);
+      std::memcpy(out.values + static_cast<size_t>(row) * dim, arena_.Embedding(id),
+                  sizeof(float) * dim);
       if (state_dim > 0) {
-        std::memcpy(out.state + static_cast<size_t>(row) * state_dim, floats + dim,
+        std::memcpy(out.state + static_cast<size_t>(row) * state_dim, arena_.State(id),
                     sizeof(float) * state_dim);
       }
       out.timestamps[row] = header->timestamp;
@@ -596,7 +689,7 @@ int64_t EmbeddingTable::TakeSyncChanges(const std::function<RowBuffers(int64_t)>
   for (const auto& [key, id] : present) {
     EntryHeader* header = arena_.Header(id);
     EntryWriteLock row_lock(header);
-    std::memcpy(out.values + static_cast<size_t>(row) * dim, arena_.Floats(id),
+    std::memcpy(out.values + static_cast<size_t>(row) * dim, arena_.Embedding(id),
                 sizeof(float) * dim);
     if (out.timestamps != nullptr) out.timestamps[row] = header->timestamp;
     out.keys[row++] = key;
@@ -631,11 +724,10 @@ void EmbeddingTable::Import(const RowsView& rows, int64_t n, bool clear) {
       index_.Insert(rows.keys[i], id);
     }
     EntryHeader* header = arena_.Header(id);
-    float* floats = arena_.Floats(id);
-    std::memcpy(floats, rows.values + static_cast<size_t>(i) * dim,
+    std::memcpy(arena_.Embedding(id), rows.values + static_cast<size_t>(i) * dim,
                 sizeof(float) * dim);
     if (state_dim > 0) {
-      std::memcpy(floats + dim, rows.state + static_cast<size_t>(i) * state_dim,
+      std::memcpy(arena_.State(id), rows.state + static_cast<size_t>(i) * state_dim,
                   sizeof(float) * state_dim);
     }
     header->timestamp = rows.timestamps[i];

@@ -160,6 +160,13 @@ class EmbeddingTable {
   // Records removed keys for delta saves and sync pushes (exclusive lock).
   template <typename It>
   void RecordRemoved(It begin, It end);
+  // Copies the embeddings of keys[begin, end) into out (row i at i * dim)
+  // and flags absent keys in missing[i]; returns how many were absent.
+  // Shared lock held.
+  int64_t CopyPresentRows(const int64_t* keys, int64_t begin, int64_t end, float* out,
+                          uint8_t* missing) const;
+  // Marks a gradient apply's in-place row updates for readers.
+  class InPlaceWriteSection;
 
   TableConfig config_;
   std::unique_ptr<Initializer> initializer_;
@@ -169,6 +176,15 @@ class EmbeddingTable {
   CuckooIndex index_;
   EntryArena arena_;
   std::unique_ptr<AdmissionFilter> filter_;  // null: admit at first sight
+  // Gradient applies change rows in place under the shared lock, guarded by
+  // each row's seqlock. A reader that finds none running before its copies
+  // and none started by the end of them skips the per-row version reads, so
+  // it touches only the embeddings' cache lines.
+  struct InPlaceWriters {
+    std::atomic<int64_t> active{0};
+    std::atomic<uint64_t> started{0};
+  };
+  InPlaceWriters in_place_writers_;
   std::atomic<int64_t> now_{0};
   std::atomic<int64_t> admitted_{0}, rejected_{0}, evicted_{0}, applies_{0};
   // Removals since the last TakeRemoved (exclusive lock), once tracking starts.

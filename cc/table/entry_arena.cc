@@ -6,10 +6,10 @@
 
 namespace monolith {
 
-EntryArena::EntryArena(int floats_per_entry) {
-  // Round up to 8 bytes so every header's timestamp stays aligned.
-  entry_bytes_ = (sizeof(EntryHeader) + sizeof(float) * floats_per_entry + 7) & ~size_t{7};
-}
+EntryArena::EntryArena(int dim, int state_dim)
+    : dim_(static_cast<size_t>(dim)),
+      // Round up to 8 bytes so every header's timestamp stays aligned.
+      header_bytes_((sizeof(EntryHeader) + sizeof(float) * state_dim + 7) & ~size_t{7}) {}
 
 uint32_t EntryArena::Allocate() {
   uint32_t id;
@@ -22,7 +22,8 @@ uint32_t EntryArena::Allocate() {
     }
     id = next_id_++;
     if ((id >> kChunkBits) >= chunks_.size()) {
-      chunks_.push_back(Chunk{MakeHugePageArray<char>(entry_bytes_ * kChunkEntries),
+      chunks_.push_back(Chunk{MakeHugePageArray<float>(dim_ * kChunkEntries),
+                              MakeHugePageArray<char>(header_bytes_ * kChunkEntries),
                               {MakeHugePageArray<uint64_t>(kChunkEntries / 64),
                                MakeHugePageArray<uint64_t>(kChunkEntries / 64)}});
     }
@@ -44,7 +45,7 @@ void EntryArena::Reset() {
 }
 
 size_t EntryArena::memory_bytes() const {
-  return chunks_.size() * (entry_bytes_ * kChunkEntries + kNumMarks * kChunkEntries / 8) +
+  return chunks_.size() * (entry_bytes() * kChunkEntries + kNumMarks * kChunkEntries / 8) +
          free_ids_.capacity() * sizeof(uint32_t);
 }
 

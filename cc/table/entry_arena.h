@@ -1,8 +1,12 @@
 // Where a row lives: fixed-size entries in chunked, never-moving memory.
 //
-// An entry is a 16-byte header (seqlock version, occurrence count, last-update
-// data time) followed by the embedding and then the optimizer state, all
-// float32. Entries are addressed by a 32-bit id; freed ids are reused first.
+// An entry is an embedding (dim float32) plus a 16-byte header (seqlock
+// version, occurrence count, last-update data time) followed by the optimizer
+// state (float32). The embeddings of a chunk are one array and the headers
+// with their state another, so a lookup that needs no version check touches
+// only the embedding's own cache lines (two at dim 32, as a dense gather
+// does) instead of a header line as well. Entries are addressed by a 32-bit
+// id; freed ids are reused first.
 #ifndef MONOLITH_TF_CC_TABLE_ENTRY_ARENA_H_
 #define MONOLITH_TF_CC_TABLE_ENTRY_ARENA_H_
 
@@ -33,8 +37,8 @@ constexpr uint32_t kCountMax = (1u << 31) - 1;
 
 class EntryArena {
  public:
-  // `floats_per_entry` = embedding dim + optimizer state dim.
-  explicit EntryArena(int floats_per_entry);
+  // Entries of `dim` embedding floats and `state_dim` optimizer state floats.
+  EntryArena(int dim, int state_dim);
 
   // Returns the id of a free entry. Its memory is not touched here: the
   // caller must InitHeader() it (possibly on another thread) before use.
@@ -52,9 +56,16 @@ class EntryArena {
   void Reset();
 
   EntryHeader* Header(uint32_t id) const {
-    return reinterpret_cast<EntryHeader*>(chunks_[id >> kChunkBits].entries.get() +
-                                          (id & kChunkMask) * entry_bytes_);
+    return reinterpret_cast<EntryHeader*>(chunks_[id >> kChunkBits].headers.get() +
+                                          (id & kChunkMask) * header_bytes_);
   }
+  // The embedding of entry `id` (dim floats).
+  float* Embedding(uint32_t id) const {
+    return chunks_[id >> kChunkBits].embeddings.get() +
+           static_cast<size_t>(id & kChunkMask) * dim_;
+  }
+  // The optimizer state of entry `id` (state_dim floats, after its header).
+  float* State(uint32_t id) const { return reinterpret_cast<float*>(Header(id) + 1); }
   // Change marks, one bit per entry per consumer of changes: kDeltaMark
   // (the entry changed since a delta save last copied it) and kSyncMark (since
   // a sync push last copied it). Bitmaps rather than header bits so that a
@@ -81,11 +92,10 @@ class EntryArena {
   void ClearDirty(uint32_t id) const { ClearMark(id, kDeltaMark); }
   bool IsDirty(uint32_t id) const { return HasMark(id, kDeltaMark); }
 
-  float* Floats(uint32_t id) const {
-    return reinterpret_cast<float*>(Header(id) + 1);
-  }
-
-  size_t entry_bytes() const { return entry_bytes_; }
+  // Bytes per entry: the embedding plus the header with the state.
+  size_t entry_bytes() const { return sizeof(float) * dim_ + header_bytes_; }
+  // Bytes of the header with the state (rounded up to 8 to keep headers aligned).
+  size_t header_bytes() const { return header_bytes_; }
   size_t live_entries() const { return next_id_ - free_ids_.size(); }
   size_t memory_bytes() const;
 
@@ -96,14 +106,16 @@ class EntryArena {
   static constexpr size_t kChunkEntries = size_t{1} << kChunkBits;
 
   struct Chunk {
-    HugePageArray<char> entries;              // kChunkEntries * entry_bytes_
+    HugePageArray<float> embeddings;          // kChunkEntries * dim_
+    HugePageArray<char> headers;              // kChunkEntries * header_bytes_
     HugePageArray<uint64_t> marks[kNumMarks]; // kChunkEntries bits each
   };
   uint64_t* MarkWord(uint32_t id, Mark mark) const {
     return &chunks_[id >> kChunkBits].marks[mark][(id & kChunkMask) >> 6];
   }
 
-  size_t entry_bytes_;
+  size_t dim_;
+  size_t header_bytes_;
   // Chunks are mapped untouched, so pages never used cost no memory.
   std::vector<Chunk> chunks_;
   uint32_t next_id_ = 0;

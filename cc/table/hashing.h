@@ -27,6 +27,15 @@ inline void PrefetchLine(const void* p) {
 #endif
 }
 
+// Asks for the cache line at `p` with intent to write it.
+inline void PrefetchLineForWrite(const void* p) {
+#if defined(__x86_64__)
+  asm volatile("prefetchw %0" : : "m"(*static_cast<const char*>(p)));
+#else
+  __builtin_prefetch(p, 1);
+#endif
+}
+
 }  // namespace monolith
 
 #endif  // MONOLITH_TF_CC_TABLE_HASHING_H_

@@ -218,30 +218,44 @@ void ReserveRebuildsWithoutLosingKeys(const IndexParams& p) {
 
 // --- the entry arena ---------------------------------------------------------
 
-const int kFloatsPerEntry[] = {1, 16, 68};
+struct ArenaShape {
+  int dim, state_dim;
+};
+const ArenaShape kArenaShapes[] = {{1, 0}, {8, 8}, {32, 32}, {17, 51}};
 
-void ArenaEntriesAreDisjointAcrossChunks(int floats) {
-  EntryArena arena(floats);
-  // Header + floats, rounded up to 8 bytes so every header stays aligned.
-  const size_t payload = sizeof(EntryHeader) + sizeof(float) * size_t(floats);
-  CHECK_EQ(arena.entry_bytes(), (payload + 7) / 8 * 8);
+void ArenaEntriesAreDisjointAcrossChunks(const ArenaShape& shape) {
+  EntryArena arena(shape.dim, shape.state_dim);
+  // The embedding, plus header + state rounded up to 8 bytes so every header
+  // stays aligned.
+  const size_t header_bytes = (sizeof(EntryHeader) + sizeof(float) * shape.state_dim + 7) / 8 * 8;
+  CHECK_EQ(arena.header_bytes(), header_bytes);
+  CHECK_EQ(arena.entry_bytes(), sizeof(float) * shape.dim + header_bytes);
   const uint32_t n = (1u << 16) + 100;  // past the first chunk
+  auto value = [](uint32_t i, int f) { return float(i) + f * 0.5f; };
   for (uint32_t i = 0; i < n; ++i) {
     CHECK_EQ(arena.Allocate(), i);
     arena.InitHeader(i);
-    for (int f = 0; f < floats; ++f) arena.Floats(i)[f] = float(i) + f * 0.5f;
+    for (int f = 0; f < shape.dim; ++f) arena.Embedding(i)[f] = value(i, f);
+    for (int f = 0; f < shape.state_dim; ++f) arena.State(i)[f] = -value(i, f);
   }
   CHECK_EQ(arena.live_entries(), size_t(n));
   for (uint32_t i = 0; i < n; i += 97) {
-    for (int f = 0; f < floats; ++f) CHECK(arena.Floats(i)[f] == float(i) + f * 0.5f);
+    for (int f = 0; f < shape.dim; ++f) CHECK(arena.Embedding(i)[f] == value(i, f));
+    for (int f = 0; f < shape.state_dim; ++f) CHECK(arena.State(i)[f] == -value(i, f));
     CHECK_EQ(arena.Header(i)->count, uint32_t(0));
     CHECK_EQ(arena.Header(i)->timestamp, int64_t(0));
+  }
+  // Embeddings of dim 32 start on a cache line: a lookup reads 2 lines.
+  if (shape.dim == 32) {
+    for (uint32_t i = 0; i < n; i += 13) {
+      CHECK_EQ(reinterpret_cast<uintptr_t>(arena.Embedding(i)) % 64, uintptr_t(0));
+    }
   }
   CHECK(arena.memory_bytes() >= 2 * (size_t(1) << 16) * arena.entry_bytes());
 }
 
-void ArenaReusesFreedEntriesFirst(int floats) {
-  EntryArena arena(floats);
+void ArenaReusesFreedEntriesFirst(const ArenaShape& shape) {
+  EntryArena arena(shape.dim, shape.state_dim);
   for (int i = 0; i < 10; ++i) arena.Allocate();
   arena.Free(3);
   arena.Free(7);
@@ -256,8 +270,8 @@ void ArenaReusesFreedEntriesFirst(int floats) {
   CHECK(arena.memory_bytes() >= bytes - 64);  // chunks are kept for reuse
 }
 
-void ArenaDirtyBitsAreOnePerEntry(int floats) {
-  EntryArena arena(floats);
+void ArenaDirtyBitsAreOnePerEntry(const ArenaShape& shape) {
+  EntryArena arena(shape.dim, shape.state_dim);
   for (int i = 0; i < 200; ++i) arena.Allocate();
   for (uint32_t i = 0; i < 200; i += 3) arena.MarkDirty(i);
   for (uint32_t i = 0; i < 200; ++i) CHECK_EQ(arena.IsDirty(i), i % 3 == 0);
@@ -345,9 +359,9 @@ int main() {
   Run("stash_takes_overflow", KeysSharingBothBucketsOverflowToTheStash, kIndexParams);
   Run("collisions_reseed", CraftedCollisionsAtLowLoadReseedInsteadOfGrowing, kIndexParams);
   Run("reserve_keeps_keys", ReserveRebuildsWithoutLosingKeys, kIndexParams);
-  Run("arena_disjoint_entries", ArenaEntriesAreDisjointAcrossChunks, kFloatsPerEntry);
-  Run("arena_reuses_freed", ArenaReusesFreedEntriesFirst, kFloatsPerEntry);
-  Run("arena_dirty_bits", ArenaDirtyBitsAreOnePerEntry, kFloatsPerEntry);
+  Run("arena_disjoint_entries", ArenaEntriesAreDisjointAcrossChunks, kArenaShapes);
+  Run("arena_reuses_freed", ArenaReusesFreedEntriesFirst, kArenaShapes);
+  Run("arena_dirty_bits", ArenaDirtyBitsAreOnePerEntry, kArenaShapes);
   const int once[] = {0};
   Run("config_validation", ConfigValidationNamesTheField, once);
   std::printf("core_test: %d failed checks\n", failures);

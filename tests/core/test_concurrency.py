@@ -1,11 +1,16 @@
 """Concurrent readers and writers on the core, with growth under way: no lost
 updates, no torn rows, no lost keys. The bindings release the GIL."""
 
+import os
 import threading
+import time
 
 import numpy as np
 
 from monolith_tf import _core
+
+# The sanitizer builds (`make tsan`, `make asan`) run 2-100x slower.
+UNDER_SANITIZER = "1" in (os.environ.get("MONOLITH_TSAN"), os.environ.get("MONOLITH_ASAN"))
 
 
 def run_all(functions):
@@ -67,6 +72,37 @@ def test_no_lost_updates_or_torn_rows_while_the_table_grows():
     all_new = np.concatenate(grown)
     assert table.size() == len(hot) + len(all_new)
     np.testing.assert_array_equal(table.lookup(all_new, insert_missing=False), 0)
+
+
+def test_lookups_that_start_between_applies_never_return_torn_rows():
+    """A lookup that starts while no apply runs copies rows without reading
+    their versions, and must throw that copy away when an apply starts before
+    it ends. Wide rows and one apply at a time, with pauses between them, so
+    that many lookups start in a pause and an apply starts under them."""
+    dim, num_keys, applies = (64, 300, 30) if UNDER_SANITIZER else (512, 3000, 150)
+    table = _core.EmbeddingTable(dim=dim, initializer="zeros", optimizer="sgd")
+    keys = np.arange(num_keys, dtype=np.int64)
+    table.lookup(keys)
+    grads = -np.ones((len(keys), dim), np.float32)
+    done = threading.Event()
+    torn, lookups = [], []
+
+    def writer():
+        for _ in range(applies):
+            table.apply_gradients(keys, grads, 1.0, threads=1)
+            time.sleep(0.001)
+        done.set()
+
+    def reader():
+        while not done.is_set():
+            rows = table.lookup(keys, insert_missing=False, threads=1)
+            lookups.append(1)
+            torn.extend(np.flatnonzero((rows != rows[:, :1]).any(axis=1)).tolist())
+
+    run_all([writer, reader])
+    assert len(lookups) > applies // 3  # the reader ran through the pauses too
+    assert not torn, f"{len(torn)} torn rows"
+    np.testing.assert_array_equal(table.lookup(keys, insert_missing=False), applies)
 
 
 def test_concurrent_first_lookups_of_one_new_id_agree():
