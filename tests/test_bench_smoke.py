@@ -147,7 +147,7 @@ def test_peers_bench_runs_without_the_peer_virtualenv():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("op", ["lookup", "gather", "insert_reused", "adagrad"])
+@pytest.mark.parametrize("op", ["lookup", "gather", "insert_reused", "scatter", "adagrad"])
 def test_table_profile_loop_runs(op):
     env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3")
     result = subprocess.run(
@@ -159,18 +159,21 @@ def test_table_profile_loop_runs(op):
 
 
 @pytest.mark.slow
-def test_table_profile_compares_lookup_with_gather_in_one_process():
+@pytest.mark.parametrize("comparison,ours,dense", [("lookup_vs_gather", "lookup", "gather"),
+                                                  ("insert_vs_scatter", "insert_reused", "scatter")])
+def test_table_profile_compares_with_the_dense_limit_in_one_process(comparison, ours, dense):
     env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3")
     result = subprocess.run(
         [sys.executable, os.path.join(REPO, "bench", "table_profile.py"),
-         "--op", "lookup_vs_gather", "--keys", "20000", "--batch", "4096",
+         "--op", comparison, "--keys", "20000", "--batch", "4096",
          "--seconds", "1.2", "--window", "0.2"],
         capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"| window | {ours}, M ids/s | ")
     windows = [line.split("|")[1:5] for line in lines if line.startswith("| ") and "window" not in line]
     assert len(windows) == 3  # 1.2 s in windows of 0.2 s, two ops each
-    for _, ours, dense, ratio in windows:
-        assert float(ours) > 0 and float(dense) > 0
-        assert abs(float(ratio.strip().rstrip("x")) - float(ours) / float(dense)) < 0.02
-    assert lines[-1].startswith("median lookup / gather: ") and lines[-1].endswith("x")
+    for _, ours_rate, dense_rate, ratio in windows:
+        assert float(ours_rate) > 0 and float(dense_rate) > 0
+        assert abs(float(ratio.strip().rstrip("x")) - float(ours_rate) / float(dense_rate)) < 0.02
+    assert lines[-1].startswith(f"median {ours} / {dense}: ") and lines[-1].endswith("x")

@@ -55,12 +55,7 @@ bool CuckooIndex::PlaceWithKicks(int64_t key, uint32_t id) {
   // memory latency, where each step of the random walk below costs one.
   const uint64_t homes[2] = {b1, b2};
   uint64_t others[2][kSlotsPerBucket];
-  for (int h = 0; h < 2; ++h) {
-    for (int s = 0; s < kSlotsPerBucket; ++s) {
-      others[h][s] = OtherBucket(buckets_[homes[h]].keys[s], homes[h]);
-      PrefetchLine(&buckets_[others[h][s]]);
-    }
-  }
+  for (int h = 0; h < 2; ++h) FindMoveTargets(homes[h], others[h]);
   for (int h = 0; h < 2; ++h) {
     Bucket& home = buckets_[homes[h]];
     for (int s = 0; s < kSlotsPerBucket; ++s) {

@@ -77,11 +77,8 @@ class CuckooIndex {
   // of the residents of its first bucket, where the kick will look for room.
   // Only reads, so it stays a safe hint if the buckets change meanwhile.
   void PrefetchMoveTargets(int64_t key) const {
-    const uint64_t home = Hash1(key) & mask_;
-    const Bucket& bucket = buckets_[home];
-    for (int s = 0; s < kSlotsPerBucket; ++s) {
-      PrefetchLine(&buckets_[OtherBucket(bucket.keys[s], home)]);
-    }
+    uint64_t targets[kSlotsPerBucket];
+    FindMoveTargets(Hash1(key) & mask_, targets);
   }
 
   // Removes `key`; returns its entry id or kNoEntry when absent.
@@ -214,6 +211,14 @@ class CuckooIndex {
     return kNoEntry;
   }
   static bool PlaceInBucket(Bucket& bucket, int64_t key, uint32_t id);
+  // Sets targets[s] to the other bucket of the resident of slot s of bucket
+  // `home` (where a kick would move it) and prefetches those buckets.
+  void FindMoveTargets(uint64_t home, uint64_t targets[kSlotsPerBucket]) const {
+    for (int s = 0; s < kSlotsPerBucket; ++s) {
+      targets[s] = OtherBucket(buckets_[home].keys[s], home);
+      PrefetchLine(&buckets_[targets[s]]);
+    }
+  }
   // The candidate bucket of `key` that is not `bucket`.
   uint64_t OtherBucket(int64_t key, uint64_t bucket) const {
     const uint64_t first = Hash1(key) & mask_;

@@ -195,21 +195,6 @@ uint32_t EmbeddingTable::InsertNew(int64_t key) {
 
 namespace {
 
-// Brings every cache line of [p, p + bytes) towards the cache, writable
-// when `for_write`.
-inline void PrefetchSpan(const void* p, size_t bytes, bool for_write = false) {
-  const uintptr_t first = reinterpret_cast<uintptr_t>(p) & ~uintptr_t{63};
-  const uintptr_t last = reinterpret_cast<uintptr_t>(p) + bytes;
-  for (uintptr_t line = first; line < last; line += 64) {
-    const void* address = reinterpret_cast<const void*>(line);
-    if (for_write) {
-      PrefetchLineForWrite(address);
-    } else {
-      PrefetchLine(address);
-    }
-  }
-}
-
 // Resolves keys[begin, end) to entry ids with software prefetching: bucket
 // lines kBucketAhead keys early, then the entry's lines (prefetch_entry(id))
 // kRowAhead keys early, so the dependent cache misses of many keys overlap.
@@ -236,6 +221,38 @@ void ForEachResolved(const CuckooIndex& index, const int64_t* keys, int64_t begi
   }
 }
 
+// Copies the embeddings of keys[begin, end) into out (row i at i * dim) and
+// flags absent keys in missing[i]; returns how many were absent. With
+// kCheckVersions each row is copied under its seqlock, which costs its
+// header line as well.
+template <bool kCheckVersions>
+int64_t CopyRows(const CuckooIndex& index, const EntryArena& arena, const int64_t* keys,
+                 int64_t begin, int64_t end, int dim, float* out, uint8_t* missing) {
+  const size_t embedding_bytes = sizeof(float) * dim;
+  int64_t absent = 0;
+  ForEachResolved(
+      index, keys, begin, end,
+      [&](uint32_t id) {
+        if (kCheckVersions) PrefetchLine(arena.Header(id));
+        PrefetchSpan(arena.Embedding(id), embedding_bytes);
+      },
+      [&](int64_t i, uint32_t id) {
+        if (id == CuckooIndex::kNoEntry) {
+          missing[i] = 1;
+          ++absent;
+          return;
+        }
+        float* dst = out + static_cast<size_t>(i) * dim;
+        const float* src = arena.Embedding(id);
+        if (kCheckVersions) {
+          ReadEntryConsistent(arena.Header(id), [&] { std::memcpy(dst, src, embedding_bytes); });
+        } else {
+          std::memcpy(dst, src, embedding_bytes);
+        }
+      });
+  return absent;
+}
+
 // The copy of a lookup that reads no row versions: only valid when no
 // in-place writer ran meanwhile, which the caller checks afterwards, throwing
 // the copy away otherwise (so TSan's report of a race here is suppressed, as
@@ -243,20 +260,7 @@ void ForEachResolved(const CuckooIndex& index, const int64_t* keys, int64_t begi
 __attribute__((noinline)) int64_t CopyRowsWithoutVersionCheck(
     const CuckooIndex& index, const EntryArena& arena, const int64_t* keys, int64_t begin,
     int64_t end, int dim, float* out, uint8_t* missing) {
-  const size_t embedding_bytes = sizeof(float) * dim;
-  int64_t absent = 0;
-  ForEachResolved(
-      index, keys, begin, end,
-      [&](uint32_t id) { PrefetchSpan(arena.Embedding(id), embedding_bytes); },
-      [&](int64_t i, uint32_t id) {
-        if (id == CuckooIndex::kNoEntry) {
-          missing[i] = 1;
-          ++absent;
-        } else {
-          std::memcpy(out + static_cast<size_t>(i) * dim, arena.Embedding(id), embedding_bytes);
-        }
-      });
-  return absent;
+  return CopyRows</*kCheckVersions=*/false>(index, arena, keys, begin, end, dim, out, missing);
 }
 
 }  // namespace
@@ -288,27 +292,8 @@ int64_t EmbeddingTable::CopyPresentRows(const int64_t* keys, int64_t begin, int6
     std::atomic_thread_fence(std::memory_order_acquire);
     if (in_place_writers_.started.load(std::memory_order_relaxed) == started) return absent;
   }
-  // A writer ran: copy each row under its seqlock (one more line per row).
-  const size_t embedding_bytes = sizeof(float) * dim;
-  int64_t absent = 0;
-  ForEachResolved(
-      index_, keys, begin, end,
-      [&](uint32_t id) {
-        PrefetchLine(arena_.Header(id));
-        PrefetchSpan(arena_.Embedding(id), embedding_bytes);
-      },
-      [&](int64_t i, uint32_t id) {
-        if (id == CuckooIndex::kNoEntry) {
-          missing[i] = 1;
-          ++absent;
-          return;
-        }
-        float* dst = out + static_cast<size_t>(i) * dim;
-        const float* src = arena_.Embedding(id);
-        ReadEntryConsistent(arena_.Header(id),
-                            [&] { std::memcpy(dst, src, embedding_bytes); });
-      });
-  return absent;
+  // A writer ran: copy each row under its seqlock.
+  return CopyRows</*kCheckVersions=*/true>(index_, arena_, keys, begin, end, dim, out, missing);
 }
 
 int64_t EmbeddingTable::Lookup(const int64_t* keys, int64_t n,
@@ -400,15 +385,10 @@ int64_t EmbeddingTable::Lookup(const int64_t* keys, int64_t n,
   // is prefetched for writing a few rows ahead.
   std::vector<uint8_t> copied(todo.size(), 0);
   const size_t embedding_bytes = sizeof(float) * dim;
-  const size_t header_bytes = arena_.header_bytes();
   runner.For(static_cast<int64_t>(fresh.size()), 100, [&](int64_t begin, int64_t end) {
     constexpr int64_t kAhead = 8;
     for (int64_t f = begin; f < end; ++f) {
-      if (f + kAhead < end) {
-        const uint32_t ahead = ids[fresh[f + kAhead]];
-        PrefetchSpan(arena_.Embedding(ahead), embedding_bytes, /*for_write=*/true);
-        PrefetchSpan(arena_.Header(ahead), header_bytes, /*for_write=*/true);
-      }
+      if (f + kAhead < end) arena_.PrefetchEntry(ids[fresh[f + kAhead]], /*for_write=*/true);
       const size_t j = fresh[f];
       InitRow(keys[todo[j]], ids[j]);
       std::memcpy(out + static_cast<size_t>(todo[j]) * dim, arena_.Embedding(ids[j]),
@@ -460,9 +440,6 @@ int64_t EmbeddingTable::ApplyGradients(const int64_t* keys, const float* grads,
   const DedupedBatch batch =
       Dedup(keys, grads, n, dim, timestamps, per_key_timestamps);
   const int64_t unique = static_cast<int64_t>(batch.keys.size());
-  const size_t embedding_bytes = sizeof(float) * dim;
-  const size_t header_bytes = arena_.header_bytes();
-
 
   auto update = [&](int64_t u, uint32_t id) {
     EntryHeader* header = arena_.Header(id);
@@ -486,10 +463,7 @@ int64_t EmbeddingTable::ApplyGradients(const int64_t* keys, const float* grads,
     runner.For(unique, 150, [&](int64_t begin, int64_t end) {
       std::vector<int64_t> local_missing;
       ForEachResolved(index_, batch.keys.data(), begin, end,
-                      [&](uint32_t id) {
-                        PrefetchSpan(arena_.Embedding(id), embedding_bytes);
-                        PrefetchSpan(arena_.Header(id), header_bytes);
-                      },
+                      [&](uint32_t id) { arena_.PrefetchEntry(id, /*for_write=*/false); },
                       [&](int64_t u, uint32_t id) {
                         if (id == CuckooIndex::kNoEntry) {
                           local_missing.push_back(u);

@@ -18,6 +18,7 @@
 #include <new>
 #include <vector>
 
+#include "cc/table/hashing.h"
 #include "cc/table/huge_pages.h"
 
 namespace monolith {
@@ -66,6 +67,12 @@ class EntryArena {
   }
   // The optimizer state of entry `id` (state_dim floats, after its header).
   float* State(uint32_t id) const { return reinterpret_cast<float*>(Header(id) + 1); }
+  // Brings every line of entry `id` (embedding, header and state) towards
+  // the cache, writable when `for_write`.
+  void PrefetchEntry(uint32_t id, bool for_write) const {
+    PrefetchSpan(Embedding(id), sizeof(float) * dim_, for_write);
+    PrefetchSpan(Header(id), header_bytes_, for_write);
+  }
   // Change marks, one bit per entry per consumer of changes: kDeltaMark
   // (the entry changed since a delta save last copied it) and kSyncMark (since
   // a sync push last copied it). Bitmaps rather than header bits so that a

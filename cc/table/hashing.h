@@ -1,7 +1,9 @@
-// Integer mixing shared by the cuckoo index and the keyed initializers.
+// Integer mixing shared by the cuckoo index and the keyed initializers, and
+// the cache prefetch hints of the table's batch loops.
 #ifndef MONOLITH_TF_CC_TABLE_HASHING_H_
 #define MONOLITH_TF_CC_TABLE_HASHING_H_
 
+#include <cstddef>
 #include <cstdint>
 
 namespace monolith {
@@ -34,6 +36,21 @@ inline void PrefetchLineForWrite(const void* p) {
 #else
   __builtin_prefetch(p, 1);
 #endif
+}
+
+// Brings every cache line of [p, p + bytes) towards the cache, writable
+// when `for_write`.
+inline void PrefetchSpan(const void* p, size_t bytes, bool for_write = false) {
+  const uintptr_t first = reinterpret_cast<uintptr_t>(p) & ~uintptr_t{63};
+  const uintptr_t last = reinterpret_cast<uintptr_t>(p) + bytes;
+  for (uintptr_t line = first; line < last; line += 64) {
+    const void* address = reinterpret_cast<const void*>(line);
+    if (for_write) {
+      PrefetchLineForWrite(address);
+    } else {
+      PrefetchLine(address);
+    }
+  }
 }
 
 }  // namespace monolith
