@@ -25,7 +25,7 @@ USE_VENV ?= 1
 DEPS_STAMP := $(if $(filter 1,$(USE_VENV)),$(VENV)/.deps-stamp,)
 MAKEFLAGS += -j2
 
-.PHONY: all deps native installed wheel data demo test test-fast asan tsan cc-test bench bench-soak bench-peers clean flink-venv \
+.PHONY: all deps native installed wheel data demo test test-fast asan tsan cc-test bench bench-soak bench-peers bench-limits clean flink-venv \
         experiments
 
 all: native
@@ -196,6 +196,16 @@ cc-test: $(CC_TEST)
 
 bench: native
 	PYTHONPATH=$(CURDIR) $(PY) bench/table_bench.py
+
+# This machine's floors for the table's row traffic, with no hashing and no
+# TensorFlow (bench/row_limit.cc): random rows read, written and updated.
+ROW_LIMIT := $(BUILD)/row_limit
+$(ROW_LIMIT): bench/row_limit.cc cc/table/huge_pages.cc $(CORE_HDRS)
+	@mkdir -p $(BUILD)
+	$(CXX) $(CXXFLAGS_COMMON) bench/row_limit.cc cc/table/huge_pages.cc -o $@ -pthread
+
+bench-limits: $(ROW_LIMIT)
+	$(ROW_LIMIT)
 
 # Ten minutes of replay -> join -> train with expiry and checkpoints; memory,
 # rows and files must stay flat after warm-up (bench/soak.py; a one-minute run

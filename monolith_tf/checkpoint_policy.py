@@ -124,9 +124,9 @@ class CheckpointPolicy:
         """Saves what the schedules say is due at ``step`` (dense implies
         sparse). ``metadata`` is called only when a save is due: it reads
         device state, which a step that saves nothing should not pay for."""
-        if not self.due(step):
+        dense = self.dense_schedule.due(step)  # read once: a time schedule moves
+        if not (dense or self.sparse_schedule.due(step)):
             return
-        dense = self.dense_schedule.due(step)
         try:
             self.save(step, metadata(), dense=dense)
         except CheckpointSaveError as error:

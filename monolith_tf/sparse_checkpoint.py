@@ -42,6 +42,7 @@ import numpy as np
 import tensorflow as tf
 
 from monolith_tf import kill_points
+from monolith_tf.json_crc import json_crc
 from monolith_tf.schema import ROW_FIELD_DTYPES
 
 FORMAT = "monolith_tf.sparse/2"
@@ -207,7 +208,7 @@ class SparseCheckpointer:
             for name, table in self.tables.items():
                 manifest["tables"][name] = self._save_table(partial, name, table, kind)
                 kill_points.reached("sparse_save.table")
-            manifest["crc32"] = _manifest_crc(manifest)
+            manifest["crc32"] = json_crc(manifest)
             _fsync_write(os.path.join(partial, "manifest.json"),
                          [json.dumps(manifest, indent=1, sort_keys=True).encode()])
             kill_points.reached("sparse_save.manifest")
@@ -419,15 +420,9 @@ def read_manifest(path):
         found = manifest.get("format") if isinstance(manifest, dict) else manifest
         raise CheckpointError(f"{file}: format {found!r}, expected {FORMAT}")
     # Manifests written before the field existed have no CRC of their own.
-    if "crc32" in manifest and manifest.pop("crc32") != _manifest_crc(manifest):
+    if "crc32" in manifest and manifest.pop("crc32") != json_crc(manifest):
         raise CheckpointError(f"{file}: CRC mismatch (a corrupt manifest)")
     return manifest
-
-
-def _manifest_crc(manifest):
-    """CRC-32 of a manifest's canonical JSON (``crc32`` itself left out)."""
-    body = {key: value for key, value in manifest.items() if key != "crc32"}
-    return zlib.crc32(json.dumps(body, sort_keys=True).encode())
 
 
 def _read_file(path, info):

@@ -177,3 +177,25 @@ def test_table_profile_compares_with_the_dense_limit_in_one_process(comparison, 
         assert float(ours_rate) > 0 and float(dense_rate) > 0
         assert abs(float(ratio.strip().rstrip("x")) - float(ours_rate) / float(dense_rate)) < 0.02
     assert lines[-1].startswith(f"median {ours} / {dense}: ") and lines[-1].endswith("x")
+
+
+@pytest.mark.slow
+def test_row_limit_measures_every_kind_and_refuses_bad_flags():
+    build = subprocess.run(["make", "-s", "build/row_limit"], cwd=REPO, capture_output=True,
+                           text=True, timeout=600)
+    assert build.returncode == 0, build.stderr[-3000:]
+    binary = os.path.join(REPO, "build", "row_limit")
+    result = subprocess.run([binary, "--rows", "20000", "--batch", "4096", "--seconds", "0.05",
+                             "--threads", "2"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    rows = [line.split("|")[1:4] for line in result.stdout.splitlines()[2:]]
+    assert [(name.strip(), int(threads)) for name, threads, _ in rows] == [
+        (name, threads)
+        for name in ("read embedding (lookup)", "write new row (insert)",
+                     "update row (optimizer apply)")
+        for threads in (1, 2)]
+    assert all(float(rate) > 0 for _, _, rate in rows)
+    for flags, message in ((["--rows", "0"], "need --rows"), (["--bogus", "1"], "unknown flag"),
+                           (["--dim"], "needs a value")):
+        bad = subprocess.run([binary, *flags], capture_output=True, text=True, timeout=60)
+        assert bad.returncode == 2 and message in bad.stderr

@@ -64,6 +64,7 @@ import time
 import zlib
 
 from monolith_tf import kill_points
+from monolith_tf.json_crc import json_crc
 from monolith_tf.streaming.log import LogError
 from monolith_tf.streaming.records import (RecordError, decode_action, decode_feature,
                                            encode_joined)
@@ -123,12 +124,6 @@ class JoinerConfig:
         self.partition_idle_timeout = (None if partition_idle_timeout is None
                                        else float(partition_idle_timeout))
         self.dedupe_horizon = int(dedupe_horizon)
-
-
-def _snapshot_crc(snapshot):
-    """CRC-32 of a snapshot's canonical JSON (``crc32`` itself left out)."""
-    body = {key: value for key, value in snapshot.items() if key != "crc32"}
-    return zlib.crc32(json.dumps(body, sort_keys=True).encode())
 
 
 def _encode_id(request_id):
@@ -194,7 +189,7 @@ class Joiner:
             raise LogError(f"{path}: format {found!r}, expected {SNAPSHOT_FORMAT}")
         if snapshot["format"] == SNAPSHOT_FORMAT:
             stored = snapshot.pop("crc32", None)
-            if stored != _snapshot_crc(snapshot):
+            if stored != json_crc(snapshot):
                 raise LogError(f"{path}: CRC mismatch (a corrupt joiner snapshot)")
         return snapshot
 
@@ -260,7 +255,7 @@ class Joiner:
             "counters": self.counters,
             "positions": [[list(key), offset] for key, offset in
                           self._consumer.positions().items()]}
-        snapshot["crc32"] = _snapshot_crc(snapshot)
+        snapshot["crc32"] = json_crc(snapshot)
         temporary = self._snapshot_path + ".tmp"
         with open(temporary, "w") as f:
             json.dump(snapshot, f)
