@@ -207,3 +207,42 @@ def test_every_operation_racing_on_one_table():
     assert table.size() == len(rest["keys"]) == len(set(rest["keys"].tolist()))
     np.testing.assert_array_equal(table.lookup(rest["keys"], insert_missing=False),
                                   rest["values"])
+
+
+def test_large_training_lookups_on_two_threads_match_one_key_at_a_time():
+    """Large training lookups on two threads, with duplicates in and across
+    batches, while the index grows from nothing to a high load (so keys need
+    kicks): every key gets exactly one row with its initial value. The same
+    keys inserted one at a time are the reference."""
+    dim = 4
+    rng = np.random.default_rng(11)
+    pool = rng.integers(-2**62, 2**62, size=60_000 if UNDER_SANITIZER else 200_000,
+                        dtype=np.int64)
+    pool = np.unique(pool)
+    table = _core.EmbeddingTable(dim=dim, initializer="normal(stddev=1)", seed=5,
+                                 capacity_hint=16)
+    batch = 8_192 if UNDER_SANITIZER else 32_768
+    seen = []
+    for start in range(0, len(pool), batch):
+        keys = pool[start:start + batch]
+        # A tenth of each batch repeats keys of this batch or of earlier ones.
+        repeats = rng.choice(pool[:start + len(keys)], size=len(keys) // 10)
+        keys = rng.permutation(np.concatenate([keys, repeats]))
+        rows = table.lookup(keys, insert_missing=True, threads=2)
+        first = {}
+        for key, row in zip(keys.tolist(), rows):
+            np.testing.assert_array_equal(first.setdefault(key, row), row)
+        seen.append(keys)
+    distinct = np.unique(np.concatenate(seen))
+    assert table.size() == len(distinct)
+    sample = distinct[::max(1, len(distinct) // 2000)]
+    reference = _core.EmbeddingTable(dim=dim, initializer="normal(stddev=1)", seed=5)
+    expected = np.concatenate([reference.lookup(sample[i:i + 1], insert_missing=True)
+                               for i in range(len(sample))])
+    np.testing.assert_array_equal(table.lookup(sample, insert_missing=False), expected)
+    # Every key has one entry of its own: changing one row changes only it.
+    table.assign(sample, np.arange(len(sample) * dim, dtype=np.float32).reshape(-1, dim))
+    np.testing.assert_array_equal(
+        table.lookup(sample, insert_missing=False),
+        np.arange(len(sample) * dim, dtype=np.float32).reshape(-1, dim))
+    assert not (table.lookup(distinct, insert_missing=False) == 0).all(axis=1).any()
