@@ -200,9 +200,10 @@ bench: native
 # This machine's floors for the table's row traffic, with no hashing and no
 # TensorFlow (bench/row_limit.cc): random rows read, written and updated.
 ROW_LIMIT := $(BUILD)/row_limit
-$(ROW_LIMIT): bench/row_limit.cc cc/table/huge_pages.cc $(CORE_HDRS)
+$(ROW_LIMIT): bench/row_limit.cc cc/table/entry_arena.cc cc/table/huge_pages.cc $(CORE_HDRS)
 	@mkdir -p $(BUILD)
-	$(CXX) $(CXXFLAGS_COMMON) bench/row_limit.cc cc/table/huge_pages.cc -o $@ -pthread
+	$(CXX) $(CXXFLAGS_COMMON) bench/row_limit.cc cc/table/entry_arena.cc cc/table/huge_pages.cc \
+	  -o $@ -pthread
 
 bench-limits: $(ROW_LIMIT)
 	$(ROW_LIMIT)

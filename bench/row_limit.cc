@@ -1,10 +1,10 @@
 // What this machine's memory allows for the table's batch operations, with
-// no hashing at all: the rows of one entry (an embedding array and a header
-// + optimizer state array, laid out as the entry arena does) are read or
-// written at random ids, batch after batch, with the same software
-// prefetching and the same thread split as the table's loops. Each figure is
-// the floor under the table operation named beside it; the table cannot go
-// faster than its row traffic, whatever its index does.
+// no hashing at all: the rows of the table's own entry arena (an embedding
+// array and a header + optimizer state array) are read or written at random
+// ids, batch after batch, with the same software prefetching and the same
+// thread split as the table's loops. Each figure is the floor under the
+// table operation named beside it; the table cannot go faster than its row
+// traffic, whatever its index does.
 //
 //   make build/row_limit && build/row_limit [--rows 1000000] [--dim 32]
 //       [--state-dim 32] [--batch 65536] [--seconds 2] [--threads 2]
@@ -21,16 +21,18 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "cc/table/entry_arena.h"
 #include "cc/table/hashing.h"
-#include "cc/table/huge_pages.h"
 
 namespace {
 
+using monolith::EntryArena;
 using monolith::Mix64;
 using monolith::PrefetchSpan;
 
@@ -45,64 +47,58 @@ struct Options {
 
 enum class Kind { kRead, kWrite, kUpdate };
 
-// Rows of `dim` floats and headers of 16 bytes + `state_dim` floats, rounded
-// to 8 bytes, in two arrays (cc/table/entry_arena.h).
-struct Rows {
-  Rows(size_t n, int dim, int state_dim)
-      : dim(dim),
-        header_bytes((16 + sizeof(float) * state_dim + 7) & ~size_t{7}),
-        embeddings(monolith::MakeHugePageArray<float>(n * dim)),
-        headers(monolith::MakeHugePageArray<char>(n * header_bytes)) {
-    // Touch every page first: the table's steady state reuses memory.
-    std::memset(embeddings.get(), 1, n * dim * sizeof(float));
-    std::memset(headers.get(), 1, n * header_bytes);
+// The table's own entry arena with `n` entries allocated and every page
+// touched (the table's steady state reuses memory), so the rows have its
+// layout exactly.
+std::unique_ptr<EntryArena> MakeRows(size_t n, int dim, int state_dim) {
+  auto arena = std::make_unique<EntryArena>(dim, state_dim);
+  for (size_t i = 0; i < n; ++i) {
+    const uint32_t id = arena->Allocate();
+    std::fill(arena->Embedding(id), arena->Embedding(id) + dim, 1.0f);
+    arena->InitHeader(id);
+    std::fill(arena->State(id), arena->State(id) + state_dim, 1.0f);
   }
-  float* Embedding(uint32_t id) const { return embeddings.get() + size_t{id} * dim; }
-  char* Header(uint32_t id) const { return headers.get() + size_t{id} * header_bytes; }
-
-  int dim;
-  size_t header_bytes;
-  monolith::HugePageArray<float> embeddings;
-  monolith::HugePageArray<char> headers;
-};
+  return arena;
+}
 
 // One thread's share of a batch: ids[begin, end), embeddings copied to `out`.
-void RunShard(Kind kind, const Rows& rows, const uint32_t* ids, size_t begin, size_t end,
-              float* out) {
+void RunShard(Kind kind, const EntryArena& rows, int dim, const uint32_t* ids, size_t begin,
+              size_t end, float* out) {
   constexpr size_t kAhead = 8;
-  const size_t embedding_bytes = sizeof(float) * rows.dim;
-  const int dim = rows.dim;
-  const bool for_write = kind != Kind::kRead;
+  const size_t embedding_bytes = sizeof(float) * dim;
+  const size_t header_floats = rows.header_bytes() / sizeof(float);
   for (size_t i = begin; i < end; ++i) {
     if (i + kAhead < end) {
-      PrefetchSpan(rows.Embedding(ids[i + kAhead]), embedding_bytes, for_write);
-      if (kind != Kind::kRead) {
-        PrefetchSpan(rows.Header(ids[i + kAhead]), rows.header_bytes, for_write);
+      if (kind == Kind::kRead) {
+        PrefetchSpan(rows.Embedding(ids[i + kAhead]), embedding_bytes);
+      } else {
+        rows.PrefetchEntry(ids[i + kAhead], /*for_write=*/true);
       }
     }
     float* embedding = rows.Embedding(ids[i]);
-    float* header_floats = reinterpret_cast<float*>(rows.Header(ids[i]));
-    const size_t header_floats_n = rows.header_bytes / sizeof(float);
+    // The header and state as floats: only their bytes' traffic matters here.
+    float* header = reinterpret_cast<float*>(rows.Header(ids[i]));
     switch (kind) {
       case Kind::kRead:
         std::memcpy(out + i * dim, embedding, embedding_bytes);
         break;
       case Kind::kWrite:
         std::fill(embedding, embedding + dim, 0.01f);
-        std::fill(header_floats, header_floats + header_floats_n, 0.1f);
+        std::fill(header, header + header_floats, 0.1f);
         std::memcpy(out + i * dim, embedding, embedding_bytes);
         break;
       case Kind::kUpdate:
         for (int d = 0; d < dim; ++d) embedding[d] -= 0.01f * embedding[d];
-        for (size_t d = 0; d < header_floats_n; ++d) header_floats[d] += 0.01f;
+        for (size_t d = 0; d < header_floats; ++d) header[d] += 0.01f;
         break;
     }
   }
 }
 
 // M rows per second of `kind` on `threads` threads over `seconds`.
-double MeasureRate(Kind kind, const Rows& rows, const std::vector<std::vector<uint32_t>>& batches,
-                   int threads, double seconds, float* out) {
+double MeasureRate(Kind kind, const EntryArena& rows, int dim,
+                   const std::vector<std::vector<uint32_t>>& batches, int threads, double seconds,
+                   float* out) {
   using Clock = std::chrono::steady_clock;
   const auto started = Clock::now();
   size_t done = 0;
@@ -112,10 +108,10 @@ double MeasureRate(Kind kind, const Rows& rows, const std::vector<std::vector<ui
     const size_t n = ids.size();
     std::vector<std::thread> pool;
     for (int t = 1; t < threads; ++t) {
-      pool.emplace_back(RunShard, kind, std::cref(rows), ids.data(), t * n / threads,
+      pool.emplace_back(RunShard, kind, std::cref(rows), dim, ids.data(), t * n / threads,
                         (t + 1) * n / threads, out);
     }
-    RunShard(kind, rows, ids.data(), 0, n / threads, out);
+    RunShard(kind, rows, dim, ids.data(), 0, n / threads, out);
     for (auto& thread : pool) thread.join();
     done += n;
   }
@@ -164,7 +160,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "row_limit: %s\n", e.what());
     return 2;
   }
-  Rows rows(options.rows, options.dim, options.state_dim);
+  const std::unique_ptr<EntryArena> rows =
+      MakeRows(options.rows, options.dim, options.state_dim);
   std::vector<std::vector<uint32_t>> batches(16, std::vector<uint32_t>(options.batch));
   uint64_t counter = 0;
   for (auto& batch : batches) {
@@ -183,7 +180,7 @@ int main(int argc, char** argv) {
   for (const auto& k : kinds) {
     for (int threads = 1; threads <= options.max_threads; ++threads) {
       const double rate =
-          MeasureRate(k.kind, rows, batches, threads, options.seconds, out.data());
+          MeasureRate(k.kind, *rows, options.dim, batches, threads, options.seconds, out.data());
       std::printf("| %s | %d | %.2f |\n", k.name, threads, rate);
       std::fflush(stdout);
     }
