@@ -1,15 +1,19 @@
 // Cuckoo hash index from int64 keys to 32-bit entry ids.
 //
-// Two hash functions pick two buckets of kSlotsPerBucket slots; a bucket is
+// A third hash splits the keys into partitions, each a contiguous range of
+// the bucket array with its own stash, so that threads owning disjoint
+// partitions can insert at once without atomics. Within its partition, two
+// hash functions pick two buckets of kSlotsPerBucket slots; a bucket is
 // one 64-byte cache line. A key that finds both buckets full displaces a
 // resident to that resident's other bucket, and so on for a bounded number of
 // kicks; a key still homeless goes to a small overflow stash. The index grows
-// (doubles) when the load factor passes kMaxLoadFactor or the stash fills at
+// (every partition doubles) when the load factor passes kMaxLoadFactor or the stash fills at
 // a high load, and re-seeds its hashes when the stash fills at a low load
 // (keys crafted to collide). Distinct keys therefore never share a slot and an
 // insert never fails.
 //
-// Not thread-safe: the owner (EmbeddingTable) serializes writers.
+// Not thread-safe, except inserts by partition (below): the owner
+// (EmbeddingTable) serializes writers.
 #ifndef MONOLITH_TF_CC_TABLE_CUCKOO_INDEX_H_
 #define MONOLITH_TF_CC_TABLE_CUCKOO_INDEX_H_
 
@@ -29,30 +33,53 @@ class CuckooIndex {
   static constexpr int kSlotsPerBucket = 5;
   static constexpr uint32_t kNoEntry = 0xffffffffu;
   static constexpr double kMaxLoadFactor = 0.85;
+  // 16 partitions: enough for the threads of one table's batch on a large
+  // machine, few enough that a small table's minimum (4 buckets each) stays
+  // at 4 KiB.
+  static constexpr int kDefaultPartitionBits = 4;
 
   // `capacity_hint` keys fit without growing. `seed` picks the hash functions.
-  CuckooIndex(size_t capacity_hint, uint64_t seed);
+  // The index has 2^partition_bits partitions.
+  CuckooIndex(size_t capacity_hint, uint64_t seed,
+              int partition_bits = kDefaultPartitionBits);
 
   // Entry id of `key`, or kNoEntry.
   uint32_t Find(int64_t key) const {
-    const uint64_t h1 = Hash1(key), h2 = Hash2(key);
-    uint32_t id = FindInBucket(buckets_[h1 & mask_], key);
+    const size_t p = PartitionOf(key);
+    const uint64_t base = p << bucket_bits_;
+    uint32_t id = FindInBucket(buckets_[base | (Hash1(key) & mask_)], key);
     if (id != kNoEntry) return id;
-    id = FindInBucket(buckets_[h2 & mask_], key);
-    if (id != kNoEntry || stash_.empty()) return id;
-    auto it = stash_.find(key);
-    return it == stash_.end() ? kNoEntry : it->second;
+    id = FindInBucket(buckets_[base | (Hash2(key) & mask_)], key);
+    const auto& stash = partitions_[p].stash;
+    if (id != kNoEntry || stash.empty()) return id;
+    auto it = stash.find(key);
+    return it == stash.end() ? kNoEntry : it->second;
   }
 
   // Brings both candidate buckets of `key` towards the cache.
   void Prefetch(int64_t key) const {
-    const Bucket* base = buckets_.data();
+    const Bucket* base = buckets_.data() + (PartitionOf(key) << bucket_bits_);
     PrefetchLine(base + (Hash1(key) & mask_));
     PrefetchLine(base + (Hash2(key) & mask_));
   }
 
-  // Maps `key` (which must be absent) to `id`.
+  // Maps `key` (which must be absent) to `id`, growing the index if needed.
   void Insert(int64_t key, uint32_t id);
+
+  // The partition of `key`. Both candidate buckets of a key, and its stash
+  // slot, lie in its partition, and kicks move keys only within one.
+  size_t PartitionOf(int64_t key) const {
+    const uint64_t h = Mix64(static_cast<uint64_t>(key) ^ partition_seed_);
+    return static_cast<size_t>(h >> 1 >> (63 - partition_bits_));
+  }
+  size_t num_partitions() const { return partitions_.size(); }
+
+  // --- inserts by partition ---
+  // FindOrInsert, FindOrInsertWithoutKicks and PrefetchMoveTargets touch only
+  // the partition of their key and never grow the index, so threads may call
+  // them at once for keys of disjoint partitions. The caller reserves room
+  // first (Reserve(size() + keys to come)) and calls RebuildIfStashFull()
+  // once they are done.
 
   // Returns the id of `key`; when absent, maps it to make_id() first and sets
   // *inserted. One pass over the two buckets serves both the probe and the
@@ -63,11 +90,10 @@ class CuckooIndex {
   }
 
   // Like FindOrInsert, but an absent key that has no free slot in its two
-  // buckets (or that would make the index grow) is left for a later
-  // FindOrInsert: returns kNoEntry with *inserted false, calling no make_id.
-  // A batch of inserts places those keys in a second pass, which prefetches
-  // where their kicks go (PrefetchMoveTargets) instead of waiting a memory
-  // latency for each.
+  // buckets is left for a later FindOrInsert: returns kNoEntry with *inserted
+  // false, calling no make_id. A batch of inserts places those keys in a
+  // second pass, which prefetches where their kicks go (PrefetchMoveTargets)
+  // instead of waiting a memory latency for each.
   template <typename MakeId>
   uint32_t FindOrInsertWithoutKicks(int64_t key, MakeId&& make_id, bool* inserted) {
     return FindOrPlace</*kMayKick=*/false>(key, make_id, inserted);
@@ -78,33 +104,36 @@ class CuckooIndex {
   // Only reads, so it stays a safe hint if the buckets change meanwhile.
   void PrefetchMoveTargets(int64_t key) const {
     uint64_t targets[kSlotsPerBucket];
-    FindMoveTargets(Hash1(key) & mask_, targets);
+    FindMoveTargets(FirstBucket(key), targets);
   }
+
+  // After inserts by partition: grows or re-seeds if the stashes overflowed.
+  void RebuildIfStashFull() { MaybeRebuildAfterStash(); }
 
   // Removes `key`; returns its entry id or kNoEntry when absent.
   uint32_t Erase(int64_t key);
 
-  // Rebuilds the index (same seeds) so it holds `capacity_hint` keys without
-  // growing; a no-op when it already does.
+  // Grows the index (same seeds) so it holds `capacity_hint` keys without
+  // growing again; a no-op when it already does.
   void Reserve(size_t capacity_hint);
 
-  size_t size() const { return size_; }
+  size_t size() const;
   size_t num_buckets() const { return buckets_.size(); }
-  size_t stash_size() const { return stash_.size(); }
+  size_t stash_size() const;
   size_t memory_bytes() const;
   double load_factor() const {
-    return static_cast<double>(size_) / (buckets_.size() * kSlotsPerBucket);
+    return static_cast<double>(size()) / (buckets_.size() * kSlotsPerBucket);
   }
 
-  // The two candidate buckets of `key` for the current size (for tests that
-  // craft colliding keys).
+  // The two candidate buckets of `key` for the current size, numbered across
+  // partitions (for tests that craft colliding keys).
   std::pair<uint64_t, uint64_t> CandidateBuckets(int64_t key) const {
-    return {Hash1(key) & mask_, Hash2(key) & mask_};
+    return {FirstBucket(key), SecondBucket(key)};
   }
 
-  // Calls f(key, id) for every key in buckets [begin, end); the stash belongs
-  // to the last bucket, so ranges that tile [0, num_buckets()) visit each key
-  // exactly once.
+  // Calls f(key, id) for every key in buckets [begin, end); a partition's
+  // stash belongs to its last bucket, so ranges that tile [0, num_buckets())
+  // visit each key exactly once.
   template <typename F>
   void ForEachInRange(size_t begin, size_t end, F&& f) const {
     for (size_t b = begin; b < end && b < buckets_.size(); ++b) {
@@ -112,9 +141,9 @@ class CuckooIndex {
       for (int s = 0; s < kSlotsPerBucket; ++s) {
         if (bucket.ids[s] != kNoEntry) f(bucket.keys[s], bucket.ids[s]);
       }
-    }
-    if (end >= buckets_.size() && begin < buckets_.size()) {
-      for (const auto& kv : stash_) f(kv.first, kv.second);
+      if ((b & mask_) == mask_) {
+        for (const auto& kv : partitions_[b >> bucket_bits_].stash) f(kv.first, kv.second);
+      }
     }
   }
 
@@ -128,6 +157,14 @@ class CuckooIndex {
     uint32_t padding;
   };
   static_assert(sizeof(Bucket) == 64, "a bucket must be one cache line");
+
+  // What a partition owns besides its buckets, on a cache line of its own so
+  // threads inserting into different partitions do not share lines.
+  struct alignas(64) Partition {
+    size_t size = 0;
+    uint64_t rng_state = 0;  // picks kick victims
+    std::unordered_map<int64_t, uint32_t> stash;
+  };
 
   // Fixed-size array of empty buckets on huge pages.
   class BucketArray {
@@ -179,28 +216,31 @@ class CuckooIndex {
   template <bool kMayKick, typename MakeId>
   uint32_t FindOrPlace(int64_t key, MakeId& make_id, bool* inserted) {
     *inserted = false;
-    Bucket& first = buckets_[Hash1(key) & mask_];
-    Bucket& second = buckets_[Hash2(key) & mask_];
+    const size_t p = PartitionOf(key);
+    const uint64_t base = p << bucket_bits_;
+    Bucket& first = buckets_[base | (Hash1(key) & mask_)];
+    Bucket& second = buckets_[base | (Hash2(key) & mask_)];
     if (const unsigned held = SlotsHolding(first, key)) return first.ids[__builtin_ctz(held)];
     if (const unsigned held = SlotsHolding(second, key)) return second.ids[__builtin_ctz(held)];
     const unsigned empty_first = EmptySlots(first), empty_second = EmptySlots(second);
-    if (!stash_.empty()) {
-      auto it = stash_.find(key);
-      if (it != stash_.end()) return it->second;
+    Partition& partition = partitions_[p];
+    if (!partition.stash.empty()) {
+      auto it = partition.stash.find(key);
+      if (it != partition.stash.end()) return it->second;
     }
-    const bool needs_kicks = NeedsGrowth() || (empty_first | empty_second) == 0;
+    const bool needs_kicks = (empty_first | empty_second) == 0;
     if (!kMayKick && needs_kicks) return kNoEntry;
     const uint32_t id = make_id();
     *inserted = true;
+    ++partition.size;
     if (needs_kicks) {
-      Insert(key, id);
+      PlaceWithKicks(key, id);
       return id;
     }
     Bucket& target = empty_first != 0 ? first : second;
     const int slot = __builtin_ctz(empty_first != 0 ? empty_first : empty_second);
     target.keys[slot] = key;
     target.ids[slot] = id;
-    ++size_;
     return id;
   }
 
@@ -219,10 +259,20 @@ class CuckooIndex {
       PrefetchLine(&buckets_[targets[s]]);
     }
   }
-  // The candidate bucket of `key` that is not `bucket`.
+  // Buckets are numbered across partitions: partition p holds buckets
+  // [p << bucket_bits_, (p + 1) << bucket_bits_), and a key's candidates are
+  // the low bits of its two hashes within its partition.
+  uint64_t FirstBucket(int64_t key) const {
+    return (PartitionOf(key) << bucket_bits_) | (Hash1(key) & mask_);
+  }
+  uint64_t SecondBucket(int64_t key) const {
+    return (PartitionOf(key) << bucket_bits_) | (Hash2(key) & mask_);
+  }
+  // The candidate bucket of `key` that is not `bucket` (both in one partition).
   uint64_t OtherBucket(int64_t key, uint64_t bucket) const {
-    const uint64_t first = Hash1(key) & mask_;
-    return first == bucket ? Hash2(key) & mask_ : first;
+    const uint64_t base = bucket & ~mask_;
+    const uint64_t first = base | (Hash1(key) & mask_);
+    return first == bucket ? base | (Hash2(key) & mask_) : first;
   }
 
   uint64_t Hash1(int64_t key) const {
@@ -233,25 +283,29 @@ class CuckooIndex {
     const uint64_t h = Mix64(static_cast<uint64_t>(key) ^ seed2_);
     return (h >> 32) | (h << 32);
   }
-  uint64_t NextRandom();
+  static uint64_t NextRandom(uint64_t* state);
   bool NeedsGrowth() const {
-    return size_ + 1 > kMaxLoadFactor * buckets_.size() * kSlotsPerBucket;
+    return size() + 1 > kMaxLoadFactor * buckets_.size() * kSlotsPerBucket;
   }
 
-  // Places (key, id) without growing; returns false if it went to the stash.
+  // Places (key, id), counted already, in its partition without growing;
+  // returns false if it went to the stash.
   bool PlaceWithKicks(int64_t key, uint32_t id);
-  void Rebuild(size_t num_buckets, bool new_seeds);
-  // Doubles the bucket array with the same hashes, streaming through it.
+  // Re-places every key into a new array of 2^bucket_bits buckets per
+  // partition, re-seeding the hashes first when asked.
+  void Rebuild(int bucket_bits, bool new_seeds);
+  // Doubles every partition with the same hashes, streaming through them.
   void Grow();
   void MaybeRebuildAfterStash();
 
+  int partition_bits_;
+  int bucket_bits_ = 0;  // log2 of the buckets per partition
+  uint64_t mask_ = 0;    // buckets per partition - 1
   BucketArray buckets_;
-  uint64_t mask_ = 0;
-  uint64_t seed1_, seed2_;
-  uint64_t rng_state_;
-  std::unordered_map<int64_t, uint32_t> stash_;
+  std::vector<Partition> partitions_;
+  uint64_t seed1_, seed2_, partition_seed_;
+  uint64_t rng_state_;  // re-seeds
   size_t stash_limit_;
-  size_t size_ = 0;
 };
 
 }  // namespace monolith

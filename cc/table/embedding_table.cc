@@ -4,6 +4,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <exception>
 #include <limits>
 #include <mutex>
 #include <shared_mutex>
@@ -296,6 +297,105 @@ int64_t EmbeddingTable::CopyPresentRows(const int64_t* keys, int64_t begin, int6
   return CopyRows</*kCheckVersions=*/true>(index_, arena_, keys, begin, end, dim, out, missing);
 }
 
+void EmbeddingTable::IndexMissingKeys(const int64_t* keys, const std::vector<int64_t>& todo,
+                                      const ParallelRunner& runner, std::vector<uint32_t>* ids,
+                                      std::vector<size_t>* fresh) {
+  const size_t count = todo.size();
+  // The arena is not thread-safe, so every key gets an id claimed up front;
+  // the ids of keys found present (duplicates, or inserted by another
+  // thread since the probe) go back afterwards.
+  std::vector<uint32_t> claimed;
+  claimed.reserve(count);
+  std::vector<uint8_t> inserted(count, 0);
+  auto give_back_unused = [&] {
+    for (size_t j = 0; j < claimed.size(); ++j) {
+      if (!inserted[j]) arena_.Free(claimed[j]);
+    }
+  };
+  try {
+    while (claimed.size() < count) claimed.push_back(arena_.Allocate());
+    // Room for every key, so no partition needs to grow while threads place.
+    index_.Reserve(index_.size() + count);
+  } catch (...) {
+    give_back_unused();
+    throw;
+  }
+  // Positions grouped by partition, in batch order within each, so a later
+  // duplicate finds the key its earlier copy placed.
+  const size_t partitions = index_.num_partitions();
+  std::vector<size_t> starts(partitions + 1, 0);
+  std::vector<uint32_t> partition_of(count);
+  for (size_t j = 0; j < count; ++j) {
+    partition_of[j] = static_cast<uint32_t>(index_.PartitionOf(keys[todo[j]]));
+    ++starts[partition_of[j] + 1];
+  }
+  for (size_t p = 0; p < partitions; ++p) starts[p + 1] += starts[p];
+  std::vector<size_t> order(count);
+  {
+    std::vector<size_t> next(starts.begin(), starts.end() - 1);
+    for (size_t j = 0; j < count; ++j) order[next[partition_of[j]]++] = j;
+  }
+  // Each partition is placed by the shard that holds its first position, so
+  // threads write disjoint partitions. Keys with no free slot in their two
+  // buckets wait for a second pass, which prefetches where their kicks go a
+  // few keys ahead, so the kicks' misses overlap. (A later duplicate of such
+  // a key was deferred too, its buckets being full; it finds the key placed.)
+  std::mutex error_mutex;
+  std::exception_ptr error;
+  auto place_partition = [&](size_t p) {
+    const size_t* positions = order.data() + starts[p];
+    const size_t n = starts[p + 1] - starts[p];
+    std::vector<size_t> needs_kicks;
+    auto place = [&](size_t j, bool may_kick) {
+      bool placed = false;
+      auto claim = [&] { return claimed[j]; };
+      (*ids)[j] = may_kick ? index_.FindOrInsert(keys[todo[j]], claim, &placed)
+                           : index_.FindOrInsertWithoutKicks(keys[todo[j]], claim, &placed);
+      inserted[j] = placed;
+      return (*ids)[j] != CuckooIndex::kNoEntry;
+    };
+    for (size_t k = 0; k < n; ++k) {
+      if (k + kPrefetchAhead < n) index_.Prefetch(keys[todo[positions[k + kPrefetchAhead]]]);
+      if (!place(positions[k], /*may_kick=*/false)) needs_kicks.push_back(positions[k]);
+    }
+    constexpr size_t kBucketAhead = 16, kKickAhead = 4;
+    for (size_t d = 0; d < needs_kicks.size(); ++d) {
+      if (d + kBucketAhead < needs_kicks.size()) {
+        index_.Prefetch(keys[todo[needs_kicks[d + kBucketAhead]]]);
+      }
+      if (d + kKickAhead < needs_kicks.size()) {
+        index_.PrefetchMoveTargets(keys[todo[needs_kicks[d + kKickAhead]]]);
+      }
+      place(needs_kicks[d], /*may_kick=*/true);
+    }
+  };
+  runner.For(static_cast<int64_t>(count), 150, [&](int64_t begin, int64_t end) {
+    for (size_t p = 0; p < partitions; ++p) {
+      const int64_t first = static_cast<int64_t>(starts[p]);
+      if (first < begin || first >= end || starts[p] == starts[p + 1]) continue;
+      try {
+        place_partition(p);
+      } catch (...) {  // a stash allocation: reported once all shards are done
+        std::lock_guard<std::mutex> guard(error_mutex);
+        if (!error) error = std::current_exception();
+      }
+    }
+  });
+  for (size_t j = 0; j < count; ++j) {
+    if (inserted[j]) fresh->push_back(j);
+  }
+  try {
+    if (error) std::rethrow_exception(error);
+    index_.RebuildIfStashFull();
+  } catch (...) {
+    // Rows already indexed must still be valid.
+    for (size_t f : *fresh) InitRow(keys[todo[f]], (*ids)[f]);
+    give_back_unused();
+    throw;
+  }
+  give_back_unused();
+}
+
 int64_t EmbeddingTable::Lookup(const int64_t* keys, int64_t n,
                                bool insert_missing, float* out,
                                const ParallelRunner& runner) {
@@ -322,62 +422,35 @@ int64_t EmbeddingTable::Lookup(const int64_t* keys, int64_t n,
   for (int64_t i = 0; i < n; ++i) {
     if (missing[i]) todo.push_back(i);
   }
-  // Under the exclusive lock: claim ids and index them serially, then fill
-  // the new rows and copy the results out in parallel. No reader can see a
-  // row before it is initialized, because readers need the shared lock.
-  std::vector<uint32_t> ids(todo.size());
+  // Under the exclusive lock: claim ids and index the keys, then fill the
+  // new rows and copy the results out in parallel. No reader can see a row
+  // before it is initialized, because readers need the shared lock.
+  std::vector<uint32_t> ids(todo.size(), CuckooIndex::kNoEntry);
   std::vector<size_t> fresh;  // positions in `todo` that got a new row
   ExclusiveLock lock(*lock_);
-  auto allocate = [&] { return arena_.Allocate(); };
-  try {
-    // Keys with no free slot in their two buckets wait for a second pass.
-    std::vector<size_t> needs_kicks;
-    for (size_t j = 0; j < todo.size(); ++j) {
-      if (j + kPrefetchAhead < todo.size()) index_.Prefetch(keys[todo[j + kPrefetchAhead]]);
-      const int64_t key = keys[todo[j]];
-      bool inserted = false;
-      if (filter_ == nullptr) {
+  if (filter_ == nullptr) {
+    IndexMissingKeys(keys, todo, runner, &ids, &fresh);
+  } else {
+    try {
+      for (size_t j = 0; j < todo.size(); ++j) {
+        if (j + kPrefetchAhead < todo.size()) index_.Prefetch(keys[todo[j + kPrefetchAhead]]);
+        const int64_t key = keys[todo[j]];
         // Another thread, or an earlier duplicate in this batch, may have won.
-        ids[j] = index_.FindOrInsertWithoutKicks(key, allocate, &inserted);
-        if (ids[j] == CuckooIndex::kNoEntry) {
-          needs_kicks.push_back(j);
-          continue;
-        }
-      } else {
         ids[j] = index_.Find(key);
-        if (ids[j] == CuckooIndex::kNoEntry) {
-          if (filter_->Observe(key)) {
-            ids[j] = arena_.Allocate();
-            index_.Insert(key, ids[j]);
-            inserted = true;
-          } else {
-            ++rejected_;
-          }
+        if (ids[j] != CuckooIndex::kNoEntry) continue;
+        if (filter_->Observe(key)) {
+          ids[j] = arena_.Allocate();
+          index_.Insert(key, ids[j]);
+          fresh.push_back(j);
+        } else {
+          ++rejected_;
         }
       }
-      if (inserted) fresh.push_back(j);
+    } catch (...) {
+      // Out of memory or ids: rows already indexed must still be valid.
+      for (size_t f : fresh) InitRow(keys[todo[f]], ids[f]);
+      throw;
     }
-    // Each kick looks for room in the other buckets of its buckets'
-    // residents; those lines are prefetched a few keys ahead, so the kicks'
-    // misses overlap. (A later duplicate of such a key was deferred too: its
-    // buckets stayed full. It finds the key placed here.)
-    constexpr size_t kBucketAhead = 16, kKickAhead = 4;
-    for (size_t d = 0; d < needs_kicks.size(); ++d) {
-      if (d + kBucketAhead < needs_kicks.size()) {
-        index_.Prefetch(keys[todo[needs_kicks[d + kBucketAhead]]]);
-      }
-      if (d + kKickAhead < needs_kicks.size()) {
-        index_.PrefetchMoveTargets(keys[todo[needs_kicks[d + kKickAhead]]]);
-      }
-      const size_t j = needs_kicks[d];
-      bool inserted = false;
-      ids[j] = index_.FindOrInsert(keys[todo[j]], allocate, &inserted);
-      if (inserted) fresh.push_back(j);
-    }
-  } catch (...) {
-    // Out of memory or ids: rows already indexed must still be valid.
-    for (size_t f : fresh) InitRow(keys[todo[f]], ids[f]);
-    throw;
   }
   admitted_ += static_cast<int64_t>(fresh.size());
   // New rows are filled and copied out in one pass, while their lines are

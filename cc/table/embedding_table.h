@@ -160,6 +160,13 @@ class EmbeddingTable {
   // Records removed keys for delta saves and sync pushes (exclusive lock).
   template <typename It>
   void RecordRemoved(It begin, It end);
+  // Maps keys[todo[j]] to (*ids)[j] for every j, giving absent keys new
+  // (uninitialized) rows, whose positions j go to *fresh. Placement runs on
+  // the runner's threads, one partition of the index per thread at a time.
+  // Exclusive lock held, no admission filter.
+  void IndexMissingKeys(const int64_t* keys, const std::vector<int64_t>& todo,
+                        const ParallelRunner& runner, std::vector<uint32_t>* ids,
+                        std::vector<size_t>* fresh);
   // Copies the embeddings of keys[begin, end) into out (row i at i * dim)
   // and flags absent keys in missing[i]; returns how many were absent.
   // Shared lock held.

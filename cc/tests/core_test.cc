@@ -13,6 +13,7 @@
 #include <set>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -55,9 +56,10 @@ std::string current_test;
 struct IndexParams {
   uint64_t seed;
   size_t capacity_hint;
+  int partition_bits;
 };
 
-const IndexParams kIndexParams[] = {{0, 0}, {1, 0}, {42, 1000}, {7, 100000}};
+const IndexParams kIndexParams[] = {{0, 0, 0}, {1, 0, 4}, {42, 1000, 4}, {7, 100000, 2}};
 
 // Which bucket holds each key (a tiling walk over the buckets).
 std::unordered_map<int64_t, uint64_t> BucketOfEachKey(const CuckooIndex& index) {
@@ -84,7 +86,8 @@ std::vector<int64_t> KeysWithBuckets(const CuckooIndex& index, uint64_t first, u
 }
 
 void IndexMatchesAMapUnderInsertsAndErases(const IndexParams& p) {
-  CuckooIndex index(p.capacity_hint, p.seed);
+  CuckooIndex index(p.capacity_hint, p.seed, p.partition_bits);
+  index.Reserve(40005);  // FindOrInsert never grows the index
   std::unordered_map<int64_t, uint32_t> reference;
   std::mt19937_64 rng(p.seed + 11);
   std::vector<int64_t> special = {0, -1, 1, std::numeric_limits<int64_t>::min(),
@@ -120,7 +123,7 @@ void IndexMatchesAMapUnderInsertsAndErases(const IndexParams& p) {
 }
 
 void GrowthKeepsEveryKeyAndTheLoadBound(const IndexParams& p) {
-  CuckooIndex index(p.capacity_hint, p.seed);
+  CuckooIndex index(p.capacity_hint, p.seed, p.partition_bits);
   const size_t initial_buckets = index.num_buckets();
   const int64_t n = 200000;
   for (int64_t key = 0; key < n; ++key) index.Insert(key * 7919, uint32_t(key));
@@ -136,7 +139,8 @@ void GrowthKeepsEveryKeyAndTheLoadBound(const IndexParams& p) {
 }
 
 void KicksMoveResidentsToTheirOtherBucket(const IndexParams& p) {
-  CuckooIndex index(0, p.seed);  // 4 buckets, 20 slots: grows past 17 keys
+  // One partition of 4 buckets, 20 slots: grows past 17 keys.
+  CuckooIndex index(0, p.seed, /*partition_bits=*/0);
   CHECK_EQ(index.num_buckets(), size_t(4));
   // Buckets 0 and 1 filled by keys whose other bucket (2 or 3) is empty.
   const auto via0 = KeysWithBuckets(index, 0, 2, CuckooIndex::kSlotsPerBucket, true);
@@ -166,7 +170,7 @@ void KicksMoveResidentsToTheirOtherBucket(const IndexParams& p) {
 }
 
 void KeysSharingBothBucketsOverflowToTheStash(const IndexParams& p) {
-  CuckooIndex index(0, p.seed);
+  CuckooIndex index(0, p.seed, /*partition_bits=*/0);
   // 2 buckets * 5 slots hold 10 keys of the pair {0, 1}; kicks cannot help
   // the 11th, whose every displacement stays inside the pair.
   const auto keys = KeysWithBuckets(index, 0, 1, 2 * CuckooIndex::kSlotsPerBucket + 1, false);
@@ -185,12 +189,13 @@ void KeysSharingBothBucketsOverflowToTheStash(const IndexParams& p) {
 }
 
 void CraftedCollisionsAtLowLoadReseedInsteadOfGrowing(const IndexParams& p) {
-  CuckooIndex index(200, p.seed);  // 64 buckets, 320 slots
+  CuckooIndex index(200, p.seed, p.partition_bits);  // 64 buckets, 320 slots
   const size_t buckets = index.num_buckets();
   CHECK_EQ(buckets, size_t(64));
   // More colliding keys than two buckets and the stash limit (16) hold, at
-  // a load far below one half.
-  const auto keys = KeysWithBuckets(index, 5, 9, 40, false);
+  // a load far below one half. Buckets 1 and 2 lie in partition 0 for up to
+  // 16 partitions of 4 buckets.
+  const auto keys = KeysWithBuckets(index, 1, 2, 40, false);
   for (size_t i = 0; i < keys.size(); ++i) index.Insert(keys[i], uint32_t(i));
   CHECK(index.load_factor() < 0.5);
   CHECK_EQ(index.num_buckets(), buckets);  // re-seeded, not doubled
@@ -198,14 +203,14 @@ void CraftedCollisionsAtLowLoadReseedInsteadOfGrowing(const IndexParams& p) {
   size_t still_colliding = 0;
   for (int64_t key : keys) {
     const auto b = index.CandidateBuckets(key);
-    still_colliding += (b.first == 5 || b.first == 9) && (b.second == 5 || b.second == 9);
+    still_colliding += (b.first == 1 || b.first == 2) && (b.second == 1 || b.second == 2);
   }
   CHECK(still_colliding < keys.size());  // the hash functions changed
   for (size_t i = 0; i < keys.size(); ++i) CHECK_EQ(index.Find(keys[i]), uint32_t(i));
 }
 
 void ReserveRebuildsWithoutLosingKeys(const IndexParams& p) {
-  CuckooIndex index(p.capacity_hint, p.seed);
+  CuckooIndex index(p.capacity_hint, p.seed, p.partition_bits);
   for (int64_t key = 0; key < 5000; ++key) index.Insert(-key, uint32_t(key));
   index.Reserve(100000);
   CHECK(index.num_buckets() * CuckooIndex::kSlotsPerBucket * CuckooIndex::kMaxLoadFactor >=
@@ -214,6 +219,61 @@ void ReserveRebuildsWithoutLosingKeys(const IndexParams& p) {
   for (int64_t key = 0; key < 5000; ++key) CHECK_EQ(index.Find(-key), uint32_t(key));
   index.Reserve(10);  // never shrinks
   CHECK_EQ(index.num_buckets(), reserved);
+}
+
+void ThreadsInsertingIntoDisjointPartitionsMatchAMap(const IndexParams& p) {
+  CuckooIndex index(p.capacity_hint, p.seed, p.partition_bits);
+  const size_t partitions = index.num_partitions();
+  CHECK_EQ(partitions, size_t(1) << p.partition_bits);
+  // Keys with repeats; each thread places the keys of its partitions, in
+  // order, as a batch of training lookups does.
+  std::mt19937_64 rng(p.seed + 5);
+  std::vector<int64_t> keys(60000);
+  for (int64_t& key : keys) key = static_cast<int64_t>(rng() % 50000) * 104729 - 7;
+  index.Reserve(index.size() + keys.size());
+  const size_t buckets_per_partition = index.num_buckets() / partitions;
+  std::vector<uint32_t> ids(keys.size(), CuckooIndex::kNoEntry);
+  std::vector<uint8_t> inserted(keys.size(), 0);
+  bool buckets_outside_partition = false;
+  auto place = [&](size_t thread, size_t threads) {
+    for (int pass = 0; pass < 2; ++pass) {
+      for (size_t i = 0; i < keys.size(); ++i) {
+        const size_t partition = index.PartitionOf(keys[i]);
+        if (partition % threads != thread || ids[i] != CuckooIndex::kNoEntry) continue;
+        const auto b = index.CandidateBuckets(keys[i]);
+        if (b.first / buckets_per_partition != partition ||
+            b.second / buckets_per_partition != partition) {
+          buckets_outside_partition = true;
+        }
+        bool placed = false;
+        auto make_id = [&] { return static_cast<uint32_t>(i); };
+        ids[i] = pass == 0 ? index.FindOrInsertWithoutKicks(keys[i], make_id, &placed)
+                           : index.FindOrInsert(keys[i], make_id, &placed);
+        inserted[i] = placed;
+      }
+    }
+  };
+  std::thread other(place, 1, 2);
+  place(0, 2);
+  other.join();
+  index.RebuildIfStashFull();
+  CHECK(!buckets_outside_partition);
+  std::unordered_map<int64_t, uint32_t> reference;
+  for (size_t i = 0; i < keys.size(); ++i) {
+    auto it = reference.find(keys[i]);
+    // The first copy of a key inserts it; every later copy finds its id.
+    CHECK_EQ(static_cast<bool>(inserted[i]), it == reference.end());
+    if (it == reference.end()) reference.emplace(keys[i], static_cast<uint32_t>(i));
+    CHECK_EQ(ids[i], reference[keys[i]]);
+  }
+  CHECK_EQ(index.size(), reference.size());
+  for (const auto& kv : reference) CHECK_EQ(index.Find(kv.first), kv.second);
+  // Growth keeps every key in its partition's buckets.
+  index.Reserve(4 * index.size());
+  for (const auto& kv : reference) CHECK_EQ(index.Find(kv.first), kv.second);
+  size_t visited = 0;
+  index.ForEachInRange(0, index.num_buckets(), [&](int64_t, uint32_t) { ++visited; });
+  CHECK_EQ(visited, reference.size());
 }
 
 // --- the entry arena ---------------------------------------------------------
@@ -359,6 +419,8 @@ int main() {
   Run("stash_takes_overflow", KeysSharingBothBucketsOverflowToTheStash, kIndexParams);
   Run("collisions_reseed", CraftedCollisionsAtLowLoadReseedInsteadOfGrowing, kIndexParams);
   Run("reserve_keeps_keys", ReserveRebuildsWithoutLosingKeys, kIndexParams);
+  Run("partitions_on_two_threads", ThreadsInsertingIntoDisjointPartitionsMatchAMap,
+      kIndexParams);
   Run("arena_disjoint_entries", ArenaEntriesAreDisjointAcrossChunks, kArenaShapes);
   Run("arena_reuses_freed", ArenaReusesFreedEntriesFirst, kArenaShapes);
   Run("arena_dirty_bits", ArenaDirtyBitsAreOnePerEntry, kArenaShapes);
