@@ -12,6 +12,8 @@ Builds a table of --keys random int64 ids (dim --dim, Adagrad), then runs
                     as many ids (the steady state of online training with
                     expiry); each removal runs before its timed insert and is
                     not counted in the rate
+  assign_reused     the same, through assign (values given) instead of
+                    training lookups
   scatter           the rows an insert writes, without the hash: scatter
                     initial embedding and accumulator rows to random rows of
                     two variables, then gather the embeddings (the no-hash
@@ -88,8 +90,15 @@ def make_step(op, args, rng, keys):
         slices[start] = tf.constant(fresh)
         state["live"].append(start)
 
+    if op == "assign_reused":
+        @tf.function
+        def write(ids):
+            table.assign(ids, tf.fill([tf.size(ids), args.dim], 0.5))
+    else:
+        write = insert
+
     def insert_reused(_):
-        return insert(slices[state["live"][-1]])
+        return write(slices[state["live"][-1]])
     insert_reused.prepare = remove_oldest
     return insert_reused, batches
 
@@ -114,8 +123,8 @@ def rate(step, batches, seconds):
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--op", choices=("lookup", "gather", "insert_reused", "scatter",
-                                         "adagrad", *COMPARISONS),
+    parser.add_argument("--op", choices=("lookup", "gather", "insert_reused", "assign_reused",
+                                         "scatter", "adagrad", *COMPARISONS),
                         default="lookup")
     parser.add_argument("--keys", type=int, default=1_000_000)
     parser.add_argument("--dim", type=int, default=32)

@@ -222,6 +222,46 @@ void ForEachResolved(const CuckooIndex& index, const int64_t* keys, int64_t begi
   }
 }
 
+// Calls visit(items, n) for each partition of `index` with the items
+// j < count whose key keys[positions[j]] lies in it, in increasing j, on
+// the runner's threads, each partition on one thread: the index accepts
+// concurrent inserts into disjoint partitions. Rethrows the first exception
+// once every shard is done.
+template <typename Visit>
+void ForEachPartitionOnThreads(const CuckooIndex& index, const int64_t* keys,
+                               const int64_t* positions, size_t count,
+                               const ParallelRunner& runner, Visit&& visit) {
+  const size_t partitions = index.num_partitions();
+  std::vector<size_t> starts(partitions + 1, 0);
+  std::vector<uint32_t> partition_of(count);
+  for (size_t j = 0; j < count; ++j) {
+    partition_of[j] = static_cast<uint32_t>(index.PartitionOf(keys[positions[j]]));
+    ++starts[partition_of[j] + 1];
+  }
+  for (size_t p = 0; p < partitions; ++p) starts[p + 1] += starts[p];
+  std::vector<size_t> order(count);
+  {
+    std::vector<size_t> next(starts.begin(), starts.end() - 1);
+    for (size_t j = 0; j < count; ++j) order[next[partition_of[j]]++] = j;
+  }
+  // A partition belongs to the shard that holds its first item.
+  std::mutex error_mutex;
+  std::exception_ptr error;
+  runner.For(static_cast<int64_t>(count), 150, [&](int64_t begin, int64_t end) {
+    for (size_t p = 0; p < partitions; ++p) {
+      const int64_t first = static_cast<int64_t>(starts[p]);
+      if (first < begin || first >= end || starts[p] == starts[p + 1]) continue;
+      try {
+        visit(order.data() + starts[p], starts[p + 1] - starts[p]);
+      } catch (...) {
+        std::lock_guard<std::mutex> guard(error_mutex);
+        if (!error) error = std::current_exception();
+      }
+    }
+  });
+  if (error) std::rethrow_exception(error);
+}
+
 // Copies the embeddings of keys[begin, end) into out (row i at i * dim) and
 // flags absent keys in missing[i]; returns how many were absent. With
 // kCheckVersions each row is copied under its seqlock, which costs its
@@ -320,31 +360,12 @@ void EmbeddingTable::IndexMissingKeys(const int64_t* keys, const std::vector<int
     give_back_unused();
     throw;
   }
-  // Positions grouped by partition, in batch order within each, so a later
-  // duplicate finds the key its earlier copy placed.
-  const size_t partitions = index_.num_partitions();
-  std::vector<size_t> starts(partitions + 1, 0);
-  std::vector<uint32_t> partition_of(count);
-  for (size_t j = 0; j < count; ++j) {
-    partition_of[j] = static_cast<uint32_t>(index_.PartitionOf(keys[todo[j]]));
-    ++starts[partition_of[j] + 1];
-  }
-  for (size_t p = 0; p < partitions; ++p) starts[p + 1] += starts[p];
-  std::vector<size_t> order(count);
-  {
-    std::vector<size_t> next(starts.begin(), starts.end() - 1);
-    for (size_t j = 0; j < count; ++j) order[next[partition_of[j]]++] = j;
-  }
-  // Each partition is placed by the shard that holds its first position, so
-  // threads write disjoint partitions. Keys with no free slot in their two
+  // Keys go to their partitions in batch order, so a later duplicate finds
+  // the key its earlier copy placed. Keys with no free slot in their two
   // buckets wait for a second pass, which prefetches where their kicks go a
   // few keys ahead, so the kicks' misses overlap. (A later duplicate of such
   // a key was deferred too, its buckets being full; it finds the key placed.)
-  std::mutex error_mutex;
-  std::exception_ptr error;
-  auto place_partition = [&](size_t p) {
-    const size_t* positions = order.data() + starts[p];
-    const size_t n = starts[p + 1] - starts[p];
+  auto place_partition = [&](const size_t* items, size_t n) {
     std::vector<size_t> needs_kicks;
     auto place = [&](size_t j, bool may_kick) {
       bool placed = false;
@@ -355,8 +376,8 @@ void EmbeddingTable::IndexMissingKeys(const int64_t* keys, const std::vector<int
       return (*ids)[j] != CuckooIndex::kNoEntry;
     };
     for (size_t k = 0; k < n; ++k) {
-      if (k + kPrefetchAhead < n) index_.Prefetch(keys[todo[positions[k + kPrefetchAhead]]]);
-      if (!place(positions[k], /*may_kick=*/false)) needs_kicks.push_back(positions[k]);
+      if (k + kPrefetchAhead < n) index_.Prefetch(keys[todo[items[k + kPrefetchAhead]]]);
+      if (!place(items[k], /*may_kick=*/false)) needs_kicks.push_back(items[k]);
     }
     constexpr size_t kBucketAhead = 16, kKickAhead = 4;
     for (size_t d = 0; d < needs_kicks.size(); ++d) {
@@ -369,30 +390,22 @@ void EmbeddingTable::IndexMissingKeys(const int64_t* keys, const std::vector<int
       place(needs_kicks[d], /*may_kick=*/true);
     }
   };
-  runner.For(static_cast<int64_t>(count), 150, [&](int64_t begin, int64_t end) {
-    for (size_t p = 0; p < partitions; ++p) {
-      const int64_t first = static_cast<int64_t>(starts[p]);
-      if (first < begin || first >= end || starts[p] == starts[p + 1]) continue;
-      try {
-        place_partition(p);
-      } catch (...) {  // a stash allocation: reported once all shards are done
-        std::lock_guard<std::mutex> guard(error_mutex);
-        if (!error) error = std::current_exception();
-      }
+  auto collect_fresh = [&] {
+    for (size_t j = 0; j < count; ++j) {
+      if (inserted[j]) fresh->push_back(j);
     }
-  });
-  for (size_t j = 0; j < count; ++j) {
-    if (inserted[j]) fresh->push_back(j);
-  }
+  };
   try {
-    if (error) std::rethrow_exception(error);
+    ForEachPartitionOnThreads(index_, keys, todo.data(), count, runner, place_partition);
     index_.RebuildIfStashFull();
-  } catch (...) {
+  } catch (...) {  // out of memory for a stash or a rebuild
     // Rows already indexed must still be valid.
+    collect_fresh();
     for (size_t f : *fresh) InitRow(keys[todo[f]], (*ids)[f]);
     give_back_unused();
     throw;
   }
+  collect_fresh();
   give_back_unused();
 }
 
