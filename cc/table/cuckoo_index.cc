@@ -27,7 +27,6 @@ CuckooIndex::CuckooIndex(size_t capacity_hint, uint64_t seed, int partition_bits
     : partition_bits_(partition_bits),
       seed1_(Mix64(seed ^ 0x5bd1e9955bd1e995ULL)),
       seed2_(Mix64(seed ^ 0xc2b2ae3d27d4eb4fULL)),
-      partition_seed_(Mix64(seed ^ 0x165667b19e3779f9ULL)),
       rng_state_(Mix64(seed + 1)),
       stash_limit_(kMinStashLimit) {
   if (partition_bits < 0 || partition_bits > 16) {
@@ -163,7 +162,6 @@ void CuckooIndex::Rebuild(int bucket_bits, bool new_seeds) {
   if (new_seeds) {
     seed1_ = Mix64(seed1_ + NextRandom(&rng_state_));
     seed2_ = Mix64(seed2_ + NextRandom(&rng_state_));
-    partition_seed_ = Mix64(partition_seed_ + NextRandom(&rng_state_));
     for (Partition& partition : partitions_) partition.size = 0;
   }
   bucket_bits_ = bucket_bits;

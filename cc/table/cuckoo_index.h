@@ -1,16 +1,16 @@
 // Cuckoo hash index from int64 keys to 32-bit entry ids.
 //
-// A third hash splits the keys into partitions, each a contiguous range of
-// the bucket array with its own stash, so that threads owning disjoint
-// partitions can insert at once without atomics. Within its partition, two
-// hash functions pick two buckets of kSlotsPerBucket slots; a bucket is
-// one 64-byte cache line. A key that finds both buckets full displaces a
-// resident to that resident's other bucket, and so on for a bounded number of
-// kicks; a key still homeless goes to a small overflow stash. The index grows
-// (every partition doubles) when the load factor passes kMaxLoadFactor or the stash fills at
-// a high load, and re-seeds its hashes when the stash fills at a low load
-// (keys crafted to collide). Distinct keys therefore never share a slot and an
-// insert never fails.
+// The top bits of the first hash split the keys into partitions: each is a
+// contiguous range of the bucket array with its own stash, so threads that
+// own disjoint partitions can insert at once without atomics. Within its
+// partition, the low bits of two hash functions pick two buckets of kSlotsPerBucket slots; a bucket is one
+// 64-byte cache line. A key that finds both buckets full displaces a resident
+// to that resident's other bucket, and so on for a bounded number of kicks; a
+// key still homeless goes to its partition's small overflow stash. The index
+// grows (every partition doubles) when the load factor passes kMaxLoadFactor
+// or the stashes fill at a high load, and re-seeds its hashes when they fill
+// at a low load (keys crafted to collide). Distinct keys therefore never
+// share a slot and an insert never fails.
 //
 // Not thread-safe, except inserts by partition (below): the owner
 // (EmbeddingTable) serializes writers.
@@ -45,9 +45,10 @@ class CuckooIndex {
 
   // Entry id of `key`, or kNoEntry.
   uint32_t Find(int64_t key) const {
-    const size_t p = PartitionOf(key);
+    const uint64_t h1 = Hash1(key);
+    const size_t p = PartitionOfHash(h1);
     const uint64_t base = p << bucket_bits_;
-    uint32_t id = FindInBucket(buckets_[base | (Hash1(key) & mask_)], key);
+    uint32_t id = FindInBucket(buckets_[base | (h1 & mask_)], key);
     if (id != kNoEntry) return id;
     id = FindInBucket(buckets_[base | (Hash2(key) & mask_)], key);
     const auto& stash = partitions_[p].stash;
@@ -58,8 +59,9 @@ class CuckooIndex {
 
   // Brings both candidate buckets of `key` towards the cache.
   void Prefetch(int64_t key) const {
-    const Bucket* base = buckets_.data() + (PartitionOf(key) << bucket_bits_);
-    PrefetchLine(base + (Hash1(key) & mask_));
+    const uint64_t h1 = Hash1(key);
+    const Bucket* base = buckets_.data() + (PartitionOfHash(h1) << bucket_bits_);
+    PrefetchLine(base + (h1 & mask_));
     PrefetchLine(base + (Hash2(key) & mask_));
   }
 
@@ -68,10 +70,7 @@ class CuckooIndex {
 
   // The partition of `key`. Both candidate buckets of a key, and its stash
   // slot, lie in its partition, and kicks move keys only within one.
-  size_t PartitionOf(int64_t key) const {
-    const uint64_t h = Mix64(static_cast<uint64_t>(key) ^ partition_seed_);
-    return static_cast<size_t>(h >> 1 >> (63 - partition_bits_));
-  }
+  size_t PartitionOf(int64_t key) const { return PartitionOfHash(Hash1(key)); }
   size_t num_partitions() const { return partitions_.size(); }
 
   // --- inserts by partition ---
@@ -216,9 +215,10 @@ class CuckooIndex {
   template <bool kMayKick, typename MakeId>
   uint32_t FindOrPlace(int64_t key, MakeId& make_id, bool* inserted) {
     *inserted = false;
-    const size_t p = PartitionOf(key);
+    const uint64_t h1 = Hash1(key);
+    const size_t p = PartitionOfHash(h1);
     const uint64_t base = p << bucket_bits_;
-    Bucket& first = buckets_[base | (Hash1(key) & mask_)];
+    Bucket& first = buckets_[base | (h1 & mask_)];
     Bucket& second = buckets_[base | (Hash2(key) & mask_)];
     if (const unsigned held = SlotsHolding(first, key)) return first.ids[__builtin_ctz(held)];
     if (const unsigned held = SlotsHolding(second, key)) return second.ids[__builtin_ctz(held)];
@@ -263,7 +263,8 @@ class CuckooIndex {
   // [p << bucket_bits_, (p + 1) << bucket_bits_), and a key's candidates are
   // the low bits of its two hashes within its partition.
   uint64_t FirstBucket(int64_t key) const {
-    return (PartitionOf(key) << bucket_bits_) | (Hash1(key) & mask_);
+    const uint64_t h1 = Hash1(key);
+    return (PartitionOfHash(h1) << bucket_bits_) | (h1 & mask_);
   }
   uint64_t SecondBucket(int64_t key) const {
     return (PartitionOf(key) << bucket_bits_) | (Hash2(key) & mask_);
@@ -277,6 +278,11 @@ class CuckooIndex {
 
   uint64_t Hash1(int64_t key) const {
     return Mix64(static_cast<uint64_t>(key) ^ seed1_);
+  }
+  // The top partition_bits_ of the first hash: bits its bucket (the low
+  // bits) never uses.
+  size_t PartitionOfHash(uint64_t h1) const {
+    return static_cast<size_t>(h1 >> 1 >> (63 - partition_bits_));
   }
   uint64_t Hash2(int64_t key) const {
     // Rotate so the two bucket choices use different bits of the mix.
@@ -303,7 +309,7 @@ class CuckooIndex {
   uint64_t mask_ = 0;    // buckets per partition - 1
   BucketArray buckets_;
   std::vector<Partition> partitions_;
-  uint64_t seed1_, seed2_, partition_seed_;
+  uint64_t seed1_, seed2_;
   uint64_t rng_state_;  // re-seeds
   size_t stash_limit_;
 };
