@@ -75,11 +75,12 @@ struct DedupedBatch {
   }
 };
 
-DedupedBatch Dedup(const int64_t* keys, const float* grads, int64_t n, int dim,
-                   const int64_t* timestamps, bool per_key_timestamps) {
+// Dedups rows[0..n) (ascending rows of the batch).
+DedupedBatch Dedup(const int64_t* keys, const float* grads, const size_t* rows, size_t n,
+                   int dim, const int64_t* timestamps, bool per_key_timestamps) {
   DedupedBatch out;
   size_t num_slots = 16;
-  while (num_slots < 2 * static_cast<size_t>(n)) num_slots <<= 1;
+  while (num_slots < 2 * n) num_slots <<= 1;
   const size_t mask = num_slots - 1;
   // Open addressing with the key beside its index, so a probe is one cache
   // line; slots are prefetched a few keys ahead (the array outgrows L2).
@@ -88,15 +89,16 @@ DedupedBatch Dedup(const int64_t* keys, const float* grads, int64_t n, int dim,
     int32_t unique;  // -1: empty
   };
   std::vector<Slot> slots(num_slots, Slot{0, -1});
-  constexpr int64_t kAhead = 8;
+  constexpr size_t kAhead = 8;
   auto home = [&](int64_t key) { return Mix64(static_cast<uint64_t>(key)) & mask; };
   out.keys.reserve(n);
   out.first_row.reserve(n);
   out.summed_slot.reserve(n);
   out.occurrences.reserve(n);
   out.timestamps.reserve(n);
-  for (int64_t i = 0; i < n; ++i) {
-    if (i + kAhead < n) PrefetchLine(&slots[home(keys[i + kAhead])]);
+  for (size_t k = 0; k < n; ++k) {
+    if (k + kAhead < n) PrefetchLine(&slots[home(keys[rows[k + kAhead]])]);
+    const int64_t i = static_cast<int64_t>(rows[k]);
     const int64_t key = keys[i];
     const int64_t ts = per_key_timestamps ? timestamps[i] : timestamps[0];
     size_t slot = home(key);
@@ -197,7 +199,7 @@ uint32_t EmbeddingTable::InsertNew(int64_t key) {
 namespace {
 
 // Resolves keys[begin, end) to entry ids with software prefetching: bucket
-// lines kBucketAhead keys early, then the entry's lines (prefetch_entry(id))
+// lines kBucketAhead keys early, then the entry's lines (prefetch_entry(j, id))
 // kRowAhead keys early, so the dependent cache misses of many keys overlap.
 // Calls f(i, id).
 template <typename PrefetchEntry, typename F>
@@ -208,7 +210,7 @@ void ForEachResolved(const CuckooIndex& index, const int64_t* keys, int64_t begi
   auto resolve = [&](int64_t j) {
     const uint32_t id = index.Find(keys[j]);
     ring[j % kRowAhead] = id;
-    if (id != CuckooIndex::kNoEntry) prefetch_entry(id);
+    if (id != CuckooIndex::kNoEntry) prefetch_entry(j, id);
   };
   for (int64_t j = begin; j < std::min(begin + kBucketAhead, end); ++j) {
     index.Prefetch(keys[j]);
@@ -222,37 +224,35 @@ void ForEachResolved(const CuckooIndex& index, const int64_t* keys, int64_t begi
   }
 }
 
-// Calls visit(items, n) for each partition of `index` with the items
-// j < count whose key keys[positions[j]] lies in it, in increasing j, on
-// the runner's threads, each partition on one thread: the index accepts
-// concurrent inserts into disjoint partitions. Rethrows the first exception
-// once every shard is done.
-template <typename Visit>
-void ForEachPartitionOnThreads(const CuckooIndex& index, const int64_t* keys,
-                               const int64_t* positions, size_t count,
-                               const ParallelRunner& runner, Visit&& visit) {
-  const size_t partitions = index.num_partitions();
-  std::vector<size_t> starts(partitions + 1, 0);
-  std::vector<uint32_t> partition_of(count);
+// Splits items [0, count) into num_groups groups (group_of(j)) and calls
+// visit(group, items, n) for each non-empty group with its items in
+// increasing order, on the runner's threads, each group on one thread.
+// Grouping keys by index partition lets threads insert into the index at
+// once. Rethrows the first exception once every shard is done.
+template <typename GroupOf, typename Visit>
+void ForEachGroupOnThreads(size_t count, size_t num_groups, GroupOf&& group_of,
+                           const ParallelRunner& runner, Visit&& visit) {
+  std::vector<size_t> starts(num_groups + 1, 0);
+  std::vector<uint32_t> group(count);
   for (size_t j = 0; j < count; ++j) {
-    partition_of[j] = static_cast<uint32_t>(index.PartitionOf(keys[positions[j]]));
-    ++starts[partition_of[j] + 1];
+    group[j] = static_cast<uint32_t>(group_of(j));
+    ++starts[group[j] + 1];
   }
-  for (size_t p = 0; p < partitions; ++p) starts[p + 1] += starts[p];
+  for (size_t g = 0; g < num_groups; ++g) starts[g + 1] += starts[g];
   std::vector<size_t> order(count);
   {
     std::vector<size_t> next(starts.begin(), starts.end() - 1);
-    for (size_t j = 0; j < count; ++j) order[next[partition_of[j]]++] = j;
+    for (size_t j = 0; j < count; ++j) order[next[group[j]]++] = j;
   }
-  // A partition belongs to the shard that holds its first item.
+  // A group belongs to the shard that holds its first item.
   std::mutex error_mutex;
   std::exception_ptr error;
   runner.For(static_cast<int64_t>(count), 150, [&](int64_t begin, int64_t end) {
-    for (size_t p = 0; p < partitions; ++p) {
-      const int64_t first = static_cast<int64_t>(starts[p]);
-      if (first < begin || first >= end || starts[p] == starts[p + 1]) continue;
+    for (size_t g = 0; g < num_groups; ++g) {
+      const int64_t first = static_cast<int64_t>(starts[g]);
+      if (first < begin || first >= end || starts[g] == starts[g + 1]) continue;
       try {
-        visit(order.data() + starts[p], starts[p + 1] - starts[p]);
+        visit(g, order.data() + starts[g], starts[g + 1] - starts[g]);
       } catch (...) {
         std::lock_guard<std::mutex> guard(error_mutex);
         if (!error) error = std::current_exception();
@@ -273,7 +273,7 @@ int64_t CopyRows(const CuckooIndex& index, const EntryArena& arena, const int64_
   int64_t absent = 0;
   ForEachResolved(
       index, keys, begin, end,
-      [&](uint32_t id) {
+      [&](int64_t, uint32_t id) {
         if (kCheckVersions) PrefetchLine(arena.Header(id));
         PrefetchSpan(arena.Embedding(id), embedding_bytes);
       },
@@ -365,7 +365,7 @@ void EmbeddingTable::IndexMissingKeys(const int64_t* keys, const std::vector<int
   // buckets wait for a second pass, which prefetches where their kicks go a
   // few keys ahead, so the kicks' misses overlap. (A later duplicate of such
   // a key was deferred too, its buckets being full; it finds the key placed.)
-  auto place_partition = [&](const size_t* items, size_t n) {
+  auto place_partition = [&](size_t, const size_t* items, size_t n) {
     std::vector<size_t> needs_kicks;
     auto place = [&](size_t j, bool may_kick) {
       bool placed = false;
@@ -396,7 +396,9 @@ void EmbeddingTable::IndexMissingKeys(const int64_t* keys, const std::vector<int
     }
   };
   try {
-    ForEachPartitionOnThreads(index_, keys, todo.data(), count, runner, place_partition);
+    ForEachGroupOnThreads(
+        count, index_.num_partitions(),
+        [&](size_t j) { return index_.PartitionOf(keys[todo[j]]); }, runner, place_partition);
     index_.RebuildIfStashFull();
   } catch (...) {  // out of memory for a stash or a rebuild
     // Rows already indexed must still be valid.
@@ -523,11 +525,7 @@ int64_t EmbeddingTable::ApplyGradients(const int64_t* keys, const float* grads,
     return 0;
   }
   const int dim = config_.dim;
-  const DedupedBatch batch =
-      Dedup(keys, grads, n, dim, timestamps, per_key_timestamps);
-  const int64_t unique = static_cast<int64_t>(batch.keys.size());
-
-  auto update = [&](int64_t u, uint32_t id) {
+  auto update = [&](const DedupedBatch& batch, int64_t u, uint32_t id) {
     EntryHeader* header = arena_.Header(id);
     EntryWriteLock row_lock(header);
     optimizer_->Apply(arena_.Embedding(id), arena_.State(id), batch.Gradient(grads, u, dim),
@@ -538,52 +536,67 @@ int64_t EmbeddingTable::ApplyGradients(const int64_t* keys, const float* grads,
     header->timestamp = std::max(header->timestamp, batch.timestamps[u]);
   };
 
-  // Present rows are updated in parallel under the shared lock; missing ones
-  // (never looked up, or removed since) are inserted and updated afterwards
-  // under the exclusive lock. Every distinct id is updated exactly once.
-  std::vector<int64_t> missing;
-  std::mutex missing_mutex;
+  // The batch is split by index partition; each thread dedups whole parts
+  // (a key's copies all land in one part, in batch order) and updates their
+  // present rows under the shared lock. Missing rows (never looked up, or
+  // removed since) are inserted and updated afterwards under the exclusive
+  // lock. Every distinct id is updated exactly once.
+  const size_t parts = index_.num_partitions();
+  std::vector<DedupedBatch> batches(parts);
+  std::vector<std::vector<int64_t>> missing(parts);
   {
     SharedLock lock(*lock_);
     const InPlaceWriteSection writing(&in_place_writers_);
-    runner.For(unique, 150, [&](int64_t begin, int64_t end) {
-      std::vector<int64_t> local_missing;
-      ForEachResolved(index_, batch.keys.data(), begin, end,
-                      [&](uint32_t id) { arena_.PrefetchEntry(id, /*for_write=*/false); },
-                      [&](int64_t u, uint32_t id) {
-                        if (id == CuckooIndex::kNoEntry) {
-                          local_missing.push_back(u);
-                        } else {
-                          update(u, id);
-                        }
-                      });
-      if (!local_missing.empty()) {
-        std::lock_guard<std::mutex> guard(missing_mutex);
-        missing.insert(missing.end(), local_missing.begin(), local_missing.end());
-      }
-    });
+    ForEachGroupOnThreads(
+        static_cast<size_t>(n), parts, [&](size_t i) { return index_.PartitionOf(keys[i]); },
+        runner, [&](size_t part, const size_t* rows, size_t count) {
+          DedupedBatch& batch = batches[part];
+          batch = Dedup(keys, grads, rows, count, dim, timestamps, per_key_timestamps);
+          ForEachResolved(index_, batch.keys.data(), 0, static_cast<int64_t>(batch.keys.size()),
+                          [&](int64_t u, uint32_t id) {
+                            arena_.PrefetchEntry(id, /*for_write=*/false);
+                            // A part's gradient rows lie scattered over the batch.
+                            PrefetchSpan(batch.Gradient(grads, u, dim), sizeof(float) * dim);
+                          },
+                          [&](int64_t u, uint32_t id) {
+                            if (id == CuckooIndex::kNoEntry) {
+                              missing[part].push_back(u);
+                            } else {
+                              update(batch, u, id);
+                            }
+                          });
+        });
   }
-  int64_t updated = unique;
-  if (!missing.empty()) {
+  int64_t updated = 0;
+  int64_t newest = std::numeric_limits<int64_t>::min();
+  for (const DedupedBatch& batch : batches) {
+    updated += static_cast<int64_t>(batch.keys.size());
+    for (int64_t ts : batch.timestamps) newest = std::max(newest, ts);
+  }
+  bool any_missing = false;
+  for (const auto& part_missing : missing) any_missing |= !part_missing.empty();
+  if (any_missing) {
     ExclusiveLock lock(*lock_);
-    for (int64_t u : missing) {
-      uint32_t id = index_.Find(batch.keys[u]);
-      if (id == CuckooIndex::kNoEntry) {
-        // With an admission filter, ids without an entry were not admitted
-        // (or were evicted): their gradients are dropped.
-        if (filter_ != nullptr) {
-          --updated;
-          continue;
+    for (size_t part = 0; part < parts; ++part) {
+      const DedupedBatch& batch = batches[part];
+      for (int64_t u : missing[part]) {
+        uint32_t id = index_.Find(batch.keys[u]);
+        if (id == CuckooIndex::kNoEntry) {
+          // With an admission filter, ids without an entry were not admitted
+          // (or were evicted): their gradients are dropped.
+          if (filter_ != nullptr) {
+            --updated;
+            continue;
+          }
+          id = InsertNew(batch.keys[u]);
+          ++admitted_;
+          // Created by this update: its own data time, not the table's newest.
+          arena_.Header(id)->timestamp = batch.timestamps[u];
         }
-        id = InsertNew(batch.keys[u]);
-        ++admitted_;
-        // Created by this update: its own data time, not the table's newest.
-        arena_.Header(id)->timestamp = batch.timestamps[u];
+        update(batch, u, id);
       }
-      update(u, id);
     }
   }
-  const int64_t newest = *std::max_element(batch.timestamps.begin(), batch.timestamps.end());
   for (int64_t seen = now_.load(); newest > seen && !now_.compare_exchange_weak(seen, newest);) {
   }
   if (config_.evict_every > 0 && ++applies_ % config_.evict_every == 0) EvictExpired();

@@ -8,6 +8,7 @@ import time
 import numpy as np
 
 from monolith_tf import _core
+from numpy_reference import Reference
 
 # The sanitizer builds (`make tsan`, `make asan`) run 2-100x slower.
 UNDER_SANITIZER = "1" in (os.environ.get("MONOLITH_TSAN"), os.environ.get("MONOLITH_ASAN"))
@@ -246,3 +247,43 @@ def test_large_training_lookups_on_two_threads_match_one_key_at_a_time():
         table.lookup(sample, insert_missing=False),
         np.arange(len(sample) * dim, dtype=np.float32).reshape(-1, dim))
     assert not (table.lookup(distinct, insert_missing=False) == 0).all(axis=1).any()
+
+
+def test_large_applies_on_two_threads_match_the_numpy_reference():
+    """Large gradient batches on two threads, split by index partition: each
+    key's repeated gradients are summed in batch order once, keys missing from
+    the table are inserted, and counts and timestamps follow occurrences."""
+    dim = 8
+    rng = np.random.default_rng(17)
+    vocabulary = np.unique(rng.integers(-2**62, 2**62, size=3_000, dtype=np.int64))
+    table = _core.EmbeddingTable(dim=dim, initializer="uniform(minval=-0.3, maxval=0.3)",
+                                 optimizer="adagrad", seed=3)
+    reference = Reference("adagrad", dim)
+    # Half the vocabulary is looked up first; the rest first appears in an
+    # apply, which inserts it with its initial row.
+    looked_up = vocabulary[::2]
+    for key, row in zip(looked_up, table.lookup(looked_up, insert_missing=True)):
+        reference.init_row(key, row)
+    probe = _core.EmbeddingTable(dim=dim, initializer="uniform(minval=-0.3, maxval=0.3)",
+                                 optimizer="adagrad", seed=3)
+    for key, row in zip(vocabulary[1::2], probe.lookup(vocabulary[1::2], insert_missing=True)):
+        reference.init_row(key, row)
+    counts = dict.fromkeys(vocabulary.tolist(), 0)
+    newest = {}
+    for step in range(3 if UNDER_SANITIZER else 6):
+        keys = rng.choice(vocabulary, size=20_000)  # about 7 copies of each key
+        grads = rng.normal(size=(len(keys), dim)).astype(np.float32)
+        timestamps = rng.integers(0, 1000, size=len(keys), dtype=np.int64)
+        table.apply_gradients(keys, grads, 0.05, timestamps=timestamps, threads=2)
+        reference.apply(keys, grads, 0.05)
+        for key, ts in zip(keys.tolist(), timestamps.tolist()):
+            counts[key] += 1
+            newest[key] = max(newest.get(key, -1), ts)
+    got = table.lookup(vocabulary, insert_missing=False)
+    for key, row in zip(vocabulary.tolist(), got):
+        np.testing.assert_allclose(row, reference.weights[key], rtol=1e-6, atol=1e-6)
+    exported = table.export(0, 1, False, False)
+    assert len(exported["keys"]) == len(vocabulary)
+    for key, count, ts in zip(exported["keys"].tolist(), exported["counts"].tolist(),
+                              exported["timestamps"].tolist()):
+        assert (count, ts) == (counts[key], newest[key])
