@@ -147,7 +147,8 @@ def test_peers_bench_runs_without_the_peer_virtualenv():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("op", ["lookup", "gather", "insert_reused", "scatter", "adagrad"])
+@pytest.mark.parametrize("op", ["lookup", "gather", "insert_reused", "assign_reused", "scatter",
+                                "adagrad"])
 def test_table_profile_loop_runs(op):
     env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3")
     result = subprocess.run(
