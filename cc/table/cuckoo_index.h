@@ -3,10 +3,11 @@
 // The top bits of the first hash split the keys into partitions: each is a
 // contiguous range of the bucket array with its own stash, so threads that
 // own disjoint partitions can insert at once without atomics. Within its
-// partition, the low bits of two hash functions pick two buckets of kSlotsPerBucket slots; a bucket is one
-// 64-byte cache line. A key that finds both buckets full displaces a resident
-// to that resident's other bucket, and so on for a bounded number of kicks; a
-// key still homeless goes to its partition's small overflow stash. The index
+// partition, the low bits of two hash functions pick two buckets of
+// kSlotsPerBucket slots; a bucket is one 64-byte cache line. A key that finds
+// both buckets full displaces a resident to that resident's other bucket, and
+// so on for a bounded number of kicks; a key still homeless goes to its
+// partition's small overflow stash. The index
 // grows (every partition doubles) when the load factor passes kMaxLoadFactor
 // or the stashes fill at a high load, and re-seeds its hashes when they fill
 // at a low load (keys crafted to collide). Distinct keys therefore never
