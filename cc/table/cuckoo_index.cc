@@ -111,10 +111,10 @@ bool CuckooIndex::PlaceWithKicks(int64_t key, uint32_t id) {
 void CuckooIndex::Insert(int64_t key, uint32_t id) {
   if (NeedsGrowth()) Grow();
   ++partitions_[PartitionOf(key)].size;
-  if (!PlaceWithKicks(key, id)) MaybeRebuildAfterStash();
+  if (!PlaceWithKicks(key, id)) RebuildIfStashFull();
 }
 
-void CuckooIndex::MaybeRebuildAfterStash() {
+void CuckooIndex::RebuildIfStashFull() {
   const size_t stashed = stash_size();
   if (stashed <= stash_limit_) return;
   // A full stash at a healthy load means the table is too small; at a low

@@ -107,8 +107,9 @@ class CuckooIndex {
     FindMoveTargets(FirstBucket(key), targets);
   }
 
-  // After inserts by partition: grows or re-seeds if the stashes overflowed.
-  void RebuildIfStashFull() { MaybeRebuildAfterStash(); }
+  // Grows or re-seeds if the stashes overflowed (Insert calls it; inserts by
+  // partition leave it to their caller).
+  void RebuildIfStashFull();
 
   // Removes `key`; returns its entry id or kNoEntry when absent.
   uint32_t Erase(int64_t key);
@@ -303,7 +304,6 @@ class CuckooIndex {
   void Rebuild(int bucket_bits, bool new_seeds);
   // Doubles every partition with the same hashes, streaming through them.
   void Grow();
-  void MaybeRebuildAfterStash();
 
   int partition_bits_;
   int bucket_bits_ = 0;  // log2 of the buckets per partition
