@@ -71,7 +71,8 @@ bool CuckooIndex::PlaceInBucket(Bucket& bucket, int64_t key, uint32_t id) {
 }
 
 bool CuckooIndex::PlaceWithKicks(int64_t key, uint32_t id) {
-  const uint64_t b1 = FirstBucket(key), b2 = SecondBucket(key);
+  const Candidates candidates = CandidatesOf(key);
+  const uint64_t b1 = candidates.first, b2 = candidates.second;
   if (PlaceInBucket(buckets_[b1], key, id) || PlaceInBucket(buckets_[b2], key, id)) {
     return true;
   }
@@ -93,7 +94,7 @@ bool CuckooIndex::PlaceWithKicks(int64_t key, uint32_t id) {
   }
   // Random walk: evict a random resident and move it to its other bucket.
   // Every bucket on the walk is in the key's partition.
-  Partition& partition = partitions_[b1 >> bucket_bits_];
+  Partition& partition = partitions_[candidates.partition];
   uint64_t bucket = (NextRandom(&partition.rng_state) & 1) ? b1 : b2;
   for (int kick = 0; kick < kMaxKicks; ++kick) {
     const int slot = static_cast<int>(NextRandom(&partition.rng_state) % kSlotsPerBucket);
@@ -131,8 +132,9 @@ void CuckooIndex::RebuildIfStashFull() {
 }
 
 uint32_t CuckooIndex::Erase(int64_t key) {
-  Partition& partition = partitions_[PartitionOf(key)];
-  for (uint64_t b : {FirstBucket(key), SecondBucket(key)}) {
+  const Candidates candidates = CandidatesOf(key);
+  Partition& partition = partitions_[candidates.partition];
+  for (uint64_t b : {candidates.first, candidates.second}) {
     Bucket& bucket = buckets_[b];
     for (int s = 0; s < kSlotsPerBucket; ++s) {
       if (bucket.keys[s] == key && bucket.ids[s] != kNoEntry) {

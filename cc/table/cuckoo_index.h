@@ -129,7 +129,8 @@ class CuckooIndex {
   // The two candidate buckets of `key` for the current size, numbered across
   // partitions (for tests that craft colliding keys).
   std::pair<uint64_t, uint64_t> CandidateBuckets(int64_t key) const {
-    return {FirstBucket(key), SecondBucket(key)};
+    const Candidates c = CandidatesOf(key);
+    return {c.first, c.second};
   }
 
   // Calls f(key, id) for every key in buckets [begin, end); a partition's
@@ -264,12 +265,20 @@ class CuckooIndex {
   // Buckets are numbered across partitions: partition p holds buckets
   // [p << bucket_bits_, (p + 1) << bucket_bits_), and a key's candidates are
   // the low bits of its two hashes within its partition.
+  // Each hash is computed once per key.
+  struct Candidates {
+    size_t partition;
+    uint64_t first, second;
+  };
+  Candidates CandidatesOf(int64_t key) const {
+    const uint64_t h1 = Hash1(key);
+    const size_t p = PartitionOfHash(h1);
+    const uint64_t base = p << bucket_bits_;
+    return {p, base | (h1 & mask_), base | (Hash2(key) & mask_)};
+  }
   uint64_t FirstBucket(int64_t key) const {
     const uint64_t h1 = Hash1(key);
     return (PartitionOfHash(h1) << bucket_bits_) | (h1 & mask_);
-  }
-  uint64_t SecondBucket(int64_t key) const {
-    return (PartitionOf(key) << bucket_bits_) | (Hash2(key) & mask_);
   }
   // The candidate bucket of `key` that is not `bucket` (both in one partition).
   uint64_t OtherBucket(int64_t key, uint64_t bucket) const {
