@@ -134,7 +134,7 @@ demo: installed data
 # vs batch and the sync interval, admission/expiry): writes docs/experiments.md,
 # docs/experiments.json and the plots beside them, from scratch.
 experiments: installed data
-	$(PY) -m monolith_tf.experiments all --out docs
+	$(PY) -m experiments all --out docs
 
 # Tests that run under tf_keras (TF_USE_LEGACY_KERAS=1): the layer tests a
 # second time, and tests/legacy_keras (TFRS, which needs tf_keras) only there.

@@ -43,8 +43,8 @@ def run_trainer(log_dir, base, interval):
     from monolith_tf.layers import HashEmbeddingCollection
     from monolith_tf.streaming import open_log
     from monolith_tf.streaming.dataset import ExampleStream
-    from monolith_tf.streaming.records import joined_feature_spec
-    from monolith_tf.sync_publisher import SyncPublisher
+    from monolith_tf.streaming.dataset import joined_feature_spec
+    from monolith_tf.sync.publisher import SyncPublisher
     from monolith_tf.training import TrainingWorker
 
     keras = tf.keras
@@ -174,7 +174,7 @@ class Monitor:
             self.error = repr(error)
 
     def _run(self):
-        from monolith_tf.serving.sync_format import RowsPush, SyncRecordError, decode
+        from monolith_tf.sync.records import RowsPush, SyncRecordError, decode
 
         while "sync" not in self._log.topics() and not self._stop.is_set():
             time.sleep(0.05)

@@ -9,8 +9,8 @@ timestamps = step (seconds of data time); AUC is measured on the last 10%
 (future traffic, predict inserts nothing). Each configuration runs in a fresh
 process: occurrence thresholds 0, 1, 2, 5 (counting filter), each with expiry
 off and on (expire_after 30 steps, evicting every 10 applies). The stream and
-the model are `monolith_tf.experiments.memory`'s (`python -m
-monolith_tf.experiments memory` runs them over several seeds).
+the model are `experiments.memory`'s (`python -m
+experiments memory` runs them over several seeds).
 
     PYTHONPATH=. .venv/bin/python bench/memory_bench.py [--steps 200] [--plot bench/memory_bench.png]
 """
@@ -22,7 +22,7 @@ import workers
 
 
 def run_worker(threshold, expire, steps):
-    from monolith_tf.experiments.memory import run_config
+    from experiments.memory import run_config
 
     return run_config(threshold, bool(expire), steps)
 

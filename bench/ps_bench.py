@@ -45,6 +45,7 @@ def run_one(config, steps, batch, warmup=10):
 
     import monolith_tf as mt
     from monolith_tf.cluster import LocalCluster, connect
+    from monolith_tf.step_task import StepTask
     from monolith_tf.training import TrainingWorker
 
     keras = tf.keras
@@ -69,7 +70,7 @@ def run_one(config, steps, batch, warmup=10):
         model.compile(optimizer=keras.optimizers.Adam(0.001), loss="mse")
         return model
 
-    class Clock:
+    class Clock(StepTask):
         def begin(self, worker):
             pass
 

@@ -44,7 +44,7 @@ def build_export(base, users, items, seed=0):
     import tensorflow as tf
 
     from monolith_tf.layers import HashEmbeddingCollection
-    from monolith_tf.serving import export_version
+    from monolith_tf.export import export_version
 
     keras = tf.keras
     features = {"user": {"dim": 16}, "item": {"dim": 16},

@@ -43,6 +43,7 @@ from monolith_tf.streaming.records import (ActionRecord, FeatureRecord,  # noqa:
                                            encode_action, encode_feature,
                                            joined_feature_spec)
 from monolith_tf.training import TrainingWorker  # noqa: E402
+from monolith_tf.step_task import StepTask  # noqa: E402
 
 keras = tf.keras
 # Relative drift allowed over the post-warm-up part of the run.
@@ -103,7 +104,7 @@ def count_files(directory):
     return sum(len(files) for _, _, files in os.walk(directory))
 
 
-class Sampler:
+class Sampler(StepTask):
     """A step task sampling memory, rows and files every ``every`` seconds."""
 
     def __init__(self, model_dir, log_dir, every=2.0):

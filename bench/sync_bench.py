@@ -43,7 +43,7 @@ def main():
     import tensorflow as tf
 
     from monolith_tf.streaming import open_log
-    from monolith_tf.sync_publisher import SyncPublisher
+    from monolith_tf.sync.publisher import SyncPublisher
 
     started = time.perf_counter()
     table, keys = build_table(args.rows)

@@ -35,13 +35,13 @@ from monolith_tf.datasets import movielens  # noqa: E402
 from monolith_tf.streaming.dataset import POSITION_KEY, ExampleStream  # noqa: E402
 from monolith_tf.streaming.joiner import Joiner, JoinerConfig  # noqa: E402
 from monolith_tf.streaming import open_log  # noqa: E402
-from monolith_tf.streaming.records import joined_feature_spec  # noqa: E402
+from monolith_tf.streaming.dataset import joined_feature_spec  # noqa: E402
 from monolith_tf.streaming.replay import replay  # noqa: E402
 from monolith_tf.training import TrainingWorker  # noqa: E402
 
-from monolith_tf.serving.server import ModelServer  # noqa: E402
-from monolith_tf.serving.sync_subscriber import ServerSubscriber  # noqa: E402
-from monolith_tf.sync_publisher import SyncPublisher  # noqa: E402
+from monolith_tf.sync.publisher import SyncPublisher  # noqa: E402
+from monolith_tf.sync.replica import Replica  # noqa: E402
+from monolith_tf.step_task import StepTask  # noqa: E402
 
 keras = tf.keras
 ACTIONS = ["rating", "like"]
@@ -58,7 +58,7 @@ def most_active(path, max_ratings, users=3):
     return [int(u) for u in top_users], int(np.bincount(ratings[:, 1]).argmax())
 
 
-class ScoreWatcher:
+class ScoreWatcher(StepTask):
     """A step task that asks the server (gRPC, as any client) for a few
     users' scores of one item every ``every_steps`` and prints them."""
 
@@ -150,13 +150,12 @@ def main():
     # Serving while training: a server on the sync publisher's base versions,
     # following the sync stream (the server starts before the first base).
     models_dir = os.path.join(args.dir, "models")
-    server = ModelServer(models_dir, model_name="ctr", port=0, rest_api_port=None,
-                         poll_seconds=0.2).start()
-    subscriber = ServerSubscriber(server, log).start()
+    replica = Replica(models_dir, log, model_name="ctr", port=0, rest_api_port=None,
+                      poll_seconds=0.2).start()
     publisher = SyncPublisher(log, models_dir, sparse_every_secs=0.25, dense_every_secs=0.5,
                               base_every_secs=3600.0)
     watched_users, watched_item = most_active(args.data, args.max_ratings)
-    watcher = ScoreWatcher(server, users=watched_users, item=watched_item)
+    watcher = ScoreWatcher(replica.server, users=watched_users, item=watched_item)
     worker = TrainingWorker(model, os.path.join(args.dir, "model"), sparse_every_steps=20,
                             dense_every_steps=100, log_every_steps=20, verbose=2,
                             tasks=[publisher, watcher])
@@ -165,15 +164,14 @@ def main():
     try:
         summary = worker.train(stream, max_steps=int(total * 0.9) // 256)
         publisher.push_dense(worker)   # the trained dense weights, as a last dense push
-        subscriber.wait_until_applied(log.end_offsets("sync"), timeout=30)
+        replica.catch_up(timeout=30)
         watcher.report(worker, final=True)
     finally:
-        subscriber.stop()
-        server.stop()
+        replica.stop()
     print(f"3. trained {summary['steps']} steps on {summary['examples']:,} examples "
           f"({summary['stop_reason']}); log offsets saved: {worker.stream_position}; "
           f"{publisher.totals['pushes']} sync pushes ({publisher.totals['rows']:,} rows), "
-          f"{subscriber.counters['records']} records applied by the server")
+          f"{replica.follower.counters['records']} records applied by the server")
 
     held_out = stream.dataset(worker.stream_position).map(
         lambda features, label: ({k: v for k, v in features.items() if k != POSITION_KEY},

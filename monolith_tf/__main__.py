@@ -161,7 +161,7 @@ def _train_model(args, job, model, strategy):
     tasks = []
     if args.sync_log:
         from monolith_tf.streaming import open_log
-        from monolith_tf.sync_publisher import SyncPublisher
+        from monolith_tf.sync.publisher import SyncPublisher
 
         if not args.serving_base_path:
             raise ValueError("--sync-log needs --serving-base-path (where base versions go)")

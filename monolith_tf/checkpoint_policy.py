@@ -23,49 +23,28 @@ the next older one is tried.
 """
 
 import os
-import time
 
 from monolith_tf import kill_points
+from monolith_tf.config import CheckpointConfig
 from monolith_tf.dense_checkpoint import DenseCheckpointError, DenseCheckpointer
 from monolith_tf.sparse_checkpoint import (CheckpointError, CheckpointSaveError,
                                            SparseCheckpointer, list_checkpoints, read_manifest)
+from monolith_tf.schedule import Schedule
+from monolith_tf.step_task import StepTask
 
-RESUME_POLICIES = ("consistent", "latest", None)
-
-
-class Schedule:
-    """Fires every ``steps`` steps or every ``seconds`` seconds of wall time,
-    whichever comes first; both None means never."""
-
-    def __init__(self, steps=None, seconds=None):
-        for name, value in (("steps", steps), ("seconds", seconds)):
-            if value is not None and not value > 0:
-                raise ValueError(f"{name} must be > 0 or None (off), got {value!r}")
-        self.steps, self.seconds = steps, seconds
-        self._last_step, self._last_time = 0, time.monotonic()
-
-    def due(self, step):
-        """Whether the scheduled action is due at ``step``."""
-        return bool((self.steps and step - self._last_step >= self.steps) or
-                    (self.seconds and time.monotonic() - self._last_time >= self.seconds))
-
-    def done(self, step):
-        """Records that the scheduled action ran at ``step``."""
-        self._last_step, self._last_time = step, time.monotonic()
-
-
-class CheckpointPolicy:
+class CheckpointPolicy(StepTask):
     """Sparse and dense checkpoints of one model, paired (module doc).
 
     Args:
       model_dir: holds ``sparse/`` and ``dense/``.
       model: the compiled Keras model (dense part).
       tables: ``{file name: HashTable}`` (sparse part).
-      sparse_schedule / dense_schedule: Schedules of the two kinds.
-      full_every: a sparse chain holds at most this many checkpoints (a full
-        snapshot, then deltas); the save after that is full, across restarts too.
-      keep_full: full sparse chains to keep; keep_dense: dense checkpoints.
-      resume: ``"consistent"``, ``"latest"`` or None.
+      config: ``monolith_tf.config.CheckpointConfig``: the two save
+        schedules (steps and wall seconds), ``full_every`` (a sparse chain
+        holds at most this many checkpoints, a full snapshot then deltas;
+        the save after that is full, across restarts too), ``keep_full``
+        sparse chains and ``keep_dense`` dense checkpoints kept, ``resume``
+        and ``max_save_failures`` (below).
       warn: called with a message for each checkpoint skipped on resume and
         each scheduled save that failed.
       max_save_failures: what a failed scheduled save does (the disk is full,
@@ -76,24 +55,21 @@ class CheckpointPolicy:
         is raised. Nothing of a failed save is kept either way.
     """
 
-    def __init__(self, model_dir, model, tables, sparse_schedule, dense_schedule,
-                 full_every=10, keep_full=2, keep_dense=3, resume="consistent", warn=print,
-                 max_save_failures=3):
-        if resume not in RESUME_POLICIES:
-            raise ValueError(f"resume must be 'consistent', 'latest' or None, got {resume!r}")
-        if full_every < 1:
-            raise ValueError(f"full_every must be >= 1, got {full_every!r}")
-        if isinstance(max_save_failures, bool) or not isinstance(max_save_failures, int) \
-                or max_save_failures < 1:
-            raise ValueError(f"max_save_failures must be an int >= 1, got {max_save_failures!r}")
-        self.max_save_failures = max_save_failures
+    def __init__(self, model_dir, model, tables, config=None, warn=print):
+        config = config if config is not None else CheckpointConfig()
+        self.config = config
+        self.max_save_failures = config.max_save_failures
         self.failed_saves = 0  # scheduled saves failed in a row
         self.sparse = SparseCheckpointer(os.path.join(model_dir, "sparse"), tables,
-                                         keep_full=keep_full)
-        self.dense = DenseCheckpointer(os.path.join(model_dir, "dense"), model, keep=keep_dense)
-        self.sparse_schedule, self.dense_schedule = sparse_schedule, dense_schedule
-        self.full_every = int(full_every)
-        self.resume = resume
+                                         keep_full=config.keep_full)
+        self.dense = DenseCheckpointer(os.path.join(model_dir, "dense"), model,
+                                       keep=config.keep_dense)
+        self.sparse_schedule = Schedule(every_steps=config.sparse_every_steps,
+                                        every_secs=config.sparse_every_secs)
+        self.dense_schedule = Schedule(every_steps=config.dense_every_steps,
+                                       every_secs=config.dense_every_secs)
+        self.full_every = int(config.full_every)
+        self.resume = config.resume
         self._warn = warn
         self._chain_length = 0   # checkpoints in the sparse chain being extended
         # Steps of the newest sparse and dense saves, and the sparse one's path.
@@ -222,7 +198,7 @@ class CheckpointPolicy:
         raise CheckpointError(f"{os.path.dirname(self.sparse.directory)}: no checkpoint could "
                               f"be restored; first error: {errors[0]}")
 
-    # -- a step task of the training worker (monolith_tf.training.StepTask) -----
+    # -- a step task of the training worker ----------------------------------
 
     # A save must hold exactly the steps counted so far: with steps in
     # flight (TrainingWorker's steps_in_flight), the worker calls after_step
@@ -232,9 +208,6 @@ class CheckpointPolicy:
     def due(self, step):
         """Whether a save is due at ``step``."""
         return self.dense_schedule.due(step) or self.sparse_schedule.due(step)
-
-    def begin(self, worker):
-        pass
 
     def after_step(self, worker):
         self.save_if_due(worker.step, worker.checkpoint_metadata)

@@ -233,17 +233,29 @@ class _HashEmbeddingBase(keras.layers.Layer):
         # Table updates applied so far: the step of learning rate schedules.
         self.update_steps = self.add_weight(
             name="update_steps", shape=(), dtype="int64", initializer="zeros", trainable=False)
-        # Data time (seconds) of the batch being trained, set by the training
-        # worker; stamps updated rows when a call passes no timestamps.
+        # Data time (seconds) of the batch being trained, moved by the training
+        # worker (advance_data_time); stamps updated rows when a call passes
+        # no timestamps.
         self.data_time = self.add_weight(
             name="data_time", shape=(), dtype="int64", initializer="zeros", trainable=False)
         self._serving_lookups = None
+
+    def advance_data_time(self, newest):
+        """Moves the layer's data time (seconds) to ``newest`` if that is
+        later; never moves it back. Usable inside a ``tf.function``."""
+        return self.data_time.assign(tf.maximum(tf.convert_to_tensor(self.data_time),
+                                                tf.cast(newest, tf.int64)))
+
+    def reset_data_time(self, data_time):
+        """Sets the layer's data time (seconds), e.g. to a checkpoint's when
+        training resumes."""
+        return self.data_time.assign(data_time)
 
     @contextlib.contextmanager
     def serving_lookups(self, lookups):
         """While the context is open, inference calls read rows through
         ``lookups`` (``{feature: fn(int64 ids) -> float32 rows}``) instead of
-        this layer's tables. ``monolith_tf.serving.export`` uses it to trace a serving
+        this layer's tables. ``monolith_tf.export`` uses it to trace a serving
         graph over stock tables; training calls are not affected."""
         missing = {feature.name for feature in self._features()} - set(lookups)
         if missing:

@@ -13,6 +13,7 @@ import time
 import tensorflow as tf
 
 from monolith_tf.schema import STATS_FIELDS
+from monolith_tf.step_task import StepTask
 
 keras = tf.keras
 
@@ -20,7 +21,7 @@ keras = tf.keras
 _TABLE_COUNTERS = tuple(field for field in STATS_FIELDS if field != "now")
 
 
-class ProgressReporter:
+class ProgressReporter(StepTask):
     """Reports progress of a TrainingWorker (module doc); a step task.
 
     Args:

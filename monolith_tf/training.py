@@ -13,12 +13,13 @@ worker runs its step tasks' ``finish`` (a final checkpoint among them) and
 returns.
 
 The worker is the loop; what happens around the steps are step tasks
-(``StepTask``), each called after every step and at the end:
+(``monolith_tf.step_task.StepTask``), each called after every step and at
+the end:
 ``CheckpointPolicy`` (``monolith_tf.checkpoint_policy``: sparse and dense
 saves on their schedules, paired; resume), ``ProgressReporter``
 (``monolith_tf.progress``: console and TensorBoard), and any the caller
 passes as ``tasks=`` (e.g. a publisher of fresh rows to serving, on a
-``Schedule`` of its own).
+``monolith_tf.schedule.Schedule`` of its own).
 
 Data time: if a batch's features are a dict holding ``timestamp_feature``
 (seconds), the batch's newest timestamp is handed to every HashEmbedding
@@ -40,17 +41,18 @@ import signal
 import sys
 import threading
 import time
-from typing import Protocol
 
 import numpy as np
 import tensorflow as tf
 
 from monolith_tf import kill_points
-from monolith_tf.checkpoint_policy import CheckpointPolicy, Schedule
+from monolith_tf.checkpoint_policy import CheckpointPolicy
+from monolith_tf.config import CheckpointConfig, WorkerConfig, field_names, with_options
 from monolith_tf.data_source import POSITION_KEY, as_data_source
 from monolith_tf.layers import hash_embedding_layers, model_tables
 from monolith_tf.progress import ProgressReporter
 from monolith_tf.schema import table_file_name
+from monolith_tf.step_task import StepTask
 
 keras = tf.keras
 
@@ -58,27 +60,6 @@ STOP_END_OF_DATA = "end_of_data"
 STOP_MAX_STEPS = "max_steps"
 STOP_MAX_SECONDS = "max_seconds"
 STOP_SIGNAL = "signal"
-
-
-class StepTask(Protocol):
-    """Something the worker runs around its steps (module doc). Tasks read
-    the worker's state: ``step``, ``examples``, ``last_batch_size``,
-    ``last_step_logs``, ``data_time``, ``max_steps``, ``model``, ``tables``
-    and ``checkpoint_metadata()``."""
-
-    def begin(self, worker):
-        """A train() call starts."""
-
-    def after_step(self, worker):
-        """A batch was trained; ``worker.step`` counts it. With steps in
-        flight (``steps_in_flight``), later steps may already be running;
-        a task whose action must see exactly the counted steps (a
-        checkpoint) sets ``needs_applied_steps = True`` and defines
-        ``due(step)``: it is then called only when no step is in flight, and
-        no new step is issued while it is due."""
-
-    def finish(self, worker):
-        """The train() call ends (data, budget or signal); not after an error."""
 
 
 def _batch_size(features):
@@ -101,48 +82,42 @@ class TrainingWorker:
         Sparse checkpoints name tables ``<layer name>.<feature>``: give the
         layers explicit names so a rebuilt model finds its tables.
       model_dir: directory of the checkpoints and TensorBoard logs.
-      sparse_every_steps / sparse_every_secs: sparse save schedule (a delta
-        unless a full one is due).
-      dense_every_steps / dense_every_secs: dense save schedule (each also
-        writes a sparse save).
-      full_every: a sparse chain holds at most this many checkpoints (a full
-        snapshot, then deltas); the save after that is full, across restarts too.
-      checkpoints: False writes no checkpoint at all (not even at the end)
-        and resumes from none; TensorBoard and logging still run.
-      keep_full: full sparse chains to keep. keep_dense: dense checkpoints.
-      resume: ``"consistent"`` or ``"latest"`` (``monolith_tf.checkpoint_policy``),
-        or None to ignore existing checkpoints (the first save is then a full one).
-      log_every_steps: progress, metrics and TensorBoard interval; metrics
-        are reset after each, so each logged value covers one interval.
-      timestamp_feature: name of the data-time feature (seconds) in dict
-        features, or None.
-      tensorboard: write TensorBoard scalars.
-      verbose: 0 silent, 1 progress bar, 2 one line per log interval.
-      tasks: more StepTasks, run after the built-in ones at every step.
+      config: ``monolith_tf.config.WorkerConfig``: logging interval,
+        timestamp feature, TensorBoard, verbosity, steps in flight.
+      checkpoints: ``monolith_tf.config.CheckpointConfig`` (save schedules,
+        chain length, retention, resume policy, save failures tolerated), or
+        False to write no checkpoint at all (not even at the end) and resume
+        from none; TensorBoard and logging still run.
+      tasks: more ``StepTask`` instances, run after the built-in ones at
+        every step.
       strategy: a ``ParameterServerStrategy`` (``monolith_tf.cluster.connect``)
         under whose scope the model was built: its tables are sharded over
         the PS tasks and each step runs on a worker task; this process (the
         chief) reads the data and runs the step tasks (saves, pushes).
-      steps_in_flight: with a strategy, how many steps the chief issues
-        before waiting for the oldest (1: one at a time, in data order, so
-        the result does not depend on the number of workers). More keep
-        every worker busy (asynchronous training, as Monolith's and
-        TensorFlow's PS training: a step may read rows and weights that an
-        earlier step in flight has not updated yet); checkpoints still hold
-        exactly the steps they count (issuing pauses while one is due).
-      max_save_failures: a scheduled save that fails (a full disk) is
-        reported and retried when next due while training goes on; this many
-        failures in a row stop training with the error (CheckpointPolicy).
+        With ``steps_in_flight`` > 1 the chief issues that many steps before
+        waiting for the oldest: every worker stays busy (asynchronous
+        training, as Monolith's and TensorFlow's PS training: a step may
+        read rows and weights that an earlier step in flight has not
+        updated yet); checkpoints still hold exactly the steps they count
+        (issuing pauses while one is due).
+      options: any field of either config as a keyword
+        (``TrainingWorker(model, dir, verbose=0, sparse_every_steps=100)``).
     """
 
-    def __init__(self, model, model_dir, sparse_every_steps=None, sparse_every_secs=60.0,
-                 dense_every_steps=None, dense_every_secs=600.0, full_every=10,
-                 keep_full=2, keep_dense=3, resume="consistent", log_every_steps=100,
-                 timestamp_feature="timestamp", tensorboard=True, verbose=1,
-                 checkpoints=True, tasks=(), max_save_failures=3, strategy=None,
-                 steps_in_flight=1):
+    def __init__(self, model, model_dir, config=None, checkpoints=None, tasks=(), strategy=None,
+                 **options):
+        worker_options = {k: v for k, v in options.items() if k in field_names(WorkerConfig)}
+        config = with_options(config, WorkerConfig, worker_options)
+        checkpoint_options = {k: v for k, v in options.items() if k not in worker_options}
+        if checkpoints is True:
+            checkpoints = None  # the default checkpoints
+        checkpoint_config = with_options(checkpoints or None, CheckpointConfig,
+                                         checkpoint_options)  # checks the options' names
+        if checkpoints is False:
+            checkpoint_config = None
         if getattr(model, "optimizer", None) is None:
             raise ValueError("TrainingWorker needs a compiled model (call model.compile first)")
+        self.config, self.checkpoint_config = config, checkpoint_config
         self.model = model
         self.model_dir = model_dir
         self.strategy = strategy
@@ -152,29 +127,27 @@ class TrainingWorker:
                 raise ValueError(f"strategy must be a ParameterServerStrategy (monolith_tf."
                                  f"cluster.connect), got {type(strategy).__name__}")
             self._coordinator = tf.distribute.coordinator.ClusterCoordinator(strategy)
-        if isinstance(steps_in_flight, bool) or not isinstance(steps_in_flight, int) \
-                or steps_in_flight < 1:
-            raise ValueError(f"steps_in_flight must be an int >= 1, got {steps_in_flight!r}")
-        if steps_in_flight > 1 and strategy is None:
+        if config.steps_in_flight > 1 and strategy is None:
             raise ValueError("steps_in_flight > 1 needs a strategy (steps in flight run on "
                              "the workers of a cluster)")
-        self.steps_in_flight = steps_in_flight
-        self.timestamp_feature = timestamp_feature
-        self.verbose = verbose
+        self.steps_in_flight = config.steps_in_flight
+        self.timestamp_feature = config.timestamp_feature
+        self.verbose = config.verbose
         self.layers = hash_embedding_layers(model)
         self.tables = model_tables(model)
-        sparse_schedule = Schedule(sparse_every_steps, sparse_every_secs)
-        dense_schedule = Schedule(dense_every_steps, dense_every_secs)
         self.checkpoint_policy = CheckpointPolicy(
             model_dir, model, {table_file_name(name): t for name, t in self.tables.items()},
-            sparse_schedule, dense_schedule, full_every=full_every, keep_full=keep_full,
-            keep_dense=keep_dense, resume=resume, warn=self._warn,
-            max_save_failures=max_save_failures) if checkpoints else None
+            checkpoint_config, warn=self._warn) if checkpoint_config is not None else None
         self.progress = ProgressReporter(
-            log_every_steps, os.path.join(model_dir, "tensorboard") if tensorboard else None,
-            verbose)
-        self.tasks = ([self.progress] + ([self.checkpoint_policy] if checkpoints else [])
-                      + list(tasks))
+            config.log_every_steps,
+            os.path.join(model_dir, "tensorboard") if config.tensorboard else None,
+            config.verbose)
+        for task in tasks:
+            if not isinstance(task, StepTask):
+                raise TypeError(f"tasks must be monolith_tf.step_task.StepTask instances, "
+                                f"got {type(task).__name__}")
+        self.tasks = ([self.progress] + ([self.checkpoint_policy] if self.checkpoint_policy
+                                         else []) + list(tasks))
         self._stop_requested = None
         # What step tasks read: the global step, examples so far, the last batch.
         self.step, self.examples = 0, 0
@@ -251,7 +224,7 @@ class TrainingWorker:
 
     def _set_data_time(self, data_time):
         for layer in self.layers:
-            layer.data_time.assign(data_time)
+            layer.reset_data_time(data_time)
 
     def _batch_time(self, x):
         if self.timestamp_feature and isinstance(x, dict) and self.timestamp_feature in x:
@@ -262,7 +235,7 @@ class TrainingWorker:
         newest = self._batch_time(x)
         if newest is not None:
             for layer in self.layers:
-                layer.data_time.assign(tf.maximum(tf.convert_to_tensor(layer.data_time), newest))
+                layer.advance_data_time(newest)
 
     def _compiled_step(self, next_batch):
         """One training step in a graph: the batch, its data time, then the
@@ -328,7 +301,7 @@ class TrainingWorker:
             return False
         # A task due at the last issued step runs once the pipeline drains.
         return not (in_flight and any(task.due(upcoming) for task in self.tasks
-                                      if getattr(task, "needs_applied_steps", False)))
+                                      if task.needs_applied_steps))
 
     def _install_signal_handlers(self):
         self._stop_requested = None
@@ -425,7 +398,7 @@ class TrainingWorker:
         self.source.batch_trained(batch_position)
         kill_points.reached("worker.step")
         for task in self.tasks:
-            if all_applied or not getattr(task, "needs_applied_steps", False):
+            if all_applied or not task.needs_applied_steps:
                 task.after_step(self)
 
     def _stop_reason(self, max_steps, max_seconds, started):

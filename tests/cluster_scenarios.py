@@ -25,10 +25,11 @@ import monolith_tf as mt  # noqa: E402
 from monolith_tf.cluster import LocalCluster, connect  # noqa: E402
 from monolith_tf.sparse_checkpoint import SparseCheckpointer  # noqa: E402
 from monolith_tf.streaming import open_log  # noqa: E402
-from monolith_tf.sync_publisher import SyncPublisher  # noqa: E402
+from monolith_tf.sync.publisher import SyncPublisher  # noqa: E402
 from monolith_tf.schema import table_file_name  # noqa: E402
 from monolith_tf.sharded_table import ShardedHashTable, shard_ids  # noqa: E402
 from monolith_tf.training import TrainingWorker  # noqa: E402
+from monolith_tf.step_task import StepTask  # noqa: E402
 
 BATCH = 64
 
@@ -79,7 +80,7 @@ def single(directory):
     mt.export_saved_model(model, os.path.join(directory, "single_export"))
 
 
-class KillWorkerAt:
+class KillWorkerAt(StepTask):
     """Kills worker 0 with SIGKILL after step ``step`` and starts it again a
     second later: the ClusterCoordinator retries the next step until the
     worker is back."""

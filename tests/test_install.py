@@ -56,6 +56,10 @@ def test_wheel_runs_the_quickstart_in_a_fresh_virtualenv(tmp_path):
         names = wheel.namelist()
     assert "monolith_tf/libmonolith_ops.so" in names
     assert any(n.startswith("monolith_tf/_core") and n.endswith(".so") for n in names)
+    # The library only: no experiments, tests, benches or examples.
+    top_levels = {n.split("/")[0] for n in names}
+    assert {t for t in top_levels if not t.endswith(".dist-info")} == {"monolith_tf"}, top_levels
+    assert "monolith_tf/sync/publisher.py" in names and "monolith_tf/export_format.py" in names
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)

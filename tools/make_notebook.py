@@ -72,16 +72,17 @@ import numpy as np
 from IPython.display import display
 
 from monolith_tf.datasets.movielens import DEFAULT_ML100K
-from monolith_tf.experiments.models import deepfm
-from monolith_tf.experiments.online import window_aucs
-from monolith_tf.experiments.progressive import ProgressiveValidation, Replica
-from monolith_tf.experiments.stats import auc
+from experiments.models import deepfm
+from experiments.online import window_aucs
+from experiments.progressive import ProgressiveValidation, loopback_replica
+from experiments.stats import auc
 from monolith_tf.streaming import open_log
 from monolith_tf.streaming.dataset import ExampleStream
 from monolith_tf.streaming.joiner import Joiner, JoinerConfig
-from monolith_tf.streaming.records import joined_feature_spec
+from monolith_tf.streaming.dataset import joined_feature_spec
 from monolith_tf.streaming.replay import replay
-from monolith_tf.sync_publisher import SyncPublisher
+from monolith_tf.step_task import StepTask
+from monolith_tf.sync.publisher import SyncPublisher
 from monolith_tf.training import TrainingWorker
 
 MAX_RATINGS = int(os.environ.get("MONOLITH_NOTEBOOK_RATINGS", "40000"))
@@ -107,21 +108,15 @@ joiner.flush_all()
 The model is a DeepFM over raw user and movie ids (no vocabulary). The
 replica starts from the base version the publisher exports when training
 begins and then follows the sync stream."""),
-    ("code", """class TableSize:
+    ("code", """class TableSize(StepTask):
     '''Step task: rows in the tables after every step, by data time.'''
 
     def __init__(self):
         self.points = []
 
-    def begin(self, worker):
-        pass
-
     def after_step(self, worker):
         rows = sum(int(table.size()) for table in worker.tables.values())
         self.points.append((worker.data_time, rows))
-
-    def finish(self, worker):
-        pass
 
 
 model = deepfm(["user_id", "item_id"], dim=16, seed=0)
@@ -130,7 +125,7 @@ publisher = SyncPublisher(log, base_path, sparse_every_secs=None, dense_every_se
                           sparse_every_data_secs=SYNC_EVERY_DATA_SECS,
                           dense_every_data_secs=SYNC_EVERY_DATA_SECS, base_every_secs=10**9)
 publisher.connect()
-replica = Replica(base_path, log).start()
+replica = loopback_replica(base_path, log).start()
 stream = ExampleStream(log, joined_feature_spec(ACTIONS), batch_size=128, label="label/like",
                        idle_timeout=2.0, features=["user_id", "item_id", "timestamp"])
 progressive = ProgressiveValidation(stream, replica)
@@ -171,7 +166,7 @@ print(f"median lag {np.median(lags[:, 1]) / 3600:.2f} h of data time; "
     ("markdown", """The replica's lag saw-tooths between zero and about the sync interval (longer
 where ratings are sparse in time). The full experiment, with batch training
 as the baseline and three sync intervals over five seeds, is
-`python -m monolith_tf.experiments online` (results in `docs/experiments.md`)."""),
+`python -m experiments online` (results in `docs/experiments.md`)."""),
 ]
 
 NOTEBOOKS = {"movielens_quickstart.ipynb": QUICKSTART_CELLS,

@@ -14,7 +14,7 @@ repository: `make data` extracts ml-100k from the recbole wheel into
 
 import os
 
-import tensorflow as tf
+import numpy as np
 
 FORMATS = {"u.data": ("\t", 0), "ratings.dat": ("::", 0), "ratings.csv": (",", 1)}
 DEFAULT_ML100K = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
@@ -29,12 +29,43 @@ def _format_of(path, fmt):
     return FORMATS[fmt]
 
 
+def read_ratings(path, fmt=None):
+    """Ratings of one GroupLens file as numpy arrays, in file order, without
+    TensorFlow (the replay reads them so): ``{"user_id": int64,
+    "movie_id": int64, "rating": float32, "timestamp": int64}``. Raises
+    ValueError naming the line for a malformed one (wrong field count or a
+    non-numeric field), FileNotFoundError for a missing file."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found; `make data` prepares ml-100k")
+    separator, header_lines = _format_of(path, fmt)
+    users, movies, ratings, times = [], [], [], []
+    with open(path, encoding="utf-8", errors="replace") as lines:
+        for number, line in enumerate(lines, 1):
+            if number <= header_lines or not line.strip():
+                continue
+            fields = line.strip().split(separator)
+            if len(fields) != 4:
+                raise ValueError(f"{path}:{number}: expected 4 fields, got {len(fields)}")
+            try:
+                users.append(int(fields[0]))
+                movies.append(int(fields[1]))
+                ratings.append(float(fields[2]))
+                times.append(int(fields[3]))
+            except ValueError:
+                raise ValueError(f"{path}:{number}: non-numeric field in {line.strip()!r}") \
+                    from None
+    return {"user_id": np.array(users, np.int64), "movie_id": np.array(movies, np.int64),
+            "rating": np.array(ratings, np.float32), "timestamp": np.array(times, np.int64)}
+
+
 def load_ratings(path, fmt=None):
     """Ratings of one GroupLens file as an unbatched ``tf.data.Dataset``.
 
     Malformed lines fail the pipeline with an InvalidArgumentError naming
     the problem (wrong field count or a non-numeric field).
     """
+    import tensorflow as tf  # the tf.data reader; read_ratings needs none
+
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found; `make data` prepares ml-100k")
     separator, header_lines = _format_of(path, fmt)

@@ -1,16 +1,11 @@
-"""Serving: the stock-op SavedModel export and its update signatures, and a
-model server that speaks TensorFlow Serving's gRPC and REST APIs.
+"""The model server alone: TensorFlow Serving's gRPC and REST APIs over a
+model base path, taking row and dense updates while it serves.
 
-``export_saved_model`` (``monolith_tf.serving.export``) writes a SavedModel
-that unmodified TensorFlow Serving loads, with ``upsert``, ``remove`` and
-``assign_dense`` signatures that apply fresh rows and dense weights to a
-loaded model without a reload; ``export_version`` writes one version of a
-model base path. ``ModelServer`` (``monolith_tf.serving.server``) serves a
-base path and takes updates while it serves.
+``server`` (``ModelServer``), ``model_manager`` (versions and their
+switches), ``servable`` (one loaded version, its updates and dense slots),
+``grpc_api``, ``rest_api``, ``json_format``, ``batching``, ``metrics``,
+``errors``. The server imports neither the Keras layers nor the
+checkpointers: it reads exports through ``monolith_tf.export_format``. The
+export writer is ``monolith_tf.export``; parameter sync is
+``monolith_tf.sync``.
 """
-
-from monolith_tf.serving.export import (export_saved_model, export_version, list_versions,
-                                        read_metadata, read_sync_state, table_names)
-
-__all__ = ["export_saved_model", "export_version", "list_versions", "read_metadata",
-           "read_sync_state", "table_names"]

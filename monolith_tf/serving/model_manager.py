@@ -17,8 +17,9 @@ import threading
 
 import grpc
 
+from monolith_tf.config import ServerConfig
 from monolith_tf.serving.errors import ServingError, invalid
-from monolith_tf.serving.export import list_versions
+from monolith_tf.export_format import list_versions
 from monolith_tf.serving.servable import Servable
 
 _log = logging.getLogger(__name__)
@@ -45,7 +46,8 @@ class ModelManager:
       max_batch_size, batching: passed to each ``Servable``.
     """
 
-    def __init__(self, name, base_path, metrics, poll_seconds=1.0, max_batch_size=8192,
+    def __init__(self, name, base_path, metrics, poll_seconds=ServerConfig.poll_seconds,
+                 max_batch_size=ServerConfig.max_batch_size,
                  batching=None):
         self.name, self.base_path = name, base_path
         self.metrics = metrics

@@ -27,9 +27,10 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
+from monolith_tf.config import ServerConfig
+from monolith_tf.export_format import METADATA_FILE, read_metadata, unpack_half_rows
 from monolith_tf.serving.batching import RequestBatcher
 from monolith_tf.serving.errors import ServingError, from_tf_error, invalid
-from monolith_tf.serving.export import METADATA_FILE, read_metadata
 
 DEFAULT_SIGNATURE = "serving_default"
 UPDATE_SIGNATURES = ("upsert", "remove", "assign_dense")
@@ -125,7 +126,8 @@ class Servable:
         signature are merged into one model call (``batching.py``).
     """
 
-    def __init__(self, name, version, path, metrics, max_batch_size=8192, batching=None):
+    def __init__(self, name, version, path, metrics, max_batch_size=ServerConfig.max_batch_size,
+                 batching=None):
         self.name, self.version, self.path = name, version, path
         self.metrics = metrics
         self.max_batch_size = max_batch_size
@@ -169,11 +171,6 @@ class Servable:
         if name not in self._input_specs:
             raise invalid(f'Serving signature name: "{name}" not found in signature def')
         return self._input_specs[name]
-
-    def output_names(self, signature_name):
-        """Output names of a signature."""
-        self.input_specs(signature_name)
-        return self._output_names[signature_name or DEFAULT_SIGNATURE]
 
     def predict(self, signature_name, inputs, output_filter=()):
         """Runs a signature on ``inputs`` (``{name: numpy array}``); returns
@@ -373,7 +370,7 @@ class Servable:
             Tkeys=tf.int64, Tvalues=tf.int32 if half else tf.float32)
         ids, rows = keys.numpy(), values.numpy()
         if half:
-            rows = rows.view(np.float16).reshape(len(ids), -1)[:, :dim].astype(np.float32)
+            rows = unpack_half_rows(rows, dim)
         order = np.argsort(ids)
         return ids[order], rows[order].reshape(len(ids), dim)
 

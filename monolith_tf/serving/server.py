@@ -23,51 +23,37 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 from aiohttp import web
 
+from monolith_tf.config import ServerConfig, with_options
 from monolith_tf.serving.grpc_api import add_services
 from monolith_tf.serving.metrics import ServingMetrics
 from monolith_tf.serving.model_manager import ModelManager
 from monolith_tf.serving.rest_api import RestApi
 from monolith_tf.serving.servable import BatchingOptions
 
-DEFAULT_MAX_REQUEST_BYTES = 64 << 20
-
-
 class ModelServer:
-    """Serves the model base path ``model_base_path`` as ``model_name``.
-
-    Args:
-      model_base_path: TF Serving model base path (``BASE/<version>/``).
-      model_name: the name requests use.
-      host: address both APIs bind (default loopback only).
-      port: gRPC port (0: a free one); ``rest_api_port``: REST port (0: a
-        free one, None: no REST API).
-      poll_seconds: wall seconds between scans for new versions.
-      max_request_bytes: largest request (gRPC message or REST body).
-      max_batch_size: most examples in one prediction request.
-      grpc_max_threads, rest_api_num_threads: request worker threads.
-      shutdown_grace_seconds: how long ``stop`` lets running requests finish.
-      enable_batching: merge concurrent prediction requests into one model
-        call (up to ``max_batch_size`` examples, waiting at most
-        ``batch_timeout_micros`` for more; ``num_batch_threads`` calls at once).
+    """Serves the model base path ``model_base_path`` (TF Serving's
+    ``BASE/<version>/``) with the settings of ``config``
+    (``monolith_tf.config.ServerConfig``: model name, host, ports, polling,
+    request limits, threads, batching), any of which may also be given as
+    a keyword option (``ModelServer(base, port=0, rest_api_port=None)``).
     """
 
-    def __init__(self, model_base_path, model_name="default", host="127.0.0.1", port=8500,
-                 rest_api_port=8501, poll_seconds=1.0,
-                 max_request_bytes=DEFAULT_MAX_REQUEST_BYTES, max_batch_size=8192,
-                 grpc_max_threads=16, rest_api_num_threads=16, shutdown_grace_seconds=10.0,
-                 enable_batching=False, batch_timeout_micros=0, num_batch_threads=None):
-        self.host = host
-        self.shutdown_grace_seconds = shutdown_grace_seconds
+    def __init__(self, model_base_path, config=None, **options):
+        config = with_options(config, ServerConfig, options)
+        self.config = config
+        self.host = config.host
+        self.shutdown_grace_seconds = config.shutdown_grace_seconds
         self.metrics = ServingMetrics()
-        batching = BatchingOptions(batch_timeout_micros / 1e6,
-                                   num_batch_threads or os.cpu_count() or 1) \
-            if enable_batching else None
-        self.manager = ModelManager(model_name, model_base_path, self.metrics,
-                                    poll_seconds=poll_seconds, max_batch_size=max_batch_size,
-                                    batching=batching)
-        self._requested_ports = (port, rest_api_port)
-        self._max_request_bytes = max_request_bytes
-        self._grpc_threads, self._rest_threads = grpc_max_threads, rest_api_num_threads
+        batching = BatchingOptions(config.batch_timeout_micros / 1e6,
+                                   config.num_batch_threads or os.cpu_count() or 1) \
+            if config.enable_batching else None
+        self.manager = ModelManager(config.model_name, model_base_path, self.metrics,
+                                    poll_seconds=config.poll_seconds,
+                                    max_batch_size=config.max_batch_size, batching=batching)
+        self._requested_ports = (config.port, config.rest_api_port)
+        self._max_request_bytes = config.max_request_bytes
+        self._grpc_threads = config.grpc_max_threads
+        self._rest_threads = config.rest_api_num_threads
         self.grpc_port = self.rest_port = None
         self._grpc = None
         self._rest = None

@@ -30,6 +30,7 @@ import time
 import tensorflow as tf
 
 from monolith_tf.data_source import POSITION_KEY
+from monolith_tf.topics import EXAMPLES_TOPIC
 
 
 class ExampleStream:
@@ -37,7 +38,7 @@ class ExampleStream:
 
     Args:
       log: an EmbeddedLog or KafkaLog.
-      spec: ``tf.io.parse_example`` spec (``records.joined_feature_spec``).
+      spec: ``tf.io.parse_example`` spec (``joined_feature_spec``).
       batch_size: examples per batch; a batch is emitted early after
         ``max_wait`` seconds with at least one example (a quiet stream still
         trains), and a segment ends after ``max_wait`` seconds with none.
@@ -52,7 +53,7 @@ class ExampleStream:
         answering SIGTERM within about ``max_wait``).
     """
 
-    def __init__(self, log, spec, batch_size, label=None, topic="examples",
+    def __init__(self, log, spec, batch_size, label=None, topic=EXAMPLES_TOPIC,
                  group="trainer", max_wait=1.0, idle_timeout=None, features=None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -145,3 +146,20 @@ class ExampleStream:
     def restore(self, position):
         offsets = position.get("stream_position")
         self.offsets = None if offsets is None else [int(o) for o in offsets]
+
+
+def joined_feature_spec(actions, sparse=(), dense=None):
+    """The ``tf.io.parse_example`` spec of joined examples: ids and times as
+    int64 scalars, ``sparse`` names as ragged int64 lists, ``dense`` as
+    ``{name: width}`` float vectors, one float label per action type."""
+    spec = {"user_id": tf.io.FixedLenFeature([], tf.int64),
+            "item_id": tf.io.FixedLenFeature([], tf.int64),
+            "timestamp": tf.io.FixedLenFeature([], tf.int64),
+            "sample_rate": tf.io.FixedLenFeature([], tf.float32)}
+    for action in actions:
+        spec[f"label/{action}"] = tf.io.FixedLenFeature([], tf.float32)
+    for name in sparse:
+        spec[f"sparse/{name}"] = tf.io.RaggedFeature(tf.int64)
+    for name, width in (dense or {}).items():
+        spec[f"dense/{name}"] = tf.io.FixedLenFeature([width], tf.float32)
+    return spec

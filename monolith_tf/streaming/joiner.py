@@ -65,6 +65,8 @@ import zlib
 
 from monolith_tf import kill_points
 from monolith_tf.json_crc import json_crc
+from monolith_tf.topics import (ACTIONS_TOPIC, DEAD_LETTER_TOPIC, EXAMPLES_TOPIC,
+                                FEATURES_TOPIC)
 from monolith_tf.streaming.log import LogError
 from monolith_tf.streaming.records import (RecordError, decode_action, decode_feature,
                                            encode_joined)
@@ -134,9 +136,9 @@ class Joiner:
     """Joins ``feature_topic`` and ``action_topic`` of ``log`` into
     ``output_topic`` (see module doc). ``state_dir`` holds the snapshot."""
 
-    def __init__(self, log, config, state_dir, feature_topic="features",
-                 action_topic="actions", output_topic="examples",
-                 dead_letter_topic="dead_letter", group="joiner", checkpoint_every=5.0):
+    def __init__(self, log, config, state_dir, feature_topic=FEATURES_TOPIC,
+                 action_topic=ACTIONS_TOPIC, output_topic=EXAMPLES_TOPIC,
+                 dead_letter_topic=DEAD_LETTER_TOPIC, group="joiner", checkpoint_every=5.0):
         self.log = log
         self.config = config
         self.state_dir = state_dir

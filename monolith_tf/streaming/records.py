@@ -1,6 +1,7 @@
 """Record schema of the feature log, the action log and joined examples.
 
-Every record is a serialized ``tf.train.Example`` (TensorFlow's convention;
+Every record is a serialized ``tf.train.Example`` (TensorFlow's convention,
+written and read here through ``monolith_tf.example_proto``, without TensorFlow;
 no pickle). Times are seconds of event time (int64).
 
 Feature log record (one per impression, written when the request is served):
@@ -29,8 +30,9 @@ Joined example (the training input): every feature-log field, plus
 
 import dataclasses
 
-import tensorflow as tf
 from google.protobuf.message import DecodeError
+
+from monolith_tf import example_proto
 
 
 class RecordError(ValueError):
@@ -59,16 +61,9 @@ class ActionRecord:
     event_time: int
 
 
-def _int64(values):
-    return tf.train.Feature(int64_list=tf.train.Int64List(value=list(values)))
-
-
-def _float(values):
-    return tf.train.Feature(float_list=tf.train.FloatList(value=list(values)))
-
-
-def _bytes(values):
-    return tf.train.Feature(bytes_list=tf.train.BytesList(value=list(values)))
+_int64 = example_proto.int64_feature
+_float = example_proto.float_feature
+_bytes = example_proto.bytes_feature
 
 
 def _as_bytes(value, what):
@@ -89,7 +84,7 @@ def encode_feature(record):
         features[f"sparse/{name}"] = _int64(int(i) for i in ids)
     for name, values in record.dense.items():
         features[f"dense/{name}"] = _float(float(v) for v in values)
-    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+    return _serialize(features)
 
 
 def encode_action(record):
@@ -98,13 +93,18 @@ def encode_action(record):
                 "action": _bytes([_as_bytes(record.action, "action")]),
                 "value": _float([float(record.value)]),
                 "event_time": _int64([int(record.event_time)])}
-    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+    return _serialize(features)
+
+
+def _serialize(features):
+    return example_proto.Example(
+        features=example_proto.Features(feature=features)).SerializeToString()
 
 
 def _parse(data, kind):
     if not isinstance(data, bytes):
         raise RecordError(f"{kind} record must be bytes, got {type(data).__name__}")
-    example = tf.train.Example()
+    example = example_proto.Example()
     try:
         example.ParseFromString(data)
     except DecodeError as error:
@@ -158,7 +158,7 @@ def encode_joined(feature, labels, sample_rate):
     type: value}, every configured type present) and ``sample_rate``."""
     if not 0.0 < sample_rate <= 1.0:
         raise RecordError(f"sample_rate must be in (0, 1], got {sample_rate}")
-    example = tf.train.Example()
+    example = example_proto.Example()
     example.ParseFromString(encode_feature(feature))
     fields = example.features.feature
     fields["timestamp"].CopyFrom(_int64([int(feature.event_time)]))
@@ -166,20 +166,3 @@ def encode_joined(feature, labels, sample_rate):
         fields[f"label/{action}"].CopyFrom(_float([float(value)]))
     fields["sample_rate"].CopyFrom(_float([float(sample_rate)]))
     return example.SerializeToString()
-
-
-def joined_feature_spec(actions, sparse=(), dense=None):
-    """The ``tf.io.parse_example`` spec of joined examples: ids and times as
-    int64 scalars, ``sparse`` names as ragged int64 lists, ``dense`` as
-    ``{name: width}`` float vectors, one float label per action type."""
-    spec = {"user_id": tf.io.FixedLenFeature([], tf.int64),
-            "item_id": tf.io.FixedLenFeature([], tf.int64),
-            "timestamp": tf.io.FixedLenFeature([], tf.int64),
-            "sample_rate": tf.io.FixedLenFeature([], tf.float32)}
-    for action in actions:
-        spec[f"label/{action}"] = tf.io.FixedLenFeature([], tf.float32)
-    for name in sparse:
-        spec[f"sparse/{name}"] = tf.io.RaggedFeature(tf.int64)
-    for name, width in (dense or {}).items():
-        spec[f"dense/{name}"] = tf.io.FixedLenFeature([width], tf.float32)
-    return spec

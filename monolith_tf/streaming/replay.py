@@ -22,24 +22,20 @@ import numpy as np
 from monolith_tf.datasets import movielens
 from monolith_tf.streaming.records import (ActionRecord, FeatureRecord, encode_action,
                                            encode_feature)
+from monolith_tf.topics import ACTIONS_TOPIC, FEATURES_TOPIC
 
 
 def load_sorted_ratings(path, max_ratings=None):
     """(users, movies, stars, times) numpy arrays of a MovieLens file, sorted
     by time (stable: file order among equal times)."""
-    columns = {"user_id": [], "movie_id": [], "rating": [], "timestamp": []}
-    for batch in movielens.load_ratings(path).batch(65536):
-        for name in columns:
-            columns[name].append(batch[name].numpy())
-    arrays = {name: np.concatenate(parts) if parts else np.zeros([0])
-              for name, parts in columns.items()}
+    arrays = movielens.read_ratings(path)
     order = np.argsort(arrays["timestamp"], kind="stable")[:max_ratings]
     return (arrays["user_id"][order], arrays["movie_id"][order], arrays["rating"][order],
             arrays["timestamp"][order])
 
 
 def replay(path, log, speedup=0.0, negatives=2, max_action_delay=60, max_ratings=None,
-           feature_topic="features", action_topic="actions", seed=0):
+           feature_topic=FEATURES_TOPIC, action_topic=ACTIONS_TOPIC, seed=0):
     """Replays the ratings of ``path`` into ``log``; returns counts of
     ratings, impressions and actions produced."""
     if speedup < 0 or negatives < 0 or max_action_delay < 0:

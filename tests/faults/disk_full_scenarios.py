@@ -22,12 +22,13 @@ sys.path.insert(0, os.path.join(REPO, "examples"))
 
 import monolith_tf as mt  # noqa: E402
 from monolith_tf.dense_checkpoint import DenseCheckpointer  # noqa: E402
-from monolith_tf.serving.export import ExportError, export_version, list_versions  # noqa: E402
+from monolith_tf.export import ExportError, export_version, list_versions  # noqa: E402
 from monolith_tf.sparse_checkpoint import (CheckpointSaveError, SparseCheckpointer,  # noqa: E402
                                            list_checkpoints)
 from monolith_tf.streaming.embedded_log import EmbeddedLog  # noqa: E402
 from monolith_tf.streaming.log import LogError  # noqa: E402
 from monolith_tf.training import TrainingWorker  # noqa: E402
+from monolith_tf.step_task import StepTask  # noqa: E402
 
 
 def fill(disk, leave_bytes):
@@ -180,7 +181,7 @@ def worker_policy(disk):
     data = write_ratings(os.path.join(disk, "u.data"), 64 * 80)
     model_dir = os.path.join(disk, "run")
 
-    class DiskWeather:
+    class DiskWeather(StepTask):
         """Fills the disk after step 12 and 27, frees it after step 22."""
         ballast = None
 

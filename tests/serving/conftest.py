@@ -3,7 +3,7 @@ on loopback with free ports (helpers in serving_fixtures.py)."""
 
 import pytest
 
-from monolith_tf.serving import export_version
+from monolith_tf.export import export_version
 from serving_fixtures import start_server
 from test_export import trained_model
 

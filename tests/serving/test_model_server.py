@@ -15,7 +15,7 @@ from tensorflow_serving.apis import get_model_metadata_pb2
 from clients import GrpcClient, columns, http, rows
 from serving_fixtures import (MAX_BATCH_SIZE, MAX_REQUEST_BYTES, PROBE, predict_in_process,
                               reference, start_server, version_dir)
-from monolith_tf.serving import export_version
+from monolith_tf.export import export_version
 from monolith_tf.serving.errors import ServingError
 from monolith_tf.serving.servable import Servable
 

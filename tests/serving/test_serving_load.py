@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from clients import GrpcClient, http, rows
 from serving_fixtures import PROBE, predict_in_process, reference, start_server
-from monolith_tf.serving import export_version
+from monolith_tf.export import export_version
 
 UPDATES = 1000
 SWAPS = {250: 1, 500: 2, 850: 3}   # update index -> dense version swapped in

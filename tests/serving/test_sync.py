@@ -7,10 +7,12 @@ import tensorflow as tf
 
 from monolith_tf.layers import HashEmbeddingCollection
 from monolith_tf.serving.server import ModelServer
-from monolith_tf.serving.sync_subscriber import ServerSubscriber
 from monolith_tf.streaming import open_log
-from monolith_tf.sync_publisher import SyncPublisher
+from monolith_tf.sync.follower import SyncFollower
+from monolith_tf.sync.sinks import RemoteServingSink, ServableSink
+from monolith_tf.sync.publisher import SyncPublisher
 from monolith_tf.training import TrainingWorker
+from monolith_tf.step_task import StepTask
 
 keras = tf.keras
 
@@ -66,7 +68,7 @@ def test_replica_equals_trainer_rows_and_last_dense_push(tmp_path):
     # when training begins, and every push after it lands while the server serves.
     server = ModelServer(base, model_name="ctr", port=0, rest_api_port=None,
                          poll_seconds=0.05).start()
-    subscriber = ServerSubscriber(server, log).start()
+    subscriber = SyncFollower(log, ServableSink(server)).start()
     publisher = SyncPublisher(log, base, sparse_every_secs=0.01, dense_every_secs=None)
     worker = TrainingWorker(model, str(tmp_path / "run"), checkpoints=False, verbose=0,
                             tasks=[publisher], log_every_steps=1000)
@@ -89,8 +91,8 @@ def test_replica_equals_trainer_rows_and_last_dense_push(tmp_path):
 
 
 def test_bad_records_go_to_dead_letters_and_change_nothing(tmp_path):
-    from monolith_tf.serving import export_version
-    from monolith_tf.serving.sync_format import RowsPush, encode_rows
+    from monolith_tf.export import export_version
+    from monolith_tf.sync.records import RowsPush, encode_rows
     from test_export import trained_model
 
     log = open_log({"path": str(tmp_path / "log")})
@@ -99,7 +101,7 @@ def test_bad_records_go_to_dead_letters_and_change_nothing(tmp_path):
     export_version(trained_model(), base, version=1,
                    sync_state={"format": 1, "topic": "sync", "offsets": {"0": 0}})
     server = ModelServer(base, model_name="ctr", port=0, rest_api_port=None).start()
-    subscriber = ServerSubscriber(server, log).start()
+    subscriber = SyncFollower(log, ServableSink(server)).start()
     servable = server.manager.servable("ctr")
     before = servable.table_rows("collection/user")
     good = encode_rows(RowsPush("collection/user", np.array([1]), np.full((1, 4), 0.5),
@@ -139,15 +141,14 @@ def test_bad_records_go_to_dead_letters_and_change_nothing(tmp_path):
 def test_sync_agent_keeps_a_plain_tf_serving_client_in_sync(tmp_path):
     """The agent knows the server only through TF Serving's gRPC API and the
     base path; our server (without --sync) stands in for stock TF Serving."""
-    from monolith_tf.serving.sync_agent import SyncAgent
-
     log = open_log({"path": str(tmp_path / "log")})
     base = str(tmp_path / "models")
     model = ctr_model()
     server = ModelServer(base, model_name="ctr", port=0, rest_api_port=None,
                          poll_seconds=0.05).start()
-    agent = SyncAgent(log, f"127.0.0.1:{server.grpc_port}", "ctr", base,
-                      status_every_secs=0.05).start()
+    sink = RemoteServingSink(f"127.0.0.1:{server.grpc_port}", "ctr", base,
+                             status_every_secs=0.05)
+    agent = SyncFollower(log, sink).start()
     publisher = SyncPublisher(log, base, sparse_every_secs=0.01, dense_every_secs=None)
     worker = TrainingWorker(model, str(tmp_path / "run"), checkpoints=False, verbose=0,
                             tasks=[publisher], log_every_steps=1000)
@@ -156,7 +157,7 @@ def test_sync_agent_keeps_a_plain_tf_serving_client_in_sync(tmp_path):
         dense = publisher.push_dense(worker)
         assert agent.wait_until_applied(log.end_offsets("sync"), timeout=60)
         servable = server.manager.servable("ctr")
-        assert agent.served_version == 1 and servable.dense_version == dense
+        assert sink.served_version == 1 and servable.dense_version == dense
         assert_replica_equals(servable, worker, [w.numpy() for w in model.layers[-1].weights])
         assert agent.counters["rejected"] == 0 and agent.counters["removed"] > 0
     finally:
@@ -253,13 +254,13 @@ def test_serving_under_the_real_stream_has_no_gap_and_no_mixed_dense_version(tmp
     output.set_weights(design(0))
     server = ModelServer(base, model_name="ctr", port=0, rest_api_port=0,
                          poll_seconds=0.05).start()
-    subscriber = ServerSubscriber(server, log).start()
+    subscriber = SyncFollower(log, ServableSink(server)).start()
     publisher = SyncPublisher(log, base, sparse_every_secs=0.001, dense_every_secs=None)
     probe_users = np.array([1, 2, 3], np.int64)
     probe = {"user": probe_users, "tags": np.array([[1, 2], [3, 4], [5, 6]], np.int64),
              "timestamp": np.zeros(3, np.int64)}
 
-    class DensePushes:
+    class DensePushes(StepTask):
         """Pushes designed dense versions 1..3 at fixed steps of phase two."""
 
         def __init__(self, at_steps):
@@ -363,8 +364,8 @@ def test_pushes_follow_data_time_when_scheduled_by_it(tmp_path):
                               dense_every_data_secs=600, base_every_secs=10**9)
     publisher.connect()
     worker = Worker()
-    publisher.sparse_schedule.done(worker)
-    publisher.dense_schedule.done(worker)
+    publisher.sparse_schedule.done(worker.step, worker.data_time)
+    publisher.dense_schedule.done(worker.step, worker.data_time)
     for _ in range(100):                  # 1,000 s of data time in a few ms of wall time
         worker.step += 1
         worker.data_time += 10
@@ -396,7 +397,7 @@ def test_sync_over_kafka(tmp_path):
                              poll_seconds=0.05).start()
         publisher = SyncPublisher(log, base, sparse_every_secs=0.01, dense_every_secs=None)
         publisher.connect()                       # the topic exists before the follower
-        subscriber = ServerSubscriber(server, log).start()
+        subscriber = SyncFollower(log, ServableSink(server)).start()
         worker = TrainingWorker(model, str(tmp_path / "run"), checkpoints=False, verbose=0,
                                 tasks=[publisher], log_every_steps=1000)
         try:
@@ -415,7 +416,7 @@ def test_sync_over_kafka(tmp_path):
 
 
 def _sync_records(log, topic="sync"):
-    from monolith_tf.serving.sync_format import decode
+    from monolith_tf.sync.records import decode
 
     consumer = log.consumer("reader", [topic])
     try:
@@ -432,8 +433,8 @@ def _sync_records(log, topic="sync"):
 def test_a_dense_push_due_with_a_row_push_sends_the_rows_first(tmp_path):
     """Rows and dense weights on the same interval: every dense version
     follows the rows trained with it (a due row push is never dropped)."""
-    from monolith_tf.serving.export import list_versions
-    from monolith_tf.serving.sync_format import DensePush
+    from monolith_tf.export import list_versions
+    from monolith_tf.sync.records import DensePush
 
     log = open_log({"path": str(tmp_path / "log")})
     publisher = SyncPublisher(log, str(tmp_path / "models"), sparse_every_secs=None,
@@ -455,7 +456,7 @@ def test_a_dense_push_due_with_a_row_push_sends_the_rows_first(tmp_path):
 
 
 def test_base_on_begin_false_exports_nothing(tmp_path):
-    from monolith_tf.serving.export import list_versions
+    from monolith_tf.export import list_versions
 
     log = open_log({"path": str(tmp_path / "log")})
     publisher = SyncPublisher(log, str(tmp_path / "models"), sparse_every_secs=None,

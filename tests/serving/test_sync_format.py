@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from monolith_tf.serving.sync_format import (DensePush, RowsPush, SyncRecordError, checksum_of,
+from monolith_tf.sync.records import (DensePush, RowsPush, SyncRecordError, checksum_of,
                                              decode, encode_dense, encode_rows)
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from monolith_tf.streaming import open_log
 from monolith_tf.streaming.log import LogError
+from monolith_tf.step_task import StepTask
 
 
 @pytest.mark.slow
@@ -139,9 +140,8 @@ def test_worker_stream_across_an_outage_trains_every_example_once(mock_broker, t
     import tensorflow as tf
 
     import monolith_tf as mt
-    from monolith_tf.streaming.dataset import ExampleStream
-    from monolith_tf.streaming.records import (FeatureRecord, encode_joined,
-                                               joined_feature_spec)
+    from monolith_tf.streaming.dataset import ExampleStream, joined_feature_spec
+    from monolith_tf.streaming.records import FeatureRecord, encode_joined
     from monolith_tf.training import TrainingWorker
 
     log = open_log(mock_broker.config(timeout_s=20))
@@ -170,7 +170,7 @@ def test_worker_stream_across_an_outage_trains_every_example_once(mock_broker, t
 
     second_half = threading.Thread(target=produce, args=(total // 2, total))
 
-    class OutageAtStep:
+    class OutageAtStep(StepTask):
         """After step 10 takes the broker down for 4 s and produces the
         second half of the examples meanwhile: the stream runs dry of what
         it fetched, stalls, then continues when the broker is back."""

@@ -9,7 +9,8 @@ import tensorflow as tf
 import monolith_tf as mt
 from monolith_tf.streaming.dataset import POSITION_KEY, ExampleStream
 from monolith_tf.streaming.embedded_log import EmbeddedLog
-from monolith_tf.streaming.records import FeatureRecord, encode_joined, joined_feature_spec
+from monolith_tf.streaming.dataset import joined_feature_spec
+from monolith_tf.streaming.records import FeatureRecord, encode_joined
 from monolith_tf.training import TrainingWorker
 
 BATCH = 32

@@ -1,14 +1,64 @@
 """Record schema: round trips, malformed records, joined examples parsed
-with tf.io.parse_example."""
+with tf.io.parse_example; records written without TensorFlow are
+tf.train.Examples byte for byte."""
+
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from monolith_tf import example_proto
 from monolith_tf.streaming import records
+from monolith_tf.streaming.dataset import joined_feature_spec
 from monolith_tf.streaming.records import (ActionRecord, FeatureRecord, RecordError,
                                            decode_action, decode_feature, encode_action,
-                                           encode_feature, encode_joined, joined_feature_spec)
+                                           encode_feature, encode_joined)
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_example_proto_is_tf_train_example_on_the_wire():
+    """Every field kind, negative and large ints, empty lists: bytes written
+    by either class parse in the other to the same message."""
+    features = {"ids": [-1, 0, 2**62], "floats": [0.5, -3.25], "bytes": [b"", b"\xff\x00"],
+                "empty": []}
+    ours = example_proto.Example()
+    theirs = tf.train.Example()
+    for name, values in features.items():
+        if name == "floats":
+            ours.features.feature[name].CopyFrom(example_proto.float_feature(values))
+            theirs.features.feature[name].float_list.value.extend(values)
+        elif name == "bytes":
+            ours.features.feature[name].CopyFrom(example_proto.bytes_feature(values))
+            theirs.features.feature[name].bytes_list.value.extend(values)
+        else:
+            ours.features.feature[name].CopyFrom(example_proto.int64_feature(values))
+            theirs.features.feature[name].int64_list.value.extend(values)
+    assert ours.SerializeToString(deterministic=True) == \
+        theirs.SerializeToString(deterministic=True)
+    parsed = tf.train.Example.FromString(ours.SerializeToString())
+    assert list(parsed.features.feature["ids"].int64_list.value) == [-1, 0, 2**62]
+    back = example_proto.Example.FromString(theirs.SerializeToString())
+    assert list(back.features.feature["bytes"].bytes_list.value) == [b"", b"\xff\x00"]
+    assert back.features.feature["empty"].WhichOneof("kind") == "int64_list"
+
+
+def test_the_logs_joiner_and_record_codecs_import_no_tensorflow():
+    modules = ["monolith_tf", "monolith_tf.streaming", "monolith_tf.streaming.joiner",
+               "monolith_tf.streaming.replay", "monolith_tf.streaming.records",
+               "monolith_tf.streaming.embedded_log", "monolith_tf.sync.records",
+               "monolith_tf.export_format", "monolith_tf.topics"]
+    code = ("import sys\n" + "".join(f"import {m}\n" for m in modules) +
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('tensorflow', 'keras', 'tf_keras')))")
+    env = dict(os.environ, PYTHONPATH=REPO)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == "[]"
 
 
 def test_feature_and_action_records_round_trip():

@@ -49,7 +49,6 @@ TF Serving model base path atomically (``base_path/<version>/``).
 """
 
 import contextlib
-import json
 import os
 import shutil
 import tempfile
@@ -57,9 +56,11 @@ import tempfile
 import tensorflow as tf
 
 from monolith_tf.dense_checkpoint import as_tf_variable
-from monolith_tf.sparse_checkpoint import write_error_parts
+from monolith_tf.export_format import (FLOAT16_MAX, check_row_dtype, fits_float16, list_versions,
+                                       version_path, write_metadata_file, write_sync_state)
 from monolith_tf.layers import hash_embedding_layers, model_tables
 from monolith_tf.schema import table_name
+from monolith_tf.sparse_checkpoint import write_error_parts
 
 keras = tf.keras
 
@@ -76,9 +77,6 @@ def _input_specs(model):
                          "(a functional or built Sequential model)")
     return tf.nest.map_structure(
         lambda t: tf.TensorSpec(t.shape, t.dtype, name=getattr(t, "name", None)), inputs)
-
-
-_FLOAT16_MAX = 65504.0
 
 
 class ExportError(OSError):
@@ -117,7 +115,7 @@ class _HalfRows(tf.Module):
 
     def insert(self, ids, values):
         check = tf.debugging.assert_less_equal(
-            tf.reduce_max(tf.abs(values)), _FLOAT16_MAX,
+            tf.reduce_max(tf.abs(values)), FLOAT16_MAX,
             message="upsert: values beyond the float16 range of this model")
         with tf.control_dependencies([check]):
             halves = tf.cast(values, tf.float16)
@@ -177,8 +175,7 @@ def export_saved_model(model, path, row_dtype="float32", dense_version=0):
     export of each table in memory); the dense weights are held twice (the
     two slots). Returns the table names.
     """
-    if row_dtype not in _ROW_TABLES:
-        raise ValueError(f"row_dtype must be one of {sorted(_ROW_TABLES)}, got {row_dtype!r}")
+    check_row_dtype(row_dtype)
     if isinstance(dense_version, bool) or not isinstance(dense_version, int) or dense_version < 0:
         raise ValueError(f"dense_version must be an int >= 0, got {dense_version!r}")
     layers = hash_embedding_layers(model)
@@ -193,10 +190,9 @@ def export_saved_model(model, path, row_dtype="float32", dense_version=0):
         for feature, table in layer.feature_tables().items():
             name = table_name(layer.name, feature)
             rows = table.export()
-            if row_dtype == "float16" and len(rows["values"]) and float(
-                    tf.reduce_max(tf.abs(rows["values"]))) > _FLOAT16_MAX:
+            if row_dtype == "float16" and not fits_float16(rows["values"].numpy()):
                 raise ValueError(f"{name}: rows exceed the float16 range "
-                                 f"({_FLOAT16_MAX}); export with row_dtype='float32'")
+                                 f"({FLOAT16_MAX}); export with row_dtype='float32'")
             stock_table = _ROW_TABLES[row_dtype](table.dim)
             stock_table.insert(rows["keys"], rows["values"])
             names.append(name)
@@ -259,8 +255,9 @@ def export_saved_model(model, path, row_dtype="float32", dense_version=0):
     assign_dense = _assign_dense_function(module)
     module.upsert, module.remove, module.assign_dense = upsert, remove, assign_dense
     with tempfile.TemporaryDirectory(prefix="monolith_export_") as scratch:
-        module.serving_metadata = tf.saved_model.Asset(_write_metadata_file(
-            scratch, names, dims, row_dtype, slots[0], dense_version))
+        module.serving_metadata = tf.saved_model.Asset(write_metadata_file(
+            scratch, list(zip(names, dims)), row_dtype,
+            [(v.name, v.shape, v.dtype.name) for v in slots[0]], dense_version))
         tf.saved_model.save(module, path, signatures={
             "serving_default": serving_fn,
             "upsert": upsert.get_concrete_function(),
@@ -326,80 +323,14 @@ def _assign_dense_function(module):
     return assign_dense
 
 
-METADATA_FILE = "monolith_serving.json"
-METADATA_FORMAT = 1
-
-
-def _write_metadata_file(directory, names, dims, row_dtype, dense, dense_version):
-    """Writes the export's facts (tables and dims, dense input order) as JSON
-    in ``directory``, for the SavedModel to copy into ``assets/``; returns its
-    path. Stock TF Serving ignores it; ``monolith_tf`` servers read it."""
-    facts = {
-        "format": METADATA_FORMAT,
-        "row_dtype": row_dtype,
-        "tables": [{"name": name, "dim": dim} for name, dim in zip(names, dims)],
-        "dense": [{"input": f"dense_{i}", "name": v.name, "shape": list(v.shape),
-                   "dtype": v.dtype.name} for i, v in enumerate(dense)],
-        "dense_version": dense_version,
-    }
-    path = os.path.join(directory, METADATA_FILE)
-    with open(path, "w") as out:
-        json.dump(facts, out, indent=1)
-    return path
-
-
-def read_metadata(export_dir):
-    """The facts ``export_saved_model`` wrote beside the SavedModel at
-    ``export_dir`` (tables, dims, dense inputs). Raises ValueError for an
-    export without them (not written by ``export_saved_model``)."""
-    path = os.path.join(export_dir, "assets", METADATA_FILE)
-    try:
-        with open(path) as source:
-            facts = json.load(source)
-    except FileNotFoundError:
-        raise ValueError(f"{export_dir}: no assets/{METADATA_FILE}; export the model with "
-                         "monolith_tf.export_saved_model") from None
-    if facts.get("format") != METADATA_FORMAT:
-        raise ValueError(f"{path}: format {facts.get('format')!r}, expected {METADATA_FORMAT}")
-    return facts
-
-
-def list_versions(base_path):
-    """Version numbers under a TF Serving model base path: the all-digit
-    directory names that hold a ``saved_model.pb``, ascending."""
-    try:
-        entries = os.listdir(base_path)
-    except FileNotFoundError:
-        return []
-    return sorted(int(name) for name in entries if name.isdigit() and
-                  os.path.isfile(os.path.join(base_path, name, "saved_model.pb")))
-
-
-SYNC_STATE_FILE = os.path.join("assets.extra", "monolith_sync.json")
-
-
-def read_sync_state(export_dir):
-    """What a base version covers of the sync stream (written by the sync
-    publisher: ``topic``, ``offsets`` {partition: next offset}, ``push``,
-    ``step``, ``data_time``, ``dense_version``), or None for an export made
-    without sync."""
-    try:
-        with open(os.path.join(export_dir, SYNC_STATE_FILE)) as source:
-            state = json.load(source)
-    except FileNotFoundError:
-        return None
-    state["offsets"] = {int(partition): int(offset)
-                        for partition, offset in state.get("offsets", {}).items()}
-    return state
-
-
 def export_version(model, base_path, version=None, sync_state=None, **export_options):
     """Exports ``model`` as version ``version`` (default: newest + 1, or 1)
     under the model base path ``base_path``, atomically: written to a hidden
     directory, then renamed to ``base_path/<version>``, so a server polling
     the base path never loads half an export. ``sync_state`` (a JSON-able
-    dict) is stored as ``assets.extra/monolith_sync.json`` (TF Serving's
-    place for extra files; see ``read_sync_state``). Returns the version.
+    dict, ``export_format.sync_state``) is stored as
+    ``assets.extra/monolith_sync.json`` (``export_format.read_sync_state``).
+    Returns the version.
     Raises FileExistsError if that version exists. ``export_options`` go to
     ``export_saved_model``."""
     os.makedirs(base_path, exist_ok=True)
@@ -408,7 +339,7 @@ def export_version(model, base_path, version=None, sync_state=None, **export_opt
         version = existing[-1] + 1 if existing else 1
     if isinstance(version, bool) or not isinstance(version, int) or version < 0:
         raise ValueError(f"version must be an int >= 0, got {version!r}")
-    final = os.path.join(base_path, str(version))
+    final = version_path(base_path, version)
     if os.path.exists(final):
         raise FileExistsError(f"{final} exists; versions are never overwritten")
     staging = os.path.join(base_path, f".tmp-{version}-{os.getpid()}")
@@ -416,9 +347,7 @@ def export_version(model, base_path, version=None, sync_state=None, **export_opt
     try:
         export_saved_model(model, staging, **export_options)
         if sync_state is not None:
-            os.makedirs(os.path.join(staging, "assets.extra"), exist_ok=True)
-            with open(os.path.join(staging, SYNC_STATE_FILE), "w") as out:
-                json.dump(sync_state, out, indent=1)
+            write_sync_state(staging, sync_state)
         os.rename(staging, final)
     except (OSError, tf.errors.OpError) as error:
         if isinstance(error, FileExistsError):

@@ -24,12 +24,13 @@ import numpy as np
 import tensorflow as tf
 
 from monolith_tf.data_source import DatasetSource
-from monolith_tf.experiments import data as datasets
-from monolith_tf.experiments.models import deepfm
-from monolith_tf.experiments.progressive import ProgressiveValidation, Replica
-from monolith_tf.experiments.stats import auc
+from experiments import data as datasets
+from experiments.models import deepfm
+from experiments.progressive import ProgressiveValidation, loopback_replica
+from experiments.stats import auc
 from monolith_tf.streaming import open_log
-from monolith_tf.sync_publisher import SyncPublisher, SyncSchedule
+from monolith_tf.sync.publisher import SyncPublisher
+from monolith_tf.sync.relay import ScheduledRelay
 from monolith_tf.training import TrainingWorker
 
 BATCH_ONLY = "batch only"
@@ -41,7 +42,7 @@ class OnlineSetup:
     """One dataset of the experiment and how it is run."""
 
     name: str
-    examples: object                    # a dict (monolith_tf.experiments.data), or seed -> dict
+    examples: object                    # a dict (experiments.data), or seed -> dict
     categorical: list
     dense: list = field(default_factory=list)
     batch_fraction: float = 0.25        # first part (time order) trained in batch
@@ -77,55 +78,6 @@ def window_aucs(labels, scores, times, edges):
         inside = (times >= low) & (times < high)
         out.append(auc(labels[inside], scores[inside]) if inside.any() else float("nan"))
     return out
-
-
-class ScheduledRelay:
-    """Step task: every ``every_data_secs`` of data time, brings the sync
-    topic up to date (a row and dense push of ``publisher`` at this step)
-    and forwards every record since its previous forward from the
-    publisher's topic to ``topic``. A replica following ``topic`` thus
-    receives, at the same moments, exactly the state a publisher on that
-    schedule would push (records hold full row values and are applied in
-    order), while one training run feeds the replicas of every interval:
-    their comparison is free of run-to-run training noise."""
-
-    def __init__(self, log, publisher, topic, every_data_secs):
-        self.log, self.publisher, self.topic = log, publisher, topic
-        self.schedule = SyncSchedule(None, every_data_secs)
-        self.forwards = 0
-        self._consumer = self._producer = None
-        self._forwarded = 0
-
-    def begin(self, worker):
-        if self.topic not in self.log.topics():
-            self.log.create_topic(self.topic, 1)
-        self._consumer = self.log.consumer(f"relay-{self.topic}", [self.publisher.topic])
-        self._producer = self.log.producer()
-        self.schedule.done(worker)
-
-    def after_step(self, worker):
-        if self.schedule.due(worker):
-            self.forward(worker)
-
-    def finish(self, worker):
-        self.forward(worker)
-
-    def forward(self, worker):
-        self.publisher.push_rows(worker)
-        self.publisher.push_dense(worker)
-        end = self.log.end_offsets(self.publisher.topic).get(0, 0)
-        while self._forwarded < end:
-            for record in self._consumer.poll(1000, 0.05):
-                self._producer.produce(self.topic, record.value, key=record.key, partition=0)
-                self._forwarded = record.offset + 1
-        self._producer.flush()
-        self.forwards += 1
-        self.schedule.done(worker)
-
-    def close(self):
-        for client in (self._consumer, self._producer):
-            if client is not None:
-                client.close()
 
 
 def run_seed(setup, seed, workdir=None, verbose=False):
@@ -167,9 +119,9 @@ def run_seed(setup, seed, workdir=None, verbose=False):
     publisher.connect()
     relays = {interval_name(d): ScheduledRelay(log, publisher, f"sync_every_{d}", d)
               for d in intervals[1:]}
-    replicas = {BATCH_ONLY: Replica(base_path, log, follow=False),
-                interval_name(intervals[0]): Replica(base_path, log, topic=publisher.topic)}
-    replicas.update({name: Replica(base_path, log, topic=relay.topic)
+    replicas = {BATCH_ONLY: loopback_replica(base_path),
+                interval_name(intervals[0]): loopback_replica(base_path, log, publisher.topic)}
+    replicas.update({name: loopback_replica(base_path, log, relay.topic)
                      for name, relay in relays.items()})
     source = ProgressiveValidation(
         DatasetSource(_batches(online_part, features, setup.batch_size)), replicas)

@@ -14,7 +14,7 @@ from monolith_tf.layers import HashEmbeddingCollection
 keras = tf.keras
 
 
-@keras.utils.register_keras_serializable(package="monolith_tf.experiments")
+@keras.utils.register_keras_serializable(package="experiments")
 class PairwiseInteraction(keras.layers.Layer):
     """Factorization-machine term of a list of ``[batch, dim]`` rows:
     0.5 * sum_k ((sum_f e_fk)^2 - sum_f e_fk^2), shape ``[batch, 1]``."""

@@ -13,7 +13,7 @@ import platform
 
 import numpy as np
 
-from monolith_tf.experiments.stats import (DOES_NOT_HOLD, HOLDS, SIGMAS, WITHIN_NOISE, compare,
+from experiments.stats import (DOES_NOT_HOLD, HOLDS, SIGMAS, WITHIN_NOISE, compare,
                                            format_mean_std)
 
 JSON_NAME, MARKDOWN_NAME = "experiments.json", "experiments.md"

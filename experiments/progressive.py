@@ -4,9 +4,9 @@ Every example is scored by a serving replica before the trainer learns from
 it, so the AUC over a stream measures what users were served, with the
 replica exactly as fresh as parameter sync made it.
 
-``Replica`` is a real one: a ``ModelServer`` serving the base versions the
-sync publisher exports, with a ``ServerSubscriber`` applying the sync stream
-in place. ``ProgressiveValidation`` wraps the training worker's data source:
+The replica is a real one (``monolith_tf.sync.replica.Replica``): a
+``ModelServer`` serving the base versions the sync publisher exports, with a
+``SyncFollower`` applying the sync stream in place. ``ProgressiveValidation`` wraps the training worker's data source:
 before a batch reaches the worker it waits until the replica has applied
 everything the trainer pushed so far (sync lag is then the schedule's
 alone: an experiment replays data time much faster than real time, and
@@ -14,73 +14,22 @@ wall-clock apply delays would otherwise decide the result), scores the
 batch through the replica and records labels, scores and data times.
 """
 
-import time
-
 import numpy as np
 import tensorflow as tf
 
 from monolith_tf.data_source import POSITION_KEY
-from monolith_tf.serving.server import ModelServer
-from monolith_tf.serving.sync_subscriber import ServerSubscriber
+from monolith_tf.sync.replica import Replica
+from monolith_tf.topics import SYNC_TOPIC
 
 MODEL_NAME = "experiment"
 
 
-class Replica:
-    """A model server (loopback, gRPC on a free port, no REST) on
-    ``model_base_path`` following ``topic`` of ``log``."""
-
-    def __init__(self, model_base_path, log, topic="sync", follow=True):
-        self.log, self.topic = log, topic
-        self.server = ModelServer(model_base_path, model_name=MODEL_NAME, port=0,
-                                  rest_api_port=None, poll_seconds=0.05)
-        self.subscriber = ServerSubscriber(self.server, log, topic=topic) if follow else None
-        self._synced_to = None
-
-    def start(self):
-        self.server.start()
-        if self.subscriber is not None:
-            self.subscriber.start()
-        return self
-
-    def stop(self):
-        if self.subscriber is not None:
-            self.subscriber.stop()
-        self.server.stop()
-
-    def wait_for_version(self, timeout=120.0):
-        """Waits until a version serves; raises TimeoutError otherwise."""
-        deadline = time.monotonic() + timeout
-        while self.server.version is None:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no model version loaded within {timeout} s")
-            time.sleep(0.02)
-
-    def catch_up(self, timeout=120.0):
-        """Waits until every sync record written so far has been applied."""
-        if self.subscriber is None:
-            return
-        end = self.log.end_offsets(self.topic)
-        if end == self._synced_to:
-            return
-        if not self.subscriber.wait_until_applied(end, timeout):
-            raise TimeoutError(f"replica did not apply the sync stream up to {end} "
-                               f"within {timeout} s")
-        self._synced_to = end
-
-    @property
-    def data_time(self):
-        """Data time of the newest sync record applied (None before any)."""
-        if self.subscriber is None or self.subscriber.last_applied is None:
-            return None
-        return self.subscriber.last_applied[3]
-
-    def score(self, features):
-        """The served probabilities of a batch (``{input: numpy array}``;
-        inputs the model does not take are left out)."""
-        servable = self.server.manager.servable(MODEL_NAME)
-        inputs = {name: features[name] for name in servable.input_specs(None)}
-        return servable.predict(None, inputs)["output"].ravel()
+def loopback_replica(model_base_path, log=None, topic=SYNC_TOPIC):
+    """An experiment's ``Replica``: gRPC on a free loopback port, no REST,
+    versions polled every 50 ms; following ``topic`` of ``log`` (None: never
+    synced)."""
+    return Replica(model_base_path, log, topic=topic, model_name=MODEL_NAME, port=0,
+                   rest_api_port=None, poll_seconds=0.05)
 
 
 class ProgressiveValidation:
@@ -150,19 +99,6 @@ class ProgressiveValidation:
             self._lags[name].append((int(times.max()), replica.data_time))
         self._labels.append(np.asarray(labels, np.float32).ravel())
         self._times.append(times)
-
-    def score_only(self):
-        """Scores every batch of the source without training."""
-        self.source.begin()
-        while True:
-            segment = self.source.next_segment()
-            if segment is None:
-                return
-            for features, labels in segment.as_numpy_iterator():
-                self.score_batch(features, labels)
-                self.source.batch_trained([])
-            if not self.source.segment_ended(True):
-                return
 
     def _name(self, name):
         if name is None:

@@ -21,7 +21,7 @@ independent of checkpoints:
   dense push (or every ``base_every_secs``); the
   newest ``keep_bases`` versions are kept.
 
-Records are ``monolith_tf.serving.sync_format`` (documented, versioned, no
+Records are ``monolith_tf.sync.records`` (documented, versioned, no
 pickle) on one partition of ``topic``, so every replica applies them in
 order. A push runs between steps: training waits for it (milliseconds for
 thousands of rows; a base export takes as long as an export).
@@ -36,58 +36,26 @@ import numpy as np
 import tensorflow as tf
 
 from monolith_tf import kill_points
+from monolith_tf.config import SyncConfig, with_options
+from monolith_tf.export import dense_variables, export_version
+from monolith_tf.export_format import list_versions, read_sync_state, sync_state, version_path
 from monolith_tf.layers import hash_embedding_layers
-from monolith_tf.serving.export import (dense_variables, export_version, list_versions,
-                                        read_sync_state)
-from monolith_tf.serving.sync_format import DensePush, RowsPush, encode_dense, encode_rows
-
-SYNC_STATE_FORMAT = 1
+from monolith_tf.schedule import Schedule
+from monolith_tf.step_task import StepTask
+from monolith_tf.sync.records import DensePush, RowsPush, encode_dense, encode_rows
 
 
-class SyncSchedule:
-    """Due every ``every_secs`` of wall time or every ``every_data_secs`` of
-    data time (the worker's ``data_time``: replays and experiments that run
-    faster than real time schedule by the data), whichever comes first;
-    None turns a clock off."""
-
-    def __init__(self, every_secs=None, every_data_secs=None):
-        for name, value in (("every_secs", every_secs), ("every_data_secs", every_data_secs)):
-            if value is not None and not value > 0:
-                raise ValueError(f"{name} must be > 0 or None (off), got {value!r}")
-        self.every_secs, self.every_data_secs = every_secs, every_data_secs
-        self._wall, self._data = time.monotonic(), None
-
-    @property
-    def active(self):
-        return self.every_secs is not None or self.every_data_secs is not None
-
-    def due(self, worker):
-        if self.every_secs is not None and time.monotonic() - self._wall >= self.every_secs:
-            return True
-        return (self.every_data_secs is not None and self._data is not None and
-                worker.data_time - self._data >= self.every_data_secs)
-
-    def done(self, worker):
-        self._wall, self._data = time.monotonic(), worker.data_time
-
-
-class SyncPublisher:
+class SyncPublisher(StepTask):
     """Pushes a training worker's rows and dense weights (module doc).
 
     Args:
       log: a ``monolith_tf.streaming`` log (embedded or Kafka).
       model_base_path: where base versions go (the servers' base path).
-      topic: the sync topic (created with one partition if missing).
-      sparse_every_secs / sparse_every_data_secs: wall / data-time seconds
-        between row pushes (either due is a push; None: that clock off).
-      dense_every_secs / dense_every_data_secs: the same for dense pushes
-        (both None: never).
-      base_every_secs: wall seconds between base versions (None: at every
-        dense push).
-      row_dtype: ``float32`` or ``float16`` rows on the wire.
+      config: ``monolith_tf.config.SyncConfig`` (topic, schedules, row
+        dtype, record size, bases kept); its fields may also be given as
+        keyword options (``sparse_every_secs=1.0``). The topic is created
+        with one partition if missing.
       export_options: passed to ``export_saved_model`` for base versions.
-      max_record_bytes: split row pushes into records of about this size.
-      keep_bases: base versions kept under ``model_base_path``.
       log_dir: TensorBoard scalars (rows pushed, bytes, push time) go here.
       publisher_id: names this trainer in the records (default host:pid).
       base_on_begin: publish a base version when training begins (default).
@@ -97,24 +65,24 @@ class SyncPublisher:
         change records.
     """
 
-    def __init__(self, log, model_base_path, topic="sync", sparse_every_secs=5.0,
-                 dense_every_secs=1800.0, base_every_secs=None, row_dtype="float32",
-                 export_options=None, max_record_bytes=1 << 20, keep_bases=3, log_dir=None,
-                 publisher_id=None, sparse_every_data_secs=None, dense_every_data_secs=None,
-                 base_on_begin=True):
-        if keep_bases < 1:
-            raise ValueError(f"keep_bases must be >= 1, got {keep_bases!r}")
-        self.log, self.model_base_path, self.topic = log, model_base_path, topic
-        self.sparse_schedule = SyncSchedule(sparse_every_secs, sparse_every_data_secs)
+    def __init__(self, log, model_base_path, config=None, export_options=None, log_dir=None,
+                 publisher_id=None, base_on_begin=True, **options):
+        config = with_options(config, SyncConfig, options)
+        self.config = config
+        self.log, self.model_base_path, self.topic = log, model_base_path, config.topic
+        self.sparse_schedule = Schedule(every_secs=config.sparse_every_secs,
+                                        every_data_secs=config.sparse_every_data_secs)
         if not self.sparse_schedule.active:
             raise ValueError("give sparse_every_secs or sparse_every_data_secs")
-        dense = SyncSchedule(dense_every_secs, dense_every_data_secs)
+        dense = Schedule(every_secs=config.dense_every_secs,
+                         every_data_secs=config.dense_every_data_secs)
         self.dense_schedule = dense if dense.active else None
-        self.base_schedule = SyncSchedule(base_every_secs) if base_every_secs else None
-        self.row_dtype = row_dtype
+        self.base_schedule = (Schedule(every_secs=config.base_every_secs)
+                              if config.base_every_secs else None)
+        self.row_dtype = config.row_dtype
         self.export_options = dict(export_options or {})
-        self.max_record_bytes = max_record_bytes
-        self.keep_bases = keep_bases
+        self.max_record_bytes = config.max_record_bytes
+        self.keep_bases = config.keep_bases
         self.base_on_begin = base_on_begin
         self.publisher_id = publisher_id or f"{socket.gethostname()}:{os.getpid()}"
         self._writer = tf.summary.create_file_writer(log_dir) if log_dir else None
@@ -138,19 +106,20 @@ class SyncPublisher:
         self.connect()
         newest = list_versions(self.model_base_path)
         if newest:  # continue the numbering of a previous run
-            state = read_sync_state(os.path.join(self.model_base_path, str(newest[-1]))) or {}
+            state = read_sync_state(version_path(self.model_base_path, newest[-1])) or {}
             self.push = max(self.push, int(state.get("push", 0)))
             self.dense_version = max(self.dense_version, int(state.get("dense_version", 0)))
         for table in worker.tables.values():
             table.take_sync_changes()  # the first call starts the record
         if self.base_on_begin:
             self.publish_base(worker)
-        self.sparse_schedule.done(worker)
+        self.sparse_schedule.done(worker.step, worker.data_time)
         if self.dense_schedule:
-            self.dense_schedule.done(worker)
+            self.dense_schedule.done(worker.step, worker.data_time)
 
     def after_step(self, worker):
-        if self.dense_schedule and self.dense_schedule.due(worker):
+        step, data_time = worker.step, worker.data_time
+        if self.dense_schedule and self.dense_schedule.due(step, data_time):
             # Rows first: a dense version reaches replicas after the rows
             # trained with it (a row push due now is never skipped).
             self.push_rows(worker)
@@ -158,9 +127,9 @@ class SyncPublisher:
             self.push_dense(worker)
             if self.base_schedule is None:
                 self.publish_base(worker, dense_version=self.dense_version)
-        elif self.base_schedule and self.base_schedule.due(worker):
+        elif self.base_schedule and self.base_schedule.due(step, data_time):
             self.publish_base(worker)
-        elif self.sparse_schedule.due(worker):
+        elif self.sparse_schedule.due(step, data_time):
             self.push_rows(worker)
 
     def finish(self, worker):
@@ -208,7 +177,7 @@ class SyncPublisher:
             counts["removed"] += len(removed)
         self._producer.flush()
         counts["seconds"] = time.perf_counter() - started
-        self.sparse_schedule.done(worker)
+        self.sparse_schedule.done(worker.step, data_time)
         self._record(worker, counts)
         return counts
 
@@ -225,7 +194,7 @@ class SyncPublisher:
         self._producer.produce(self.topic, record, key=b"dense", partition=0)
         self._producer.flush()
         if self.dense_schedule:
-            self.dense_schedule.done(worker)
+            self.dense_schedule.done(worker.step, worker.data_time)
         self.totals["dense_pushes"] += 1
         if self._writer is not None:
             with self._writer.as_default(step=worker.step):
@@ -242,18 +211,15 @@ class SyncPublisher:
         if dense_version is None:
             self.dense_version += 1
             dense_version = self.dense_version
-        state = {"format": SYNC_STATE_FORMAT, "topic": self.topic,
-                 "offsets": {str(p): o for p, o in self.log.end_offsets(self.topic).items()},
-                 "push": self.push, "step": worker.step, "data_time": worker.data_time,
-                 "dense_version": dense_version, "publisher": self.publisher_id,
-                 "wall_time": time.time()}
+        state = sync_state(self.topic, self.log.end_offsets(self.topic), self.push, worker.step,
+                           worker.data_time, dense_version, self.publisher_id, time.time())
         version = export_version(worker.model, self.model_base_path, sync_state=state,
                                  dense_version=dense_version, **self.export_options)
         self.totals["bases"] += 1
         for old in list_versions(self.model_base_path)[:-self.keep_bases]:
-            shutil.rmtree(os.path.join(self.model_base_path, str(old)), ignore_errors=True)
+            shutil.rmtree(version_path(self.model_base_path, old), ignore_errors=True)
         if self.base_schedule:
-            self.base_schedule.done(worker)
+            self.base_schedule.done(worker.step, worker.data_time)
         return version
 
     def _record(self, worker, counts):

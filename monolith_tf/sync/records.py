@@ -1,8 +1,9 @@
 """The sync stream's records: pushes of rows and dense weights, from the
 training worker to every serving replica (format version 1).
 
-Each record is a serialized ``tf.train.Example`` (no pickle; any TensorFlow
-install reads it). Arrays travel as raw little-endian bytes in ``bytes``
+Each record is a serialized ``tf.train.Example`` (written and read through
+``monolith_tf.example_proto``, without loading TensorFlow; no pickle; any
+TensorFlow install reads it). Arrays travel as raw little-endian bytes in ``bytes``
 features (decoded with ``numpy.frombuffer``: a 10k-row push is a few copies
 of its payload), covered by a CRC-32 so that a flipped bit is a refused
 record, not a wrong row. Fields of every record:
@@ -39,12 +40,14 @@ import time
 import zlib
 
 import numpy as np
-import tensorflow as tf
 from google.protobuf.message import DecodeError
 
+from monolith_tf import example_proto
+from monolith_tf.export_format import check_row_dtype, fits_float16
+
 FORMAT = 1
-ROW_DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
-_FLOAT16_MAX = 65504.0
+# Wire dtypes of the export format's row dtypes.
+WIRE_DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
 
 
 class SyncRecordError(ValueError):
@@ -81,12 +84,11 @@ class DensePush:
     wall_time: float = 0.0
 
 
-def _int64(values):
-    return tf.train.Feature(int64_list=tf.train.Int64List(value=list(values)))
+_int64 = example_proto.int64_feature
 
 
 def _bytes(*values):
-    return tf.train.Feature(bytes_list=tf.train.BytesList(value=list(values)))
+    return example_proto.bytes_feature(values)
 
 
 def _header(kind, push):
@@ -109,7 +111,7 @@ def checksum_of(features):
 
 def _serialize(features):
     features["checksum"] = _int64([checksum_of(features)])
-    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+    return example_proto.Example(features=example_proto.Features(feature=features)).SerializeToString()
 
 
 def encode_rows(push):
@@ -121,11 +123,10 @@ def encode_rows(push):
     if values.ndim != 2 or values.shape[0] != ids.shape[0]:
         raise ValueError(f"values must be [len(ids), dim], got {list(values.shape)} for "
                          f"{ids.shape[0]} ids")
-    if push.row_dtype not in ROW_DTYPES:
-        raise ValueError(f"row_dtype must be one of {sorted(ROW_DTYPES)}, got {push.row_dtype!r}")
-    if push.row_dtype == "float16" and values.size and np.abs(values).max() > _FLOAT16_MAX:
+    check_row_dtype(push.row_dtype)
+    if push.row_dtype == "float16" and not fits_float16(values):
         raise ValueError(f"{push.table}: values beyond float16's range; push float32 rows")
-    wire = np.ascontiguousarray(values, dtype=ROW_DTYPES[push.row_dtype])
+    wire = np.ascontiguousarray(values, dtype=WIRE_DTYPES[push.row_dtype])
     features = _header(b"rows", push)
     features.update({"table": _bytes(push.table.encode()), "dim": _int64([values.shape[1]]),
                      "row_dtype": _bytes(push.row_dtype.encode()), "ids": _bytes(ids.tobytes()),
@@ -162,7 +163,7 @@ def decode(data):
     for anything truncated, corrupt or of another format."""
     if not isinstance(data, (bytes, bytearray, memoryview)) or not data:
         raise SyncRecordError("empty sync record")
-    example = tf.train.Example()
+    example = example_proto.Example()
     try:
         example.ParseFromString(bytes(data))
     except DecodeError as error:
@@ -204,15 +205,15 @@ def _decode_rows(features, payload, common):
     ids_data, values_data, removed_data = payload
     dim = _one(features, "dim")
     row_dtype = _one(features, "row_dtype", "bytes").decode("utf-8", "replace")
-    if row_dtype not in ROW_DTYPES or dim <= 0:
+    if row_dtype not in WIRE_DTYPES or dim <= 0:
         raise SyncRecordError(f"bad row_dtype {row_dtype!r} or dim {dim}")
     if len(ids_data) % 8 or len(removed_data) % 8:
         raise SyncRecordError("ids or removed ids are not whole int64s")
     rows = len(ids_data) // 8
-    if len(values_data) != rows * dim * ROW_DTYPES[row_dtype].itemsize:
+    if len(values_data) != rows * dim * WIRE_DTYPES[row_dtype].itemsize:
         raise SyncRecordError(f"values hold {len(values_data)} bytes, {rows} rows of dim "
-                              f"{dim} need {rows * dim * ROW_DTYPES[row_dtype].itemsize}")
-    values = np.frombuffer(values_data, ROW_DTYPES[row_dtype]).reshape(rows, dim)
+                              f"{dim} need {rows * dim * WIRE_DTYPES[row_dtype].itemsize}")
+    values = np.frombuffer(values_data, WIRE_DTYPES[row_dtype]).reshape(rows, dim)
     return RowsPush(table=_one(features, "table", "bytes").decode("utf-8", "replace"),
                     ids=np.frombuffer(ids_data, "<i8").astype(np.int64),
                     values=values.astype(np.float32),

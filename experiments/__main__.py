@@ -1,8 +1,8 @@
-"""``python -m monolith_tf.experiments {all,collisions,online,memory}``:
+"""``python -m experiments {all,collisions,online,memory}``:
 runs the experiments and writes the report (see the package doc).
 
-    python -m monolith_tf.experiments all [--out docs] [--seeds 5] [--quick]
-    python -m monolith_tf.experiments report [--out docs]   # markdown + plots from the JSON
+    python -m experiments all [--out docs] [--seeds 5] [--quick]
+    python -m experiments report [--out docs]   # markdown + plots from the JSON
 """
 
 import argparse
@@ -10,11 +10,11 @@ import os
 import sys
 import time
 
-from monolith_tf.experiments import EXPERIMENTS, collision_setups, online_setups, report
+from experiments import EXPERIMENTS, collision_setups, online_setups, report
 
 
 def run_collisions(seeds, quick, verbose):
-    from monolith_tf.experiments import collisions
+    from experiments import collisions
 
     section = {}
     for setup in collision_setups(quick):
@@ -25,7 +25,7 @@ def run_collisions(seeds, quick, verbose):
 
 
 def run_online(seeds, quick, verbose):
-    from monolith_tf.experiments import online
+    from experiments import online
 
     section = {}
     for setup in online_setups(quick):
@@ -37,7 +37,7 @@ def run_online(seeds, quick, verbose):
 
 
 def run_memory(seeds, quick, verbose):
-    from monolith_tf.experiments import memory
+    from experiments import memory
 
     # Expiry drops rows idle for 30 steps: a run needs well over 30.
     steps, thresholds = (60, (0, 5)) if quick else (100, memory.THRESHOLDS)
@@ -57,7 +57,7 @@ def run(which=EXPERIMENTS, out_dir="docs", seeds=None, quick=False, verbose=True
         raise ValueError("the verdicts compare seeds: give at least 2")
     started = time.monotonic()
     results = {"meta": {"quick": quick, "seeds": seeds, "machine": report.machine(),
-                        "command": command or "python -m monolith_tf.experiments "
+                        "command": command or "python -m experiments "
                         + " ".join(which), "experiment_seconds": {}}}
     for name in which:
         began = time.monotonic()
@@ -73,7 +73,7 @@ def run(which=EXPERIMENTS, out_dir="docs", seeds=None, quick=False, verbose=True
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m monolith_tf.experiments",
+    parser = argparse.ArgumentParser(prog="python -m experiments",
                                      description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("experiment", choices=("all",) + EXPERIMENTS + ("report",),
@@ -91,7 +91,7 @@ def main(argv=None):
         print("wrote", report.write(results, out))
         return
     which = EXPERIMENTS if args.experiment == "all" else (args.experiment,)
-    command = "python -m monolith_tf.experiments " + " ".join(
+    command = "python -m experiments " + " ".join(
         a for a in (argv if argv is not None else sys.argv[1:]))
     run(which, os.path.abspath(args.out), None if args.seeds is None else range(args.seeds),
         quick=args.quick, verbose=not args.quiet, command=command)

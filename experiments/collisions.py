@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from monolith_tf.experiments import data as datasets
-from monolith_tf.experiments.models import deepfm
-from monolith_tf.experiments.stats import auc
+from experiments import data as datasets
+from experiments.models import deepfm
+from experiments.stats import auc
 
 EXACT = "exact"
 #: arm name -> collision rate per field (None: raw ids).

@@ -16,7 +16,7 @@ configuration.
 import numpy as np
 import tensorflow as tf
 
-from monolith_tf.experiments.stats import auc
+from experiments.stats import auc
 from monolith_tf.layers import HashEmbeddingCollection
 
 BATCH, DIM = 4096, 8

@@ -1,20 +1,18 @@
-"""Parameter sync, serving side: following the sync stream and applying it.
+"""Parameter sync, replica side: following the sync stream and applying it
+through a sink.
 
-``SyncFollower`` reads the sync topic (``monolith_tf.serving.sync_format``
-records) from a position, decodes each record, applies it through
-``apply(push, record)`` in order, and sends what it cannot apply (truncated,
-corrupt, unknown table, wrong dim, ...) to a dead-letter topic with nothing
-of it applied, counting each by reason; it keeps going. Its position comes
-from the base version being served: a base records the stream offsets it
-covers (``read_sync_state``), records below them are skipped, and on each
-new base the follower seeks back to its offsets and replays what follows,
-so a replica started late or restarted catches up. Re-applying a record is
-harmless: every record holds full row values, in stream order.
-
-``ServerSubscriber`` (``python -m monolith_tf serve --sync``) applies to a
-``ModelServer`` in place; the version switch and each record's application
-hold the same lock, so no record lands on a version that already covers it.
-``monolith_tf.serving.sync_agent`` does the same against any TF Serving.
+``SyncFollower`` reads the sync topic (``monolith_tf.sync.records``) from a
+position, decodes each record, hands it to its sink (``monolith_tf.sync.sinks``:
+our model server in process, or any TF Serving over gRPC) in order, and
+sends what the sink cannot apply (truncated, corrupt, unknown table, wrong
+dim, ...) to a dead-letter topic with nothing of it applied, counting each
+by reason; it keeps going. Its position comes from the base version being
+served: a base records the stream offsets it covers (``export_format.
+read_sync_state``), records below them are skipped, and on each new base
+(the sink calls ``rebase``) the follower seeks back to its offsets and
+replays what follows, so a replica started late or restarted catches up.
+Re-applying a record is harmless: every record holds full row values, in
+stream order.
 """
 
 import logging
@@ -23,26 +21,28 @@ import time
 import uuid
 
 from monolith_tf.serving.errors import ServingError
-from monolith_tf.serving.export import read_sync_state
-from monolith_tf.serving.sync_format import DensePush, SyncRecordError, decode
+from monolith_tf.sync.records import DensePush, SyncRecordError, decode
+from monolith_tf.topics import SYNC_DEAD_LETTER_TOPIC, SYNC_TOPIC
 
 _log = logging.getLogger(__name__)
 
 
 class SyncFollower:
-    """Reads the sync topic and applies it in order (module doc). Subclasses
-    implement ``apply(push, record)`` (raising ServingError for a push that
-    must be refused) and call ``rebase(offsets)`` when a new base serves.
+    """Reads the sync topic and applies it in order through ``sink`` (module
+    doc).
 
     Args:
       log: the ``monolith_tf.streaming`` log holding the topic.
+      sink: a ``monolith_tf.sync.sinks.SyncSink``: applies pushes and calls
+        ``rebase(offsets)`` when a new base serves.
       topic: the sync topic; ``dead_letter_topic``: where refused records go.
       poll_timeout: seconds one poll waits for records.
     """
 
-    def __init__(self, log, topic="sync", dead_letter_topic="sync_dead_letter",
+    def __init__(self, log, sink, topic=SYNC_TOPIC, dead_letter_topic=SYNC_DEAD_LETTER_TOPIC,
                  poll_timeout=0.1):
-        self.log, self.topic, self.dead_letter_topic = log, topic, dead_letter_topic
+        self.log, self.sink = log, sink
+        self.topic, self.dead_letter_topic = topic, dead_letter_topic
         self.poll_timeout = poll_timeout
         self._consumer = None
         self._producer = None
@@ -67,11 +67,13 @@ class SyncFollower:
         self._producer = self.log.producer()
         self._thread = threading.Thread(target=self._run, name="sync-follower", daemon=True)
         self._thread.start()
+        self.sink.attach(self)
         return self
 
     def stop(self):
         """Stops following (the record being applied finishes)."""
         self._stop.set()
+        self.sink.detach()
         if self._thread is not None:
             self._thread.join()
         for client in (self._consumer, self._producer):
@@ -113,7 +115,7 @@ class SyncFollower:
         except SyncRecordError as error:
             return self._reject(record, "corrupt", str(error))
         try:
-            applied = self.apply(push, record)
+            applied = self.sink.apply(push, lambda: self.covered(record))
         except ServingError as error:
             return self._reject(record, "refused", error.message)
         if not applied:
@@ -127,14 +129,7 @@ class SyncFollower:
             self.counters["removed"] += len(push.removed)
         self.last_applied = (record.partition, record.offset, time.time() - push.wall_time,
                              push.data_time)
-        self.applied(push, record)
-
-    def applied(self, push, record):
-        """Called after each applied record (metrics)."""
-
-    def apply(self, push, record):
-        """Applies ``push``; returns False if skipped (already covered)."""
-        raise NotImplementedError
+        self.sink.applied(push, record)
 
     def _reject(self, record, reason, message):
         _log.warning("sync record at %s:%d refused (%s): %s", record.topic, record.offset,
@@ -144,10 +139,7 @@ class SyncFollower:
         value = record.value if record.value is not None else b""
         self._producer.produce(self.dead_letter_topic, value, key=record.key)
         self._producer.flush()
-        self.rejected_record(reason)
-
-    def rejected_record(self, reason):
-        """Called after each refused record (metrics)."""
+        self.sink.rejected(reason)
 
     def wait_until_applied(self, offsets, timeout):
         """Waits until every record below ``offsets`` ({partition: offset})
@@ -160,50 +152,3 @@ class SyncFollower:
                 return True
             time.sleep(0.01)
         return False
-
-
-class ServerSubscriber(SyncFollower):
-    """Applies the sync stream to a ``ModelServer`` in place (module doc)."""
-
-    def __init__(self, server, log, **options):
-        super().__init__(log, **options)
-        self.server = server
-        server.manager.add_load_listener(self._version_loaded)
-
-    def start(self):
-        super().start()
-        if self.server.version is not None:  # loaded before the listener was added
-            with self.server.manager.updating() as current:
-                self._version_loaded(current)
-        return self
-
-    def _version_loaded(self, servable):
-        """Runs under the server's update lock at every version switch."""
-        state = read_sync_state(servable.path)
-        if state is None:
-            _log.warning("version %s has no sync state: following the stream from its end",
-                         servable.version)
-            self.rebase(self.log.end_offsets(self.topic))
-        else:
-            self.rebase(state["offsets"])
-
-    def apply(self, push, record):
-        with self.server.manager.updating() as servable:
-            if self.covered(record):
-                return False
-            if isinstance(push, DensePush):
-                servable.swap_dense(push.weights, push.version)
-            else:
-                servable.check_rows(push.table, push.ids, push.values)
-                if len(push.removed):
-                    servable.remove_rows(push.table, push.removed, push.data_time)
-                if len(push.ids):
-                    servable.apply_rows(push.table, push.ids, push.values, push.data_time)
-            return True
-
-    def applied(self, push, record):
-        self.server.metrics.sync_applied(type(push).__name__, time.time() - push.wall_time,
-                                         record.offset)
-
-    def rejected_record(self, reason):
-        self.server.metrics.sync_rejected(reason)

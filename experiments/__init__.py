@@ -1,6 +1,6 @@
 """The Monolith paper's claims, rerun here with numbers and their spread.
 
-``python -m monolith_tf.experiments all`` (or ``make experiments``) runs:
+``python -m experiments all`` (or ``make experiments``) runs:
 
 - ``collisions``: a collisionless table against MD5 collision hashing at
   stated collision rates (``collisions.py``), on ml-100k and on a synthetic
@@ -18,8 +18,8 @@ number) and PNG plots beside them, from scratch. ``--quick`` runs the
 reduced version the test suite runs.
 """
 
-from monolith_tf.experiments.collisions import CollisionSetup, ml100k_split, zipf_split
-from monolith_tf.experiments.data import DriftConfig
+from experiments.collisions import CollisionSetup, ml100k_split, zipf_split
+from experiments.data import DriftConfig
 
 EXPERIMENTS = ("collisions", "online", "memory")
 
@@ -47,8 +47,8 @@ def collision_setups(quick=False):
 
 def online_setups(quick=False):
     """The datasets of the online experiment (full or reduced)."""
-    from monolith_tf.experiments import data
-    from monolith_tf.experiments.online import OnlineSetup
+    from experiments import data
+    from experiments.online import OnlineSetup
 
     ml100k = data.ml100k_examples()
     ml100k_setup = OnlineSetup("ml-100k (time order)", ml100k, ["user_id", "item_id"],
