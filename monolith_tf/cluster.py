@@ -23,7 +23,7 @@ import time
 
 import tensorflow as tf
 
-import monolith_tf  # noqa: F401 - loads the op library in this process
+from monolith_tf import ops  # noqa: F401 - loads the op library in this process
 
 
 def _free_port():

@@ -2,8 +2,10 @@
 
 Every module that needs a monolith op imports ``table_ops`` from here. A
 SavedModel that holds a HashTable can only be loaded in a process that has
-imported ``monolith_tf`` (or loaded ``libmonolith_ops.so`` itself), because
-TensorFlow must know the ops before it reads the graph.
+imported this module (``import monolith_tf.ops``; ``monolith_tf.layers`` and
+``monolith_tf.table`` import it too) or loaded ``libmonolith_ops.so`` itself,
+because TensorFlow must know the ops before it reads the graph. A bare
+``import monolith_tf`` loads nothing (its exports are lazy).
 """
 
 import os

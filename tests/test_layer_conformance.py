@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import monolith_tf  # noqa: F401  (loads the ops)
+import monolith_tf.ops  # noqa: F401  (loads the ops)
 from monolith_tf.layers import HashEmbedding, HashEmbeddingCollection
 
 keras = tf.keras

@@ -87,3 +87,53 @@ def test_no_module_imports_private_names_of_another():
                 offenders += [f"{name}: {module}.{n}" for n in names
                               if n.startswith("_") and not n.startswith("__")]
     assert offenders == []
+
+
+def _reachable(start, graph):
+    seen, stack = set(), [start]
+    while stack:
+        for target in graph[stack.pop()]:
+            if target not in seen:
+                seen.add(target)
+                stack.append(target)
+    return seen
+
+
+TRAINER_SIDE = ["monolith_tf.training", "monolith_tf.sync.publisher", "monolith_tf.export",
+                "monolith_tf.checkpoint_policy", "monolith_tf.layers", "monolith_tf.cli.train_cmd"]
+SERVER_SIDE = ["monolith_tf.serving.server", "monolith_tf.sync.follower",
+               "monolith_tf.sync.sinks", "monolith_tf.sync.replica",
+               "monolith_tf.cli.serve_cmd", "monolith_tf.cli.sync_agent_cmd"]
+KERAS_AND_CHECKPOINTS = {"monolith_tf.layers", "monolith_tf.export", "monolith_tf.training",
+                         "monolith_tf.sparse_checkpoint", "monolith_tf.dense_checkpoint",
+                         "monolith_tf.checkpoint_policy"}
+
+
+@pytest.mark.parametrize("module", TRAINER_SIDE)
+def test_the_trainer_side_does_not_import_the_server(module):
+    reached = _reachable(module, _graph())
+    assert not {m for m in reached if m.startswith("monolith_tf.serving")}, module
+
+
+@pytest.mark.parametrize("module", SERVER_SIDE)
+def test_the_server_and_agent_import_no_keras_layers_or_checkpointers(module):
+    assert not _reachable(module, _graph()) & KERAS_AND_CHECKPOINTS, module
+
+
+def test_the_graph_sees_imports_it_guards():
+    """The checks above would pass on an empty graph: the graph must see the
+    edges that do exist."""
+    graph = _graph()
+    assert "monolith_tf.serving.server" in _reachable("monolith_tf.sync.replica", graph)
+    assert "monolith_tf.layers" in _reachable("monolith_tf.sync.publisher", graph)
+
+
+def test_the_package_imports_nothing_eagerly():
+    """``monolith_tf/__init__.py`` imports no submodule at module level: its
+    exports load on first use."""
+    tree = MODULES["monolith_tf"]
+    eager = [node.module for node in tree.body
+             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("monolith_tf")]
+    eager += [alias.name for node in tree.body if isinstance(node, ast.Import)
+              for alias in node.names if alias.name.startswith("monolith_tf")]
+    assert eager == []

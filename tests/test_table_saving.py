@@ -100,7 +100,7 @@ def test_saved_model_loads_in_a_fresh_process(tmp_path):
     expected = (table.lookup(probe) * 2.0).numpy()
     script = (
         "import json, sys, numpy as np, tensorflow as tf\n"
-        "import monolith_tf  # registers the ops before loading\n"
+        "import monolith_tf.ops  # registers the ops before loading\n"
         "m = tf.saved_model.load(sys.argv[1])\n"
         "ids = tf.constant(json.loads(sys.argv[2]), tf.int64)\n"
         "out = m.serve(ids).numpy()\n"

@@ -1,7 +1,6 @@
 """The model server against real clients: official gRPC stubs and plain HTTP
 in TF Serving's JSON formats, compared with the export called in-process."""
 
-import json
 import threading
 import time
 
@@ -9,7 +8,6 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from google.protobuf import json_format as protobuf_json
 from tensorflow_serving.apis import get_model_metadata_pb2
 
 from clients import GrpcClient, columns, http, rows
