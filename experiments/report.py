@@ -16,7 +16,7 @@ import numpy as np
 from experiments.stats import (DOES_NOT_HOLD, HOLDS, SIGMAS, WITHIN_NOISE, compare,
                                            format_mean_std)
 
-JSON_NAME, MARKDOWN_NAME = "experiments.json", "experiments.md"
+JSON_NAME = "experiments.json"
 
 
 def machine():

@@ -22,6 +22,11 @@ from monolith_tf.topics import SYNC_TOPIC
 RESUME_POLICIES = ("consistent", "latest", None)
 
 
+def _require_count(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class CheckpointConfig:
     """When the worker saves and what it resumes from
@@ -53,10 +58,7 @@ class CheckpointConfig:
                              f"got {self.resume!r}")
         if self.full_every < 1:
             raise ValueError(f"full_every must be >= 1, got {self.full_every!r}")
-        if isinstance(self.max_save_failures, bool) or not isinstance(
-                self.max_save_failures, int) or self.max_save_failures < 1:
-            raise ValueError(f"max_save_failures must be an int >= 1, "
-                             f"got {self.max_save_failures!r}")
+        _require_count("max_save_failures", self.max_save_failures)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,10 +79,7 @@ class WorkerConfig:
     steps_in_flight: int = 1
 
     def __post_init__(self):
-        if isinstance(self.steps_in_flight, bool) or not isinstance(
-                self.steps_in_flight, int) or self.steps_in_flight < 1:
-            raise ValueError(f"steps_in_flight must be an int >= 1, "
-                             f"got {self.steps_in_flight!r}")
+        _require_count("steps_in_flight", self.steps_in_flight)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,7 +21,7 @@ without this package's op library. Signatures:
   all dense weights at once and returns ``version``. Inputs follow
   ``model.variables`` order without the hash layers' counters (listed in
   ``assets/monolith_serving.json``).
-Table names are ``<layer name>/<feature>`` (see ``table_names``); an
+Table names are ``<layer name>/<feature>`` (``schema.table_name``); an
 unknown table name is an InvalidArgumentError and changes nothing. A stock
 hash table takes a shared lock to find and an exclusive one to insert or
 remove, so a lookup sees each row wholly old or wholly new.
@@ -58,16 +58,11 @@ import tensorflow as tf
 from monolith_tf.dense_checkpoint import as_tf_variable
 from monolith_tf.export_format import (FLOAT16_MAX, check_row_dtype, fits_float16, list_versions,
                                        version_path, write_metadata_file, write_sync_state)
-from monolith_tf.layers import hash_embedding_layers, model_tables
+from monolith_tf.layers import hash_embedding_layers
 from monolith_tf.schema import table_name
 from monolith_tf.sparse_checkpoint import write_error_parts
 
 keras = tf.keras
-
-
-def table_names(model):
-    """Names of the model's tables in the exported ``upsert`` signature."""
-    return list(model_tables(model))
 
 
 def _input_specs(model):

@@ -90,7 +90,6 @@ class SyncPublisher(StepTask):
         self._begun = False
         self.push = 0
         self.dense_version = 0
-        self.last_push = {}      # rows, removed, bytes, records, seconds of the newest push
         self.totals = {"pushes": 0, "rows": 0, "removed": 0, "bytes": 0, "dense_pushes": 0,
                        "bases": 0}
 
@@ -223,7 +222,6 @@ class SyncPublisher(StepTask):
         return version
 
     def _record(self, worker, counts):
-        self.last_push = counts
         self.totals["pushes"] += 1
         for key in ("rows", "removed", "bytes"):
             self.totals[key] += counts[key]

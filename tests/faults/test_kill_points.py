@@ -18,8 +18,7 @@ import pytest
 
 from monolith_tf.schema import table_file_name
 from monolith_tf.sparse_checkpoint import list_checkpoints, read_manifest
-from monolith_tf.streaming import open_log
-from monolith_tf.sync.replica import Replica
+from replica_rows import served_rows
 from test_training import _final_state, write_ratings
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -100,21 +99,12 @@ def test_worker_killed_at_20_seeded_points_ends_equal_to_an_uninterrupted_run(tm
 
     # A replica following the crashed run's sync stream (newest base, then
     # the records after it) serves exactly the final rows.
-    replica = Replica(str(crashed / "models"), open_log({"path": str(crashed / "sync")}),
-                      port=0, rest_api_port=None, poll_seconds=0.05).start()
-    try:
-        replica.wait_for_version(timeout=60)
-        replica.catch_up(timeout=60)
-        servable = replica.server.manager.servable(replica.model_name)
-        served = {t["name"] for t in servable.facts["tables"]}
-        assert {table_file_name(name) for name in served} == sparse_a.keys()
-        for name in served:
-            ids, values = servable.table_rows(name)
-            trained = sparse_a[table_file_name(name)]
-            np.testing.assert_array_equal(ids, trained["keys"], err_msg=name)
-            np.testing.assert_array_equal(values, trained["values"], err_msg=name)
-    finally:
-        replica.stop()
+    served = served_rows(str(crashed / "models"), str(crashed / "sync"))
+    assert {table_file_name(name) for name in served} == sparse_a.keys()
+    for name, (ids, values) in served.items():
+        trained = sparse_a[table_file_name(name)]
+        np.testing.assert_array_equal(ids, trained["keys"], err_msg=name)
+        np.testing.assert_array_equal(values, trained["values"], err_msg=name)
 
 
 JOINER_POINTS = {"joiner.emitted": 15, "joiner.snapshot": 2, "joiner.committed": 2}
