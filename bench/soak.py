@@ -37,11 +37,10 @@ import tensorflow as tf  # noqa: E402
 
 import monolith_tf as mt  # noqa: E402
 from monolith_tf.streaming import open_log  # noqa: E402
-from monolith_tf.streaming.dataset import ExampleStream  # noqa: E402
+from monolith_tf.streaming.dataset import ExampleStream, joined_feature_spec  # noqa: E402
 from monolith_tf.streaming.joiner import Joiner, JoinerConfig  # noqa: E402
 from monolith_tf.streaming.records import (ActionRecord, FeatureRecord,  # noqa: E402
-                                           encode_action, encode_feature,
-                                           joined_feature_spec)
+                                           encode_action, encode_feature)
 from monolith_tf.training import TrainingWorker  # noqa: E402
 from monolith_tf.step_task import StepTask  # noqa: E402
 
