@@ -141,6 +141,16 @@ class ServerConfig:
     num_batch_threads: Optional[int] = None
 
 
+@dataclasses.dataclass(frozen=True)
+class AgentConfig:
+    """The sync agent's calls to a TF Serving (``monolith_tf.sync.sinks.
+    RemoteServingSink``): status_every_secs, wall seconds between
+    ``GetModelStatus`` polls; rpc_timeout, seconds per call."""
+
+    status_every_secs: float = 1.0
+    rpc_timeout: float = 30.0
+
+
 def field_names(config_class):
     """The field names of a config dataclass."""
     return {field.name for field in dataclasses.fields(config_class)}

@@ -109,10 +109,10 @@ class TrainingWorker:
         worker_options = {k: v for k, v in options.items() if k in field_names(WorkerConfig)}
         config = with_options(config, WorkerConfig, worker_options)
         checkpoint_options = {k: v for k, v in options.items() if k not in worker_options}
-        if checkpoints is True:
-            checkpoints = None  # the default checkpoints
-        checkpoint_config = with_options(checkpoints or None, CheckpointConfig,
-                                         checkpoint_options)  # checks the options' names
+        # True or None: the default checkpoints; False: none (options still checked).
+        checkpoint_config = with_options(
+            checkpoints if isinstance(checkpoints, CheckpointConfig) else None,
+            CheckpointConfig, checkpoint_options)
         if checkpoints is False:
             checkpoint_config = None
         if getattr(model, "optimizer", None) is None:

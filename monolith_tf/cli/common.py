@@ -12,8 +12,6 @@ import tempfile
 from monolith_tf import config as config_lib
 from monolith_tf.topics import ACTIONS_TOPIC, FEATURES_TOPIC
 
-ROW_DTYPES = ("float32", "float16")
-
 
 def config_flag(parser, flag, config_class, field, **argparse_options):
     """Adds ``flag`` with the default that ``config_class`` declares for

@@ -1,7 +1,8 @@
 """``export MODEL OUT``: a saved Keras model with HashEmbedding layers ->
 a stock-ops serving SavedModel."""
 
-from monolith_tf.cli.common import ROW_DTYPES, import_tensorflow_quietly
+from monolith_tf.cli.common import import_tensorflow_quietly
+from monolith_tf.export_format import ROW_DTYPES
 
 NAME, HELP = "export", "stock-ops serving SavedModel"
 

@@ -5,8 +5,9 @@ checkpointers."""
 
 import json
 
-from monolith_tf.cli.common import import_tensorflow_quietly, log_config, stop_on_signals
-from monolith_tf.config import ServerConfig
+from monolith_tf.cli.common import (config_flag, import_tensorflow_quietly, log_config,
+                                    stop_on_signals)
+from monolith_tf.config import AgentConfig, ServerConfig
 from monolith_tf.topics import SYNC_DEAD_LETTER_TOPIC, SYNC_TOPIC
 
 NAME, HELP = "sync-agent", "apply the sync stream to any TF Serving"
@@ -20,7 +21,7 @@ def add_arguments(parser):
     parser.add_argument("--model_base_path", required=True)
     parser.add_argument("--sync_topic", default=SYNC_TOPIC)
     parser.add_argument("--sync_dead_letter_topic", default=SYNC_DEAD_LETTER_TOPIC)
-    parser.add_argument("--status_every_secs", type=float, default=1.0)
+    config_flag(parser, "--status_every_secs", AgentConfig, "status_every_secs", type=float)
     parser.add_argument("--max_seconds", type=float)
 
 

@@ -7,9 +7,9 @@ import importlib.util
 import json
 import os
 
-from monolith_tf.cli.common import (ROW_DTYPES, config_flag, import_tensorflow_quietly,
-                                    log_config, name_value)
+from monolith_tf.cli.common import config_flag, import_tensorflow_quietly, log_config, name_value
 from monolith_tf.config import CheckpointConfig, SyncConfig, WorkerConfig
+from monolith_tf.export_format import ROW_DTYPES
 
 NAME, HELP = "train", "train a job's model on files"
 

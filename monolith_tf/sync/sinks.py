@@ -32,6 +32,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import (get_model_status_pb2, model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc)
 
+from monolith_tf.config import AgentConfig
 from monolith_tf.export_format import read_metadata, read_sync_state, version_path
 from monolith_tf.serving.errors import ServingError, invalid
 from monolith_tf.sync.records import DensePush
@@ -80,7 +81,7 @@ class ServableSink:
                 self._version_loaded(current)
 
     def detach(self):
-        pass  # the server's listener stays; without a follower it does nothing
+        self._follower = None  # the server's listener stays; without one it does nothing
 
     def _version_loaded(self, servable):
         """Runs under the server's update lock at every version switch."""
@@ -128,8 +129,9 @@ class RemoteServingSink:
     under ``model_base_path`` (module doc). ``rpc_timeout``: seconds per
     call."""
 
-    def __init__(self, target, model_name, model_base_path, status_every_secs=1.0,
-                 rpc_timeout=30.0):
+    def __init__(self, target, model_name, model_base_path,
+                 status_every_secs=AgentConfig.status_every_secs,
+                 rpc_timeout=AgentConfig.rpc_timeout):
         self.model_name, self.model_base_path = model_name, model_base_path
         self.status_every_secs, self.rpc_timeout = status_every_secs, rpc_timeout
         self._channel = grpc.insecure_channel(target, options=[
