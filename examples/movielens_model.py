@@ -12,7 +12,10 @@ import os
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+
+from monolith_tf.quiet_start import import_tensorflow  # noqa: E402
+
+tf = import_tensorflow()  # without its start-up lines (set TF_CPP_MIN_LOG_LEVEL to see them)
 import tensorflow_recommenders as tfrs  # noqa: E402
 
 from monolith_tf.datasets import movielens  # noqa: E402

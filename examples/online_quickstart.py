@@ -28,9 +28,10 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-import tensorflow as tf  # noqa: E402
-
 import monolith_tf as mt  # noqa: E402
+from monolith_tf.quiet_start import import_tensorflow  # noqa: E402
+
+tf = import_tensorflow()  # without its start-up lines (set TF_CPP_MIN_LOG_LEVEL to see them)
 from monolith_tf.datasets import movielens  # noqa: E402
 from monolith_tf.streaming.dataset import POSITION_KEY, ExampleStream  # noqa: E402
 from monolith_tf.streaming.joiner import Joiner, JoinerConfig  # noqa: E402

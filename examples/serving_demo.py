@@ -24,8 +24,11 @@ import urllib.request
 
 import grpc
 import numpy as np
-import tensorflow as tf
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+from monolith_tf.quiet_start import import_tensorflow
+
+tf = import_tensorflow()  # without its start-up lines (set TF_CPP_MIN_LOG_LEVEL to see them)
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: E402
 
 USERS = [1, 13, 405]
 MOVIES = [50, 181, 258]

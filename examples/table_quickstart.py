@@ -16,9 +16,11 @@ import tempfile
 import time
 
 import numpy as np
-import tensorflow as tf
 
 import monolith_tf as mt
+from monolith_tf.quiet_start import import_tensorflow
+
+tf = import_tensorflow()  # without its start-up lines (set TF_CPP_MIN_LOG_LEVEL to see them)
 
 
 def synthetic_batches(rng, batch_size):

@@ -1,13 +1,9 @@
-"""What several subcommands share: log flags, NAME=VALUE options, quiet
-TensorFlow start-up, and flags whose defaults come from the typed configs."""
+"""What several subcommands share: log flags, NAME=VALUE options, signal
+handling, and flags whose defaults come from the typed configs."""
 
 import argparse
 import contextlib
-import importlib
 import json
-import os
-import sys
-import tempfile
 
 from monolith_tf import config as config_lib
 from monolith_tf.topics import ACTIONS_TOPIC, FEATURES_TOPIC
@@ -71,32 +67,6 @@ def open_log_from_args(args):
     if args.log is not None:
         return open_log({"path": args.log, "fsync": args.fsync})
     return open_log({"bootstrap.servers": args.kafka, **dict(args.kafka_config)})
-
-
-def import_tensorflow_quietly():
-    """Imports TensorFlow without its start-up lines (oneDNN, CUDA probes,
-    cuInit) unless the user set ``TF_CPP_MIN_LOG_LEVEL`` themselves. The
-    C++ libraries print some of those lines while they load, before any
-    log level applies, so standard error is set aside during the import and
-    given back whole if the import fails."""
-    if "tensorflow" in sys.modules or "TF_CPP_MIN_LOG_LEVEL" in os.environ:
-        importlib.import_module("tensorflow")
-        return
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            importlib.import_module("tensorflow")
-        except BaseException:
-            os.dup2(saved, 2)
-            captured.seek(0)
-            sys.stderr.write(captured.read().decode("utf-8", "replace"))
-            raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
 
 
 @contextlib.contextmanager

@@ -1,8 +1,8 @@
 """``export MODEL OUT``: a saved Keras model with HashEmbedding layers ->
 a stock-ops serving SavedModel."""
 
-from monolith_tf.cli.common import import_tensorflow_quietly
 from monolith_tf.export_format import ROW_DTYPES
+from monolith_tf.quiet_start import import_tensorflow
 
 NAME, HELP = "export", "stock-ops serving SavedModel"
 
@@ -20,7 +20,7 @@ def run(args):
 
 def export(model_path, out, row_dtype="float32"):
     """Loads a saved Keras model and writes the stock-ops serving SavedModel."""
-    import_tensorflow_quietly()
+    import_tensorflow()
     import tensorflow as tf
 
     from monolith_tf import layers  # noqa: F401  (registers the layers, loads the ops)

@@ -4,6 +4,8 @@ manifests only; no TensorFlow)."""
 import json
 import os
 
+from monolith_tf.quiet_start import import_tensorflow
+
 NAME, HELP = "inspect", "summarize sparse checkpoints"
 
 
@@ -20,6 +22,7 @@ def run(args):
 
 def inspect(directory, as_json=False):
     """Prints (or returns, for as_json) a summary of the sparse checkpoints."""
+    import_tensorflow()  # the checkpoint module loads it
     from monolith_tf.sparse_checkpoint import CheckpointError, list_checkpoints, read_manifest
 
     if not os.path.isdir(directory):

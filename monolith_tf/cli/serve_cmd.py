@@ -5,8 +5,9 @@ applies the sync stream while serving."""
 
 import json
 
-from monolith_tf.cli.common import config_flag, import_tensorflow_quietly, log_config
+from monolith_tf.cli.common import config_flag, log_config, stop_on_signals
 from monolith_tf.config import ServerConfig
+from monolith_tf.quiet_start import import_tensorflow
 from monolith_tf.topics import SYNC_DEAD_LETTER_TOPIC, SYNC_TOPIC
 
 NAME, HELP = "serve", "TF Serving-compatible model server"
@@ -69,9 +70,7 @@ def run(args):
     ``--sync``) until SIGTERM or SIGINT (or --max_seconds), then stops it
     gracefully. Prints a JSON line with the bound addresses once it
     listens."""
-    from monolith_tf.cli.common import stop_on_signals
-
-    import_tensorflow_quietly()
+    import_tensorflow()
     from monolith_tf.streaming import open_log
     from monolith_tf.sync.replica import Replica
 

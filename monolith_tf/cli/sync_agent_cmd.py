@@ -5,9 +5,9 @@ checkpointers."""
 
 import json
 
-from monolith_tf.cli.common import (config_flag, import_tensorflow_quietly, log_config,
-                                    stop_on_signals)
+from monolith_tf.cli.common import config_flag, log_config, stop_on_signals
 from monolith_tf.config import AgentConfig, ServerConfig
+from monolith_tf.quiet_start import import_tensorflow
 from monolith_tf.topics import SYNC_DEAD_LETTER_TOPIC, SYNC_TOPIC
 
 NAME, HELP = "sync-agent", "apply the sync stream to any TF Serving"
@@ -27,7 +27,7 @@ def add_arguments(parser):
 
 def run(args):
     """Runs the sync agent until SIGTERM or SIGINT (or --max_seconds)."""
-    import_tensorflow_quietly()
+    import_tensorflow()
     from monolith_tf.streaming import open_log
     from monolith_tf.sync.follower import SyncFollower
     from monolith_tf.sync.sinks import RemoteServingSink

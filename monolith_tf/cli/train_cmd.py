@@ -7,9 +7,10 @@ import importlib.util
 import json
 import os
 
-from monolith_tf.cli.common import config_flag, import_tensorflow_quietly, log_config, name_value
+from monolith_tf.cli.common import config_flag, log_config, name_value
 from monolith_tf.config import CheckpointConfig, SyncConfig, WorkerConfig
 from monolith_tf.export_format import ROW_DTYPES
+from monolith_tf.quiet_start import import_tensorflow
 
 NAME, HELP = "train", "train a job's model on files"
 
@@ -92,7 +93,7 @@ def run(args):
     missing = [path for path in args.data if not os.path.exists(path)]
     if missing:
         raise ValueError(f"data files not found: {missing}")
-    import_tensorflow_quietly()
+    import_tensorflow()
     import tensorflow as tf
 
     job = load_job(args.job)
