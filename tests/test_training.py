@@ -7,7 +7,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import numpy as np
@@ -18,6 +17,7 @@ import monolith_tf as mt
 from monolith_tf.dense_checkpoint import DenseCheckpointError
 from monolith_tf.sparse_checkpoint import SparseCheckpointer, list_checkpoints, read_manifest
 from monolith_tf.training import TrainingWorker
+from signal_scenarios import signalled_run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "examples"))
@@ -172,27 +172,16 @@ def test_tensorboard_has_loss_metrics_throughput_and_table_stats(tmp_path):
 
 def test_unbounded_stream_stops_on_time_budget_and_on_signal(tmp_path):
     data = write_ratings(tmp_path / "u.data", 10 * BATCH)
-    stream = stream_of(data)
-    result = worker(fresh_model(), tmp_path / "timed").train(stream, max_seconds=2)
+    result = worker(fresh_model(), tmp_path / "timed").train(stream_of(data), max_seconds=2)
     assert result["stop_reason"] == "max_seconds" and result["steps"] >= 1
 
-    model = fresh_model()
-    trainer = worker(model, tmp_path / "signalled")
-    timer = threading.Timer(3.0, os.kill, (os.getpid(), signal.SIGTERM))
-    timer.start()
-    try:
-        result = trainer.train(stream)
-    finally:
-        timer.cancel()
-    assert result["stop_reason"] == "signal"
+    # SIGTERM from outside, to a worker in a child process (never to pytest).
+    stopped = signalled_run("file_stream", tmp_path)
+    assert stopped["stop_reason"] == "signal" and stopped["steps"] >= 3
     # The final save pairs a dense checkpoint with a sparse one at the last step.
-    newest = trainer.checkpoint_policy.dense.checkpoints()[-1]
-    step, sequence = trainer.checkpoint_policy.dense.peek(newest)
-    assert step == result["steps"]
-    sparse = [p for seq, _, p in list_checkpoints(trainer.checkpoint_policy.sparse.directory)
-              if seq == sequence]
-    assert read_manifest(sparse[0])["metadata"]["step"] == step
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert stopped["dense_step"] == stopped["steps"]
+    assert stopped["sparse_steps"] == [stopped["steps"]]
+    assert stopped["handler_restored"]
 
 
 def test_resume_policies_and_schedules(tmp_path):

@@ -102,29 +102,34 @@ def test_corrupt_sparse_checkpoint_file_is_named_or_falls_back(tmp_path, seed):
 
 @pytest.mark.parametrize("seed", range(6))
 def test_corrupt_dense_checkpoint_is_named_and_the_previous_one_restores(tmp_path, seed):
+    """A corrupt newest dense checkpoint either raises DenseCheckpointError
+    naming it or, where the damage left the file valid (a flip in padding),
+    restores exactly the values saved in it; the previous one restores."""
     rng = np.random.default_rng(seed)
     model = tf.keras.Sequential([tf.keras.Input((8,)), tf.keras.layers.Dense(4)])
     model.compile("adam", "mse")
     model.fit(np.ones((4, 8)), np.ones((4, 4)), verbose=0)
     saver = DenseCheckpointer(str(tmp_path), model)
     older = saver.save(1)
-    saved = [np.array(w) for w in model.get_weights()]
+    saved_older = [np.array(w) for w in model.get_weights()]
     model.fit(np.ones((4, 8)), np.zeros((4, 4)), verbose=0)
     newest = saver.save(2)
+    saved_newest = [np.array(w) for w in model.get_weights()]
     victim = sorted(glob.glob(newest + ".*"))[seed % 2]   # .data-* or .index
     what = flip_or_truncate(victim, rng)
+    # Weights unlike either save: a restore that silently did nothing shows.
+    model.set_weights([np.full_like(w, 7.0) for w in saved_newest])
     try:
         saver.restore(newest)
-        # A flip in padding or an unused byte may leave the file valid: then the
-        # values must be exactly what was saved (TF checks a CRC per tensor).
-        restored_ok = True
     except DenseCheckpointError as error:
         assert newest in str(error), error
-        restored_ok = False
-    if restored_ok:
+    else:
         assert "bit flip" in what, f"{what} in {victim} was accepted"
+        for want, got in zip(saved_newest, model.get_weights()):
+            np.testing.assert_array_equal(got, want, err_msg=f"{what} in {victim} restored "
+                                          "other values than were saved")
     saver.restore(older)
-    for want, got in zip(saved, model.get_weights()):
+    for want, got in zip(saved_older, model.get_weights()):
         np.testing.assert_array_equal(want, got)
 
 
@@ -223,7 +228,8 @@ def test_random_bytes_as_feature_and_action_records_are_dead_lettered_and_counte
     assert sum(log.end_offsets("examples").values()) >= 100
 
 
-TABLE = mt.HashTable(3, initializer="zeros", optimizer="adagrad")
+DIM = 3
+TABLE = mt.HashTable(DIM, initializer="zeros", optimizer="adagrad")
 TABLE.lookup(tf.constant([1, 2, 3], tf.int64), training=True)
 VALUE_DTYPES = [tf.float32, tf.float64, tf.int64, tf.string]
 
@@ -234,6 +240,46 @@ def _rows(table):
     return {k: v.numpy()[order] for k, v in exported.items()}
 
 
+def _by_key(rows):
+    """{key: {field: value}} of ``_rows``' output."""
+    return {int(key): {field: rows[field][i] for field in rows if field != "keys"}
+            for i, key in enumerate(rows["keys"])}
+
+
+def _dtype_error(ids_dtype, values_dtype, ids_name, values_name):
+    """The conversion error a table method gives first (ids are converted
+    before values), or None: ints widen to int64, floats narrow to float32,
+    nothing else converts."""
+    if ids_dtype == tf.float32:
+        return f"{ids_name} must be int64, got float32"
+    if values_dtype in (tf.int64, tf.string):
+        return f"{values_name} must be float32, got {values_dtype.name}"
+    return None
+
+
+def _expected_outcome(call, id_shape, value_shape, value_dtype, id_dtype, chunk, num_chunks):
+    """What ``call`` must give for these inputs: ("ok", None) or
+    ("invalid", a regular expression of the message)."""
+    if call == "assign":
+        error = _dtype_error(id_dtype, value_dtype, "ids", "values")
+        if error is None and value_shape != id_shape + [DIM]:
+            error = r"values must have shape ids.shape \+ \[dim\]"
+    elif call == "remove":
+        error = _dtype_error(id_dtype, tf.float32, "ids", "values")
+    elif call == "import_rows":
+        n = int(np.prod(id_shape)) if id_shape else 1
+        error = _dtype_error(id_dtype, value_dtype, "keys", "values")
+        if error is None and len(id_shape) != 1:
+            error = "keys must be 1-D"
+        elif error is None and value_shape != [n, DIM]:
+            error = r"values must have shape \[" + str(n)
+        # The state has the values' shape, which is also Adagrad's [n, dim].
+    else:
+        error = None if 0 <= chunk < num_chunks else \
+            r"export chunk must be in \[0, num_chunks\) with num_chunks >= 1"
+    return ("ok", None) if error is None else ("invalid", error)
+
+
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(id_shape=st.lists(st.integers(0, 4), max_size=3),
        value_shape=st.lists(st.integers(0, 5), max_size=3),
@@ -242,28 +288,73 @@ def _rows(table):
        chunk=st.integers(-2, 3), num_chunks=st.integers(-1, 3))
 def test_fuzz_assign_remove_import_export(id_shape, value_shape, value_dtype, id_dtype, chunk,
                                           num_chunks):
-    """Each op succeeds or raises InvalidArgumentError; one that raises
-    changes no row (the table is compared in full)."""
+    """Each input gets exactly the outcome the table's contract gives it:
+    InvalidArgumentError with the message of its first defect (dtype, then
+    shape) and no row changed, or success with exactly its effect (assigned
+    and imported rows hold the given values, last duplicate winning; removed
+    ids are gone and counted once; an export chunk holds the table's rows)."""
     rng = np.random.default_rng(len(id_shape) * 11 + len(value_shape))
-    ids = tf.cast(tf.constant(rng.integers(0, 6, size=id_shape)), id_dtype)
+    id_values = rng.integers(0, 6, size=id_shape)
+    ids = tf.cast(tf.constant(id_values), id_dtype)
     raw = rng.normal(size=value_shape)
     values = tf.constant(raw.astype(str)) if value_dtype == tf.string else \
         tf.cast(tf.constant(raw), value_dtype)
     n = int(np.prod(id_shape)) if id_shape else 1
-    calls = [
-        lambda: TABLE.assign(ids, values),
-        lambda: TABLE.remove(ids),
-        lambda: TABLE.import_rows(ids, values, values, tf.zeros([n], tf.int64),
-                                  tf.zeros([n], tf.int64)),
-        lambda: TABLE.export(chunk, num_chunks),
-    ]
-    for call in calls:
-        before = _rows(TABLE)
-        try:
-            call()
-        except (Invalid, ValueError, TypeError):
-            after = _rows(TABLE)
-            for field in before:
-                np.testing.assert_array_equal(before[field], after[field])
-    TABLE.assign(tf.constant([1, 2, 3], tf.int64), tf.zeros([3, 3]))
-    assert TABLE.lookup(tf.constant([1], tf.int64)).shape == (1, 3)
+    calls = {
+        "assign": lambda: TABLE.assign(ids, values),
+        "remove": lambda: TABLE.remove(ids),
+        "import_rows": lambda: TABLE.import_rows(ids, values, values, tf.zeros([n], tf.int64),
+                                                 tf.zeros([n], tf.int64)),
+        "export": lambda: TABLE.export(chunk, num_chunks),
+    }
+    given_rows = np.asarray(raw, np.float32).reshape(-1, DIM) if value_shape[-1:] == [DIM] \
+        else None
+    for name, call in calls.items():
+        before = _by_key(_rows(TABLE))
+        outcome, message = _expected_outcome(name, id_shape, value_shape, value_dtype,
+                                             id_dtype, chunk, num_chunks)
+        if outcome == "invalid":
+            with pytest.raises(Invalid, match=message):
+                call()
+            after = _by_key(_rows(TABLE))
+            assert after.keys() == before.keys(), name
+            for key in before:
+                for field in before[key]:
+                    np.testing.assert_array_equal(after[key][field], before[key][field],
+                                                  err_msg=f"{name} changed {field} of {key}")
+            continue
+        result = call()
+        after = _by_key(_rows(TABLE))
+        keys = [int(k) for k in id_values.ravel()]
+        if name == "assign":
+            assert set(after) == set(before) | set(keys)
+            for i, key in enumerate(keys):
+                if key not in keys[i + 1:]:   # the last duplicate wins
+                    np.testing.assert_array_equal(after[key]["values"], given_rows[i])
+                if key in before:             # an existing row keeps its optimizer state
+                    np.testing.assert_array_equal(after[key]["state"], before[key]["state"])
+        elif name == "remove":
+            assert int(result) == len(set(keys) & set(before))
+            assert set(after) == set(before) - set(keys)
+        elif name == "import_rows":
+            assert set(after) == set(before) | set(keys)
+            for i, key in enumerate(keys):
+                if key not in keys[i + 1:]:
+                    for field in ("values", "state"):
+                        np.testing.assert_array_equal(after[key][field], given_rows[i])
+                    assert after[key]["timestamps"] == 0 and after[key]["counts"] == 0
+        else:
+            chunk_keys = [int(k) for k in result["keys"].numpy()]
+            assert len(chunk_keys) == len(set(chunk_keys)) and set(chunk_keys) <= set(before)
+            for i, key in enumerate(chunk_keys):
+                np.testing.assert_array_equal(result["values"].numpy()[i],
+                                              before[key]["values"])
+            if num_chunks == 1:
+                assert set(chunk_keys) == set(before)
+        untouched = set(before) - set(keys) if name != "export" else set(before)
+        for key in untouched & set(after):
+            for field in before[key]:
+                np.testing.assert_array_equal(after[key][field], before[key][field],
+                                              err_msg=f"{name} changed {field} of {key}")
+    TABLE.assign(tf.constant([1, 2, 3], tf.int64), tf.zeros([3, DIM]))
+    assert TABLE.lookup(tf.constant([1], tf.int64)).shape == (1, DIM)

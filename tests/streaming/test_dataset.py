@@ -146,18 +146,10 @@ def test_feature_selection_and_bad_arguments(tmp_path):
 
 
 def test_sigterm_stops_a_worker_waiting_on_a_quiet_stream(tmp_path):
-    import os
-    import signal
-    import threading
+    """SIGTERM from outside, to a worker in a child process that trained
+    the log's two batches and waits for more (never to pytest itself)."""
+    from signal_scenarios import signalled_run
 
-    log = EmbeddedLog(str(tmp_path / "log"))
-    fill(log, 2 * BATCH)
-    worker = TrainingWorker(compiled(), str(tmp_path / "run"), verbose=0)
-    timer = threading.Timer(3.0, os.kill, (os.getpid(), signal.SIGTERM))
-    timer.start()
-    try:
-        result = worker.train(stream_of(log))   # no budget, no idle timeout
-    finally:
-        timer.cancel()
-    assert result["stop_reason"] == "signal" and result["examples"] == 2 * BATCH
-    assert worker.stream_position == [2 * BATCH]
+    stopped = signalled_run("quiet_stream", tmp_path)
+    assert stopped["stop_reason"] == "signal" and stopped["examples"] == 2 * BATCH
+    assert stopped["stream_position"] == [2 * BATCH]
