@@ -175,7 +175,9 @@ def test_replica_killed_mid_stream_and_restarted_ends_equal(tmp_path):
     import signal
     import subprocess
     import sys
+    import socket
     import time
+    import urllib.request
 
     from clients import GrpcClient
 
@@ -186,29 +188,76 @@ def test_replica_killed_mid_stream_and_restarted_ends_equal(tmp_path):
     worker = TrainingWorker(model, str(tmp_path / "run"), checkpoints=False, verbose=0,
                             tasks=[publisher], log_every_steps=1000)
 
+    def free_port():
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            return probe.getsockname()[1]
+
     def start_replica():
         process = subprocess.Popen(
             [sys.executable, "-m", "monolith_tf", "serve", f"--model_base_path={base}",
-             "--model_name=ctr", "--port=0", "--rest_api_port=0", f"--sync={log_dir}",
+             "--model_name=ctr", "--port=0", f"--rest_api_port={free_port()}", f"--sync={log_dir}",
              "--file_system_poll_wait_seconds=0.1"],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
             env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
         started = json.loads(process.stdout.readline())
-        return process, int(started["grpc"].rsplit(":", 1)[1])
+        return process, int(started["grpc"].rsplit(":", 1)[1]), started["rest"]
 
     class Port:
         def __init__(self, port):
             self.grpc_port = port
 
-    worker.train(batches(30, seed=3))            # base version 1 and some pushes
-    replica, port = start_replica()
+    def applied_offset(rest):
+        """The newest sync offset the replica applied (its metrics), or -1."""
+        with urllib.request.urlopen(f"{rest}/monitoring/prometheus/metrics", timeout=10) as reply:
+            for line in reply.read().decode().splitlines():
+                if line.startswith("monolith_serving_sync_offset "):
+                    return float(line.split()[1])
+        return -1
+
+    class KillReplicaAt(StepTask):
+        """SIGKILLs the replica between two steps of a training run that
+        pushes rows every 0.01 s, once the replica applied a push of this
+        run: it dies following the stream, with pushes before and after."""
+
+        def __init__(self, step, first_offset):
+            self.kill_step, self.first_offset = step, first_offset
+            self.killed_at = self.pushes_at_kill = None
+
+        def after_step(self, worker):
+            if worker.step != self.kill_step:
+                return
+            deadline = time.monotonic() + 60
+            while applied_offset(rest) < self.first_offset:
+                assert time.monotonic() < deadline, "the replica applied no push of this run"
+                time.sleep(0.05)
+            replica.send_signal(signal.SIGKILL)     # mid-stream, no goodbye
+            self.killed_at, self.pushes_at_kill = worker.step, publisher.totals["pushes"]
+
+    # One dataset in four phases of 30 steps: each train() call continues it
+    # (a new dataset would continue at the finished epoch's end and train nothing).
+    data = batches(30, seed=3)
+    for seed, start_time in ((4, 100), (5, 200), (6, 300)):
+        data = data.concatenate(batches(30, seed=seed, start_time=start_time))
+
+    def train_phase(phase):
+        assert worker.train(data, max_steps=30 * phase)["steps"] == 30 * phase
+
+    train_phase(1)                               # base version 1 and some pushes
+    replica, port, rest = start_replica()
     try:
-        worker.train(batches(30, seed=4, start_time=100))
-        replica.send_signal(signal.SIGKILL)      # mid-stream, no goodbye
-        replica.wait(30)
-        worker.train(batches(30, seed=5, start_time=200))   # pushes while it is down
-        replica, port = start_replica()
-        worker.train(batches(30, seed=6, start_time=300))
+        pushes_before = publisher.totals["pushes"]
+        killer = KillReplicaAt(45, first_offset=sum(log.end_offsets("sync").values()))
+        worker.tasks.append(killer)
+        train_phase(2)
+        worker.tasks.remove(killer)
+        # Pushes flowed on both sides of the kill.
+        assert killer.killed_at == 45
+        assert pushes_before < killer.pushes_at_kill < publisher.totals["pushes"]
+        assert replica.wait(30) == -signal.SIGKILL
+        train_phase(3)                           # pushes while it is down
+        replica, port, rest = start_replica()
+        train_phase(4)
         publisher.push_dense(worker)
         users = np.arange(3000, dtype=np.int64)
         probe = {"user": users, "tags": np.stack([users % 100, (users * 7) % 100], axis=1),
