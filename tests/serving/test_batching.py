@@ -48,16 +48,18 @@ def run_concurrently(batcher, requests):
 
 
 def test_concurrent_requests_are_merged_and_split_back():
+    """The batch fills exactly at max_batch_size (the rows of all eight
+    requests), long before its 30 s timeout: one merged call, however
+    slowly the requests' threads start."""
     model = SlowModel()
-    batcher = RequestBatcher(model, max_batch_size=64, batch_timeout_seconds=0.02, threads=1)
     requests = [{"x": np.full((i + 1, 3), float(i), np.float32)} for i in range(8)]
+    total = sum(len(r["x"]) for r in requests)
+    batcher = RequestBatcher(model, max_batch_size=total, batch_timeout_seconds=30, threads=1)
     results = run_concurrently(batcher, requests)
     batcher.close()
     for i, result in enumerate(results):
         np.testing.assert_array_equal(result["y"], np.full((i + 1, 3), 2.0 * i))
-    assert len(model.calls) < len(requests)          # some calls were merged
-    assert sum(model.calls) == sum(range(1, 9))
-    assert max(model.calls) <= 64
+    assert model.calls == [total]
 
 
 def test_merged_call_respects_max_batch_size():
@@ -66,15 +68,20 @@ def test_merged_call_respects_max_batch_size():
     results = run_concurrently(batcher, [{"x": np.ones((4, 1), np.float32)}] * 9)
     batcher.close()
     assert all(r["y"].shape == (4, 1) for r in results)
-    assert max(model.calls) <= 8
+    # Whatever merged (that depends on timing), no call exceeded 10 rows and
+    # every row ran once: calls of 4 or 8 rows.
+    assert set(model.calls) <= {4, 8} and sum(model.calls) == 36
 
 
 def test_a_bad_request_fails_alone():
     model = SlowModel()
-    batcher = RequestBatcher(model, max_batch_size=64, batch_timeout_seconds=0.02, threads=1)
+    # All six merge (the batch fills at 12 rows); the merged call fails, so
+    # each request runs alone.
+    batcher = RequestBatcher(model, max_batch_size=12, batch_timeout_seconds=30, threads=1)
     requests = [{"x": np.full((2, 1), -1.0 if i == 3 else 1.0, np.float32)} for i in range(6)]
     results = run_concurrently(batcher, requests)
     batcher.close()
+    assert model.calls == [12] + [2] * 6
     assert isinstance(results[3], ServingError)
     assert results[3].code == grpc.StatusCode.INVALID_ARGUMENT
     for i, result in enumerate(results):
@@ -84,9 +91,10 @@ def test_a_bad_request_fails_alone():
 
 def test_outputs_not_batch_major_run_per_request():
     model = SlowModel(batch_major=False)
-    batcher = RequestBatcher(model, max_batch_size=64, batch_timeout_seconds=0.02, threads=1)
+    batcher = RequestBatcher(model, max_batch_size=10, batch_timeout_seconds=30, threads=1)
     requests = [{"x": np.full((2,), float(i), np.float32)} for i in range(5)]
     results = run_concurrently(batcher, requests)
     batcher.close()
+    assert model.calls == [10] + [2] * 5   # merged, not splittable, then one by one
     for i, result in enumerate(results):
         assert float(result["total"]) == pytest.approx(2.0 * i)  # this request's sum alone

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from clients import GrpcClient, http, rows
-from serving_fixtures import PROBE
+from serving_fixtures import PROBE, predict_in_process, reference
 
 
 class _Ports:
@@ -48,8 +48,10 @@ def test_serve_command_answers_and_stops_on_sigterm(base_path, tmp_path):
         client = GrpcClient(ports)
         outputs, _ = client.predict(PROBE)
         client.close()
-        np.testing.assert_allclose(outputs["output"].ravel(),
-                                   np.array(reply["predictions"]).ravel(), rtol=1e-6)
+        # Both APIs answer what the export predicts when called in this process.
+        want = predict_in_process(reference(os.path.join(base_path, "1"))).ravel()
+        np.testing.assert_allclose(outputs["output"].ravel(), want, rtol=1e-6)
+        np.testing.assert_allclose(np.array(reply["predictions"]).ravel(), want, rtol=1e-6)
         process.send_signal(signal.SIGTERM)
         out, err = process.communicate(timeout=60)
         assert process.returncode == 0, err[-3000:]

@@ -79,6 +79,10 @@ def test_no_failed_request_and_no_mixed_version_under_updates(model, tmp_path, b
     lock = threading.Lock()
     deadline = time.monotonic() + MAX_SECONDS
 
+    def observed_dense():
+        with lock:
+            return dense_seen_of(seen)
+
     def match(prediction, versions):
         hits = [(v, key) for v in versions for key, value in expected[v].items()
                 if np.allclose(prediction, value, rtol=1e-5, atol=1e-5)]
@@ -121,12 +125,19 @@ def test_no_failed_request_and_no_mixed_version_under_updates(model, tmp_path, b
                     assert_eventually(lambda: server.version == 2, seconds=60)
                 server.swap_dense(dense_weights(base_weights, SWAPS[i]), SWAPS[i])
                 swaps += 1
+                # Clients see each swapped-in version before updates go on,
+                # however slowly they run (gates on what was observed).
+                version = 2 if i > NEW_VERSION_AT else 1
+                assert_eventually(lambda: (version, SWAPS[i]) in observed_dense(), seconds=60)
             state = "A" if i % 2 else "B"
             ids = np.array([PROBED_USER, 10_000 + i], np.int64)
             applied += server.apply_rows("collection/user", ids,
                                          np.repeat(ROW_STATES[state], 2, axis=0))
             time.sleep(0.002)
-        time.sleep(0.3)  # a last stretch of requests on the final state
+        # A last stretch on the final state: until 200 responses were checked
+        # in all and, with batching, some model call served several requests.
+        assert_eventually(lambda: len(seen) + len(unmatched) > 200
+                          and (not batching or merged_calls(server) > 0), seconds=60)
     finally:
         done.set()
         for client in clients:
@@ -138,12 +149,8 @@ def test_no_failed_request_and_no_mixed_version_under_updates(model, tmp_path, b
           f"(model version, dense version) seen: {sorted(dense_seen_of(seen))}")
     assert failures == [], failures[:5]
     if batching:  # some model calls served several requests
-        merged = [line for line in metrics.splitlines()
-                  if line.startswith('monolith_serving_batched_requests_bucket{le="1.0"}')
-                  or line.startswith("monolith_serving_batched_requests_count")]
-        single, calls = (float(line.rsplit(" ", 1)[1]) for line in merged)
-        print(f"model calls: {calls:.0f}, of which merged: {calls - single:.0f}")
-        assert calls - single > 0
+        print(f"merged model calls: {merged_calls_in(metrics):.0f}")
+        assert merged_calls_in(metrics) > 0
     assert unmatched == [], unmatched[:5]
     assert applied == 2 * UPDATES and swaps == len(SWAPS)
     assert len(seen) > 200
@@ -154,6 +161,18 @@ def test_no_failed_request_and_no_mixed_version_under_updates(model, tmp_path, b
     last_state = "A" if (UPDATES - 1) % 2 else "B"
     np.testing.assert_allclose(final[0]["output"].ravel(), expected[2][(3, last_state)],
                                rtol=1e-5, atol=1e-5)
+
+
+def merged_calls_in(metrics):
+    """Model calls that served more than one request, from the exposition."""
+    values = {line.split(" ")[0]: float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+              if line.startswith("monolith_serving_batched_requests_")}
+    return values["monolith_serving_batched_requests_count"] - \
+        values['monolith_serving_batched_requests_bucket{le="1.0"}']
+
+
+def merged_calls(server):
+    return merged_calls_in(http(server, "/monitoring/prometheus/metrics")[1])
 
 
 def dense_seen_of(seen):
