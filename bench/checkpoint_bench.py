@@ -132,14 +132,14 @@ def restore_tf_checkpoint(rows, directory):
                   "restore_extra": memory.peak - memory.start_rss - table_bytes})
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--touched", type=int, default=10_000)
     parser.add_argument("--worker", choices=("ours", "tf_checkpoint", "restore_ours",
                                              "restore_tf_checkpoint"))
     parser.add_argument("--dir")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.worker == "ours":
         worker_ours(args.rows, args.touched, args.dir)
     elif args.worker == "tf_checkpoint":

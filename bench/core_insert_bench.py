@@ -13,12 +13,12 @@ import numpy as np
 from monolith_tf import _core
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("--keys", type=int, default=1_000_000)
     parser.add_argument("--batch", type=int, default=65536)
     parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     n, batch = args.keys, args.batch
     rng = np.random.default_rng(0)
     print("| dim | initializer | fresh memory M keys/s | reused memory M keys/s (best of 3) |")

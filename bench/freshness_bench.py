@@ -281,7 +281,7 @@ def pct(values, q):
     return float(np.percentile(values, q)) if len(values) else float("nan")
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--probes", type=int, default=200)
@@ -292,7 +292,7 @@ def main():
     parser.add_argument("--log", help=argparse.SUPPRESS)
     parser.add_argument("--base", help=argparse.SUPPRESS)
     parser.add_argument("--interval", type=float, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.role == "trainer":
         return run_trainer(args.log, args.base, args.interval)
     runs = [run_interval(float(x), args) for x in args.intervals.split(",")]

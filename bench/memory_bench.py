@@ -27,14 +27,14 @@ def run_worker(threshold, expire, steps):
     return run_config(threshold, bool(expire), steps)
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--thresholds", default="0,1,2,5")
     parser.add_argument("--plot", help="write a PNG chart here")
     parser.add_argument("--worker", nargs=2, type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.worker:
         workers.emit(run_worker(args.worker[0], args.worker[1], args.steps))
         return

@@ -132,7 +132,7 @@ def run_system(system, num_keys, dim, batch, repeats):
     return result
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--peer-python", default=".venv-peers/bin/python",
@@ -145,7 +145,7 @@ def main():
     parser.add_argument("--systems", default=",".join(SYSTEMS),
                         help="comma-separated subset of " + ", ".join(SYSTEMS))
     parser.add_argument("--worker", choices=SYSTEMS, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.worker:
         workers.emit(run_system(args.worker, args.keys, args.dim, args.batch, args.repeats))
         return

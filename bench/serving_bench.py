@@ -307,7 +307,7 @@ def cpu_ratio(row, baseline):
     return f"{row['cpu_ms_per_call'] / baseline['cpu_ms_per_call']:.2f}x"
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--users", type=int, default=100_000)
@@ -322,7 +322,7 @@ def main():
                         help="alternations of the p99 runs without and with updates")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--serve-with-updates", metavar="BASE", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.serve_with_updates:
         return serve_with_updates(args.serve_with_updates, args.update_rate, args.users)
     base = tempfile.mkdtemp(prefix="serving_bench_")

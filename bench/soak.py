@@ -191,13 +191,13 @@ def soak(seconds, directory):
     return slopes(sampler.samples), sampler.samples, counters
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=600)
     parser.add_argument("--dir", default=os.path.join(REPO, "build", "soak"))
     parser.add_argument("--json", help="write the samples and summary here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     import shutil
     shutil.rmtree(args.dir, ignore_errors=True)
     summary, samples, counters = soak(args.seconds, args.dir)

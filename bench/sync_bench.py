@@ -33,13 +33,13 @@ class _Worker:
         self.tables, self.step, self.data_time = tables, 0, 0
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--touched", type=int, default=10_000)
     parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     import tensorflow as tf
 
     from monolith_tf.streaming import open_log

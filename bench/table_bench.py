@@ -200,7 +200,7 @@ def run_system(system, num_keys, dim, batch, repeats, warm_bytes):
     return result
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--keys", default="1000000,10000000")
@@ -214,7 +214,7 @@ def main():
                              "at most 12 GiB; 0 skips)")
     parser.add_argument("--worker", nargs=3, metavar=("SYSTEM", "KEYS", "DIM"),
                         help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.worker:
         system, keys, dim = args.worker[0], int(args.worker[1]), int(args.worker[2])
         warm = args.warm_bytes if args.warm_bytes >= 0 else min(3 * keys * payload_bytes(dim),

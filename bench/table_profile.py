@@ -120,7 +120,7 @@ def rate(step, batches, seconds):
     return calls * int(batches[0].shape[0]) / timed / 1e6, calls, timed
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--op", choices=("lookup", "gather", "insert_reused", "assign_reused",
@@ -132,7 +132,7 @@ def main():
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--window", type=float, default=1.0,
                         help="seconds per window of a comparison")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     rng = np.random.default_rng(0)
     keys = np.unique(rng.integers(1, 2**62, size=int(args.keys * 1.01), dtype=np.int64))
     keys = rng.permutation(keys)[:args.keys]

@@ -135,14 +135,14 @@ def spawn(kind, mlp, steps, rows):
                        f"{kind} {mlp}", env={"TF_USE_LEGACY_KERAS": "1"})
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--mlps", nargs="+", default=["64,32", "256,128"])
     parser.add_argument("--worker", choices=["hash", "dense", "remapped", "worker"], help=argparse.SUPPRESS)
     parser.add_argument("--rows", default="[]", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.worker:
         mlp = [int(w) for w in args.mlps[0].split(",")]
         result = run_worker(args.worker, mlp, args.steps, json.loads(args.rows))

@@ -1,7 +1,15 @@
 """Runs a benchmark's measurements in fresh worker processes (so each system
 starts with clean memory and its own TensorFlow) and reads back one JSON
-result line each."""
+result line each.
 
+``BENCH_IN_PROCESS=1`` runs each worker by calling its script's
+``main(argv)`` in this process instead: the figures lose their isolation
+(memory, warm caches), so it is for the test suite's smoke runs, which check
+that a bench runs end to end, not its figures."""
+
+import contextlib
+import importlib
+import io
 import json
 import os
 import subprocess
@@ -21,6 +29,8 @@ def run(script, args, what, env=None, python=None):
     """Parent side: runs ``script`` with ``args`` in a new Python process
     (``python``, default this one's) and returns its result dict; on failure
     prints the worker's stderr tail and exits naming ``what``."""
+    if os.environ.get("BENCH_IN_PROCESS") == "1" and python is None and not env:
+        return _run_in_process(script, args, what)
     command = [python or sys.executable, os.path.abspath(script)] + [str(a) for a in args]
     environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env or {}))
     out = subprocess.run(command, capture_output=True, text=True, env=environment)
@@ -28,6 +38,23 @@ def run(script, args, what, env=None, python=None):
     if out.returncode != 0 or not lines:
         sys.stderr.write(out.stderr[-3000:])
         raise SystemExit(f"{what} failed")
+    return json.loads(lines[-1][len(_PREFIX):])
+
+
+def _run_in_process(script, args, what):
+    """``run`` without a new process (module doc): the script's module is
+    imported by name from its directory and its ``main`` called with
+    ``args``; its printed result line is read back."""
+    directory = os.path.dirname(os.path.abspath(script))
+    if directory not in sys.path:
+        sys.path.insert(0, directory)
+    module = importlib.import_module(os.path.splitext(os.path.basename(script))[0])
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        module.main([str(a) for a in args])
+    lines = [line for line in printed.getvalue().splitlines() if line.startswith(_PREFIX)]
+    if not lines:
+        raise SystemExit(f"{what} failed: no result line")
     return json.loads(lines[-1][len(_PREFIX):])
 
 

@@ -1,6 +1,11 @@
-"""The benchmark script runs end to end on tiny sizes (its figures are not
-checked here: speed targets live in bench/RESULTS.md, not in tests)."""
+"""The benchmark scripts run end to end on tiny sizes (their figures are
+not checked here: speed targets live in bench/RESULTS.md, not in tests).
+Benches run in this process through their ``main(argv)``, their worker
+processes too (``BENCH_IN_PROCESS=1``, bench/workers.py); those whose point
+is other processes (a server, a cluster, the trainer of the freshness
+probe) or another Keras (the training bench's tf_keras workers) start them."""
 
+import importlib
 import json
 import os
 import subprocess
@@ -11,26 +16,37 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.fixture
+def bench(monkeypatch, capsys):
+    """``bench(name, *argv)`` runs ``bench/<name>.py``'s ``main(argv)`` here
+    and returns what it printed."""
+    monkeypatch.setenv("BENCH_IN_PROCESS", "1")
+    monkeypatch.syspath_prepend(os.path.join(REPO, "bench"))
+
+    def run(name, *argv):
+        module = importlib.import_module(name)
+        capsys.readouterr()
+        module.main([str(a) for a in argv])
+        return capsys.readouterr().out
+    return run
+
+
 @pytest.mark.slow
-def test_table_bench_runs(tmp_path):
+def test_table_bench_runs(tmp_path, bench):
     out = tmp_path / "bench.json"
-    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3")
-    result = subprocess.run(
-        [sys.executable, os.path.join(REPO, "bench", "table_bench.py"), "--keys", "20000",
-         "--dims", "8", "--batch", "4096", "--repeats", "2", "--warm-bytes", "0",
-         "--json", str(out)],
-        capture_output=True, text=True, env=env, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    printed = bench("table_bench", "--keys", 20000, "--dims", 8, "--batch", 4096,
+                    "--repeats", 2, "--warm-bytes", 0, "--json", out)
     rows = json.loads(out.read_text())
     assert len(rows) == 1
     for system in ("monolith", "dense_hash_table", "dense_gather"):
         assert rows[0][system]["lookup"] > 0
         assert rows[0][system]["adagrad"] > 0
     assert rows[0]["monolith"]["insert"] > 0
-    assert "| 20,000 | 8 |" in result.stdout
+    assert "| 20,000 | 8 |" in printed
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_train_bench_runs():
     env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3")
     result = subprocess.run(
@@ -42,28 +58,19 @@ def test_train_bench_runs():
 
 
 @pytest.mark.slow
-def test_memory_bench_runs(tmp_path):
-    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3")
+def test_memory_bench_runs(tmp_path, bench):
     plot = tmp_path / "memory.png"
-    result = subprocess.run(
-        [sys.executable, os.path.join(REPO, "bench", "memory_bench.py"), "--steps", "12",
-         "--thresholds", "0,2", "--plot", str(plot)],
-        capture_output=True, text=True, env=env, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    rows = [line for line in result.stdout.splitlines() if line.startswith("| 0 |")
+    printed = bench("memory_bench", "--steps", 12, "--thresholds", "0,2", "--plot", plot)
+    rows = [line for line in printed.splitlines() if line.startswith("| 0 |")
             or line.startswith("| 2 |")]
     assert len(rows) == 4
     assert plot.stat().st_size > 1000
 
 
 @pytest.mark.slow
-def test_checkpoint_bench_runs():
-    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3")
-    result = subprocess.run(
-        [sys.executable, os.path.join(REPO, "bench", "checkpoint_bench.py"), "--rows", "30000",
-         "--touched", "300"], capture_output=True, text=True, env=env, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    rows = {line.split("|")[1].strip(): line for line in result.stdout.splitlines()
+def test_checkpoint_bench_runs(bench):
+    printed = bench("checkpoint_bench", "--rows", 30000, "--touched", 300)
+    rows = {line.split("|")[1].strip(): line for line in printed.splitlines()
             if line.startswith("| ours") or line.startswith("| tf_checkpoint")}
     assert set(rows) == {"ours", "tf_checkpoint"}
     # The delta holds 300 of 30,000 rows: 1% of the full size, plus headers.
@@ -72,6 +79,7 @@ def test_checkpoint_bench_runs():
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_joiner_bench_runs():
     env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3")
     result = subprocess.run(
@@ -84,6 +92,7 @@ def test_joiner_bench_runs():
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_serving_bench_runs():
     env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3")
     result = subprocess.run(
@@ -97,14 +106,11 @@ def test_serving_bench_runs():
 
 
 @pytest.mark.slow
-def test_sync_and_freshness_benches_run():
+@pytest.mark.integration
+def test_sync_and_freshness_benches_run(bench):
+    printed = bench("sync_bench", "--rows", 20000, "--touched", 500, "--repeats", 2)
+    assert "push size" in printed and "| sync push:" in printed
     env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3")
-    result = subprocess.run(
-        [sys.executable, os.path.join(REPO, "bench", "sync_bench.py"), "--rows", "20000",
-         "--touched", "500", "--repeats", "2"],
-        capture_output=True, text=True, env=env, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "push size" in result.stdout and "| sync push:" in result.stdout
     result = subprocess.run(
         [sys.executable, os.path.join(REPO, "bench", "freshness_bench.py"), "--probes", "3",
          "--intervals", "1", "--probe-every", "0.5"],
@@ -115,6 +121,7 @@ def test_sync_and_freshness_benches_run():
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_ps_bench_one_configuration_runs():
     env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3")
     result = subprocess.run(
@@ -127,50 +134,37 @@ def test_ps_bench_one_configuration_runs():
 
 
 @pytest.mark.slow
-def test_peers_bench_runs_without_the_peer_virtualenv():
+def test_peers_bench_runs_without_the_peer_virtualenv(bench, capsys):
     """Ours against the dense limit (TFRA needs `make bench-peers`' own
     virtualenv, which the test suite does not build)."""
-    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3")
-    result = subprocess.run(
-        [sys.executable, os.path.join(REPO, "bench", "peers_bench.py"), "--systems",
-         "ours,gather", "--keys", "20000", "--batch", "4096", "--repeats", "2", "--rounds", "1"],
-        capture_output=True, text=True, env=env, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    rows = {line.split("|")[1].strip(): line for line in result.stdout.splitlines()
+    printed = bench("peers_bench", "--systems", "ours,gather", "--keys", 20000, "--batch", 4096,
+                    "--repeats", 2, "--rounds", 1)
+    rows = {line.split("|")[1].strip(): line for line in printed.splitlines()
             if line.startswith("| ") and "---" not in line}
     assert rows["lookup, present ids"].count("x (") == 1  # a ratio against dense only
     assert float(rows["Adagrad apply (rows)"].split("|")[2]) > 0
-    bad = subprocess.run(
-        [sys.executable, os.path.join(REPO, "bench", "peers_bench.py"), "--systems", "ours,hbm"],
-        capture_output=True, text=True, env=env, timeout=120)
-    assert bad.returncode == 2 and "unknown systems ['hbm']" in bad.stderr
+    with pytest.raises(SystemExit) as exit_info:
+        bench("peers_bench", "--systems", "ours,hbm")
+    assert exit_info.value.code == 2 and "unknown systems ['hbm']" in capsys.readouterr().err
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("op", ["lookup", "gather", "insert_reused", "assign_reused", "scatter",
                                 "adagrad"])
-def test_table_profile_loop_runs(op):
-    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3")
-    result = subprocess.run(
-        [sys.executable, os.path.join(REPO, "bench", "table_profile.py"), "--op", op,
-         "--keys", "20000", "--batch", "4096", "--seconds", "0.5"],
-        capture_output=True, text=True, env=env, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.startswith(f"{op}: ") and " M ids/s " in result.stdout
+def test_table_profile_loop_runs(op, bench):
+    printed = bench("table_profile", "--op", op, "--keys", 20000, "--batch", 4096,
+                    "--seconds", 0.5)
+    assert printed.startswith(f"{op}: ") and " M ids/s " in printed
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("comparison,ours,dense", [("lookup_vs_gather", "lookup", "gather"),
                                                   ("insert_vs_scatter", "insert_reused", "scatter")])
-def test_table_profile_compares_with_the_dense_limit_in_one_process(comparison, ours, dense):
-    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3")
-    result = subprocess.run(
-        [sys.executable, os.path.join(REPO, "bench", "table_profile.py"),
-         "--op", comparison, "--keys", "20000", "--batch", "4096",
-         "--seconds", "1.2", "--window", "0.2"],
-        capture_output=True, text=True, env=env, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    lines = result.stdout.splitlines()
+def test_table_profile_compares_with_the_dense_limit_in_one_process(comparison, ours, dense,
+                                                                    bench):
+    printed = bench("table_profile", "--op", comparison, "--keys", 20000, "--batch", 4096,
+                    "--seconds", 1.2, "--window", 0.2)
+    lines = printed.splitlines()
     assert lines[0].startswith(f"| window | {ours}, M ids/s | ")
     windows = [line.split("|")[1:5] for line in lines if line.startswith("| ") and "window" not in line]
     assert len(windows) == 3  # 1.2 s in windows of 0.2 s, two ops each
@@ -181,6 +175,7 @@ def test_table_profile_compares_with_the_dense_limit_in_one_process(comparison, 
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_row_limit_measures_every_kind_and_refuses_bad_flags():
     build = subprocess.run(["make", "-s", "build/row_limit"], cwd=REPO, capture_output=True,
                            text=True, timeout=600)
