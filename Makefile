@@ -25,8 +25,8 @@ USE_VENV ?= 1
 DEPS_STAMP := $(if $(filter 1,$(USE_VENV)),$(VENV)/.deps-stamp,)
 MAKEFLAGS += -j2
 
-.PHONY: all deps native installed wheel data demo test test-fast asan tsan cc-test bench bench-soak bench-peers bench-limits clean flink-venv \
-        experiments
+.PHONY: all deps native installed wheel data demo test check test-faults asan tsan cc-test bench \
+        bench-soak bench-peers bench-limits clean flink-venv experiments
 
 all: native
 
@@ -136,53 +136,79 @@ demo: installed data
 experiments: installed data
 	$(PY) -m experiments all --out docs
 
-# Tests that run under tf_keras (TF_USE_LEGACY_KERAS=1): the layer tests a
-# second time, and tests/legacy_keras (TFRS, which needs tf_keras) only there.
-LEGACY_KERAS_TESTS := tests/test_layers.py tests/test_layer_conformance.py tests/test_memory_control_ops.py \
-                      tests/test_export.py tests/test_cli.py tests/test_training.py \
-                      tests/legacy_keras
+# Every test prints its 30 slowest and lists each skip with its reason.
+PYTEST_REPORT := --durations=30 -rs
+# pytest-xdist workers of `make test`: more than the 2 cores, since many
+# integration tests wait on child processes, sockets and timers.
+TEST_WORKERS ?= 3
 
-# The whole suite, slow cases and the AddressSanitizer run of the core included;
-# the Keras layer tests run under Keras 3 and again under tf_keras.
+# The whole suite: the sanitizer runs and C++ tests of the core, then every
+# Python test under Keras 3 (unit, integration and slow tiers, kill points
+# in a seeded rotation), then the tests marked keras_flavours (code that
+# differs between the two Kerases) and tests/legacy_keras (TFRS) under
+# tf_keras. CI runs this.
+# Files holding keras_flavours tests (collected under tf_keras too).
+KERAS_FLAVOUR_FILES := tests/test_layers.py tests/test_layer_conformance.py \
+  tests/test_memory_control_ops.py tests/test_export.py tests/test_cli.py tests/test_training.py \
+  tests/legacy_keras
 test: installed asan tsan cc-test data flink-venv
-	$(PY) -m pytest tests -q --ignore=tests/legacy_keras $(PYTEST_FLAGS)
-	TF_USE_LEGACY_KERAS=1 PYTHONPATH=$(CURDIR) $(PY) -m pytest $(LEGACY_KERAS_TESTS) -q $(PYTEST_FLAGS)
+	$(PY) -m pytest tests -q -n $(TEST_WORKERS) --ignore=tests/legacy_keras $(PYTEST_REPORT) $(PYTEST_FLAGS)
+	TF_USE_LEGACY_KERAS=1 PYTHONPATH=$(CURDIR) $(PY) -m pytest $(KERAS_FLAVOUR_FILES) -q -n 2 \
+	  -m keras_flavours $(PYTEST_REPORT) $(PYTEST_FLAGS)
 
-test-fast: installed data
-	$(PY) -m pytest tests -q -m "not slow" --ignore=tests/legacy_keras $(PYTEST_FLAGS)
+# The unit tier, for the edit-test loop: in-process tests only (no child
+# process, no socket: tests/conftest.py enforces it), neither slow nor
+# integration; about two minutes here.
+check: installed
+	MONOLITH_UNIT_TIER=1 $(PY) -m pytest tests -q -n 2 -m "not slow and not integration" \
+	  --ignore=tests/legacy_keras $(PYTEST_REPORT) $(PYTEST_FLAGS)
+
+# The fault tests with every kill of the seeded plan (make test runs a
+# rotation: every kill point, one of its kills, chosen by a seed it prints).
+test-faults: installed data
+	MONOLITH_KILLS=all $(PY) -m pytest tests/faults -q -n 2 $(PYTEST_REPORT) $(PYTEST_FLAGS)
 
 # The core and its bindings built with AddressSanitizer, run against the core
-# tests in a package holding only the core (TensorFlow is not loaded).
+# tests in a package holding only the core (TensorFlow is not loaded). The
+# build is a file target: rebuilt only when the core or its bindings change.
 ASAN_DIR := $(BUILD)/asan
-asan: $(BUILD)/flags.stamp
+CORE_BINDING_INPUTS := $(CORE_SRCS) $(CORE_HDRS) cc/pybind/core_bindings.cc $(BUILD)/flags.stamp
+$(ASAN_DIR)/core.stamp: $(CORE_BINDING_INPUTS)
 	mkdir -p $(ASAN_DIR)/monolith_tf
 	touch $(ASAN_DIR)/monolith_tf/__init__.py
 	$(CXX) -std=c++17 -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined \
 	  -fPIC -shared -I. -I$$(cat $(BUILD)/pybind_include.txt) -I$$(cat $(BUILD)/python_include.txt) \
 	  $(CORE_SRCS) cc/pybind/core_bindings.cc -o $(ASAN_DIR)/monolith_tf/_core$$(cat $(EXT_SUFFIX_FILE))
+	touch $@
+
+asan: $(ASAN_DIR)/core.stamp
 	cd $(ASAN_DIR) && LD_PRELOAD="$$($(CXX) -print-file-name=libasan.so) $$($(CXX) -print-file-name=libubsan.so)" \
 	  ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	  MONOLITH_ASAN=1 PYTHONPATH=$(CURDIR)/$(ASAN_DIR):$(CURDIR)/tests $(CURDIR)/$(VENV)/bin/pytest \
-	  -q -p no:cacheprovider --rootdir=$(CURDIR)/$(ASAN_DIR) $(CURDIR)/tests/core
+	  -q -p no:cacheprovider -p no:xdist --rootdir=$(CURDIR)/$(ASAN_DIR) $(CURDIR)/tests/core
 
-# The core and its bindings built with ThreadSanitizer, run against the tests
-# where threads race on one table (lookups, applies, inserts with growth,
-# eviction, removal, exports and sync pushes). Any report fails the run;
-# cc/tsan_suppressions.txt lists the intended races (optimistic row copies) and why.
+# The core and its bindings built with ThreadSanitizer (a file target, as
+# above), run against the tests where threads race on one table (lookups,
+# applies, inserts with growth, eviction, removal, exports and sync pushes).
+# Any report fails the run; cc/tsan_suppressions.txt lists the intended
+# races (optimistic row copies) and why.
 TSAN_DIR := $(BUILD)/tsan
 TSAN_TESTS := $(CURDIR)/tests/core/test_concurrency.py \
   "$(CURDIR)/tests/core/test_memory_control.py::test_eviction_during_concurrent_lookups_and_growth_keeps_live_entries" \
   "$(CURDIR)/tests/core/test_sync_changes.py::test_replica_of_concurrent_pushes_equals_the_table"
-tsan: $(BUILD)/flags.stamp
+$(TSAN_DIR)/core.stamp: $(CORE_BINDING_INPUTS)
 	mkdir -p $(TSAN_DIR)/monolith_tf
 	touch $(TSAN_DIR)/monolith_tf/__init__.py
 	$(CXX) -std=c++17 -O1 -g -fno-omit-frame-pointer -fsanitize=thread -Wno-tsan \
 	  -fPIC -shared -I. -I$$(cat $(BUILD)/pybind_include.txt) -I$$(cat $(BUILD)/python_include.txt) \
 	  $(CORE_SRCS) cc/pybind/core_bindings.cc -o $(TSAN_DIR)/monolith_tf/_core$$(cat $(EXT_SUFFIX_FILE))
+	touch $@
+
+tsan: $(TSAN_DIR)/core.stamp
 	cd $(TSAN_DIR) && LD_PRELOAD="$$($(CXX) -print-file-name=libtsan.so)" \
 	  TSAN_OPTIONS="halt_on_error=1 exitcode=66 history_size=7 suppressions=$(CURDIR)/cc/tsan_suppressions.txt" \
 	  MONOLITH_TSAN=1 PYTHONPATH=$(CURDIR)/$(TSAN_DIR):$(CURDIR)/tests $(CURDIR)/$(VENV)/bin/pytest \
-	  -q -s -p no:cacheprovider --rootdir=$(CURDIR)/$(TSAN_DIR) $(TSAN_TESTS)
+	  -q -s -p no:cacheprovider -p no:xdist --rootdir=$(CURDIR)/$(TSAN_DIR) $(TSAN_TESTS)
 
 # C++ unit tests of the core (index, arena, config), with ASan and UBSan; g++ only.
 CC_TEST := $(BUILD)/core_test

@@ -7,7 +7,8 @@ neither ``slow`` nor ``integration``; they run in this process and start no
 process and open no socket. Under ``make check`` (``MONOLITH_UNIT_TIER=1``)
 an audit hook holds them to that: a unit test that starts a process or binds
 or connects a socket fails, naming what it did, so the tier cannot drift.
-Tests using the Kafka mock broker are integration tests by their fixture.
+Tests using the Kafka mock broker (the ``mock_broker`` fixture, or the
+``log`` fixture's ``kafka`` case) are integration tests by that fixture.
 ``make test`` runs every tier."""
 
 import os
@@ -60,7 +61,8 @@ def pytest_collection_modifyitems(config, items):
     integration tests, and runs slow tests first so that parallel workers
     (pytest-xdist) do not end on one long test."""
     for item in items:
-        if "mock_broker" in getattr(item, "fixturenames", ()):
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if "mock_broker" in getattr(item, "fixturenames", ()) or params.get("log") == "kafka":
             item.add_marker(pytest.mark.integration)
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 

@@ -6,11 +6,15 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 import monolith_tf as mt
 from monolith_tf.layers import HashEmbedding
 from monolith_tf.sparse_checkpoint import SparseCheckpointer
+
+# Every test here runs the CLI in a child process.
+pytestmark = pytest.mark.integration
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -45,6 +49,7 @@ def test_inspect_missing_directory_is_a_clear_error(tmp_path):
     assert result.returncode == 2 and "no such checkpoint directory" in result.stderr
 
 
+@pytest.mark.keras_flavours
 def test_export_command(tmp_path):
     emb = HashEmbedding(2, initializer="ones")
     inputs = tf.keras.Input(shape=(), dtype="int64")

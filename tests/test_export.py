@@ -88,6 +88,7 @@ def trained_model():
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.parametrize("row_dtype,tolerance", [("float32", 1e-6), ("float16", 1e-3)])
 def test_export_loads_without_the_op_library_and_upserts(tmp_path, row_dtype, tolerance):
     model = trained_model()
@@ -131,6 +132,7 @@ def test_export_loads_without_the_op_library_and_upserts(tmp_path, row_dtype, to
     assert "output" in run.stdout
 
 
+@pytest.mark.keras_flavours
 def test_float16_rows_are_packed_half_size_and_checked(tmp_path):
     emb = HashEmbedding(5, initializer="normal(stddev=0.3)")
     inputs = keras.Input(shape=(), dtype="int64")
@@ -159,6 +161,7 @@ def test_float16_rows_are_packed_half_size_and_checked(tmp_path):
         mt.export_saved_model(model, str(tmp_path / "x"), row_dtype="int8")
 
 
+@pytest.mark.keras_flavours
 def test_export_needs_hash_tables(tmp_path):
     inputs = keras.Input(shape=(2,))
     model = keras.Model(inputs, keras.layers.Dense(1)(inputs))
@@ -166,6 +169,7 @@ def test_export_needs_hash_tables(tmp_path):
         mt.export_saved_model(model, str(tmp_path / "x"))
 
 
+@pytest.mark.keras_flavours
 def test_single_input_model_exports(tmp_path):
     emb = HashEmbedding(2, initializer="ones")
     inputs = keras.Input(shape=(), dtype="int64")

@@ -15,6 +15,9 @@ import tensorflow as tf
 import monolith_tf.ops  # noqa: F401  (loads the ops)
 from monolith_tf.layers import HashEmbedding, HashEmbeddingCollection
 
+# Layer code differs between Keras 3 and tf_keras: `make test` runs these under both.
+pytestmark = pytest.mark.keras_flavours
+
 keras = tf.keras
 LEGACY = os.environ.get("TF_USE_LEGACY_KERAS") == "1"
 BATCH = 8

@@ -13,6 +13,9 @@ import tensorflow as tf
 import monolith_tf.ops  # noqa: F401  (loads the ops)
 from monolith_tf.layers import HashEmbedding, HashEmbeddingCollection, ids_to_int64
 
+# Layer code differs between Keras 3 and tf_keras: `make test` runs these under both.
+pytestmark = pytest.mark.keras_flavours
+
 keras = tf.keras
 LEGACY = os.environ.get("TF_USE_LEGACY_KERAS") == "1"
 DIM, VOCAB, BATCH, STEPS = 4, 64, 16, 50

@@ -7,6 +7,9 @@ import tensorflow as tf
 import monolith_tf as mt
 from monolith_tf.layers import HashEmbedding
 
+# Admission and expiry through the layers: `make test` runs these under both Kerases.
+pytestmark = pytest.mark.keras_flavours
+
 Invalid = tf.errors.InvalidArgumentError
 
 

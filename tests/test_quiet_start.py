@@ -5,6 +5,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+# Start-up output is a property of fresh processes.
+pytestmark = pytest.mark.integration
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CODE = ("from monolith_tf.quiet_start import import_tensorflow\n"
         "tf = import_tensorflow()\n"

@@ -156,6 +156,7 @@ def shards_on_a_localhost_cluster():
             assert (reference_shard(table.export()["keys"].numpy(), 2) == index).all()
 
 
+@pytest.mark.integration
 def test_cluster_spec_without_ps_and_unreachable_tasks_are_clear_errors():
     with pytest.raises(ValueError, match="no 'ps' tasks"):
         check_cluster_spec({"chief": ["127.0.0.1:1"], "worker": ["127.0.0.1:2"]})

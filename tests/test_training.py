@@ -96,6 +96,7 @@ def stream_of(path):
     return raw.map(parse).map(job.to_example).batch(BATCH)
 
 
+@pytest.mark.keras_flavours
 def test_batch_and_stream_training_end_with_identical_weights(tmp_path):
     data = write_ratings(tmp_path / "u.data", 40 * BATCH)
     batch_model = fresh_model()
@@ -127,6 +128,7 @@ class Subclassed(tf.keras.Model):
         return self.head(self.users(features["user_id"], training=training))
 
 
+@pytest.mark.keras_flavours
 def test_subclassed_model_built_by_the_worker_trains_like_fit(tmp_path):
     data = write_ratings(tmp_path / "u.data", 10 * BATCH)
     models = []
@@ -142,6 +144,7 @@ def test_subclassed_model_built_by_the_worker_trains_like_fit(tmp_path):
     assert_same_model(*models, exact=False)
 
 
+@pytest.mark.keras_flavours
 def test_data_time_reaches_the_tables_and_expires_rows(tmp_path):
     data = write_ratings(tmp_path / "u.data", 30 * BATCH, seconds_per_rating=100)
     model = fresh_model(expire_after=5_000, evict_every=5)
@@ -157,6 +160,7 @@ def test_data_time_reaches_the_tables_and_expires_rows(tmp_path):
         assert sorted_rows(table)["timestamps"].min() >= newest - 5_000 - 5 * 100 * BATCH
 
 
+@pytest.mark.keras_flavours
 def test_tensorboard_has_loss_metrics_throughput_and_table_stats(tmp_path):
     data = write_ratings(tmp_path / "u.data", 20 * BATCH)
     worker(fresh_model(), tmp_path / "run").train(job.make_dataset([data], BATCH))
@@ -170,6 +174,7 @@ def test_tensorboard_has_loss_metrics_throughput_and_table_stats(tmp_path):
     assert {"train/loss", "train/auc", "train/examples_per_sec", "train/data_time"} <= tags
 
 
+@pytest.mark.integration
 def test_unbounded_stream_stops_on_time_budget_and_on_signal(tmp_path):
     data = write_ratings(tmp_path / "u.data", 10 * BATCH)
     result = worker(fresh_model(), tmp_path / "timed").train(stream_of(data), max_seconds=2)
@@ -184,6 +189,7 @@ def test_unbounded_stream_stops_on_time_budget_and_on_signal(tmp_path):
     assert stopped["handler_restored"]
 
 
+@pytest.mark.keras_flavours
 def test_resume_policies_and_schedules(tmp_path):
     data = write_ratings(tmp_path / "u.data", 30 * BATCH)
     run = tmp_path / "run"
@@ -217,6 +223,7 @@ def test_resume_policies_and_schedules(tmp_path):
     assert result["steps"] == 24 and result["examples"] == 24 * BATCH
 
 
+@pytest.mark.keras_flavours
 def test_resumed_run_equals_an_uninterrupted_one_in_process(tmp_path):
     data = write_ratings(tmp_path / "u.data", 30 * BATCH)
     straight = fresh_model()
@@ -230,6 +237,7 @@ def test_resumed_run_equals_an_uninterrupted_one_in_process(tmp_path):
     assert_same_model(straight, resumed)
 
 
+@pytest.mark.keras_flavours
 def test_restarts_leave_no_temporaries_and_chains_stay_within_full_every(tmp_path):
     """A crash can leave a sparse ``.partial-*`` directory of any sequence
     and kind and TensorFlow's ``dense-<step>_temp``; the next run removes
@@ -255,6 +263,7 @@ def test_restarts_leave_no_temporaries_and_chains_stay_within_full_every(tmp_pat
     assert kinds[-3:].count("full") >= 1
 
 
+@pytest.mark.keras_flavours
 def test_a_second_train_call_continues_from_memory(tmp_path):
     data = write_ratings(tmp_path / "u.data", 20 * BATCH)
     straight = fresh_model()
@@ -267,6 +276,7 @@ def test_a_second_train_call_continues_from_memory(tmp_path):
     assert_same_model(straight, model)
 
 
+@pytest.mark.keras_flavours
 def test_corrupt_newest_pair_falls_back_and_foreign_model_is_refused(tmp_path, capsys):
     data = write_ratings(tmp_path / "u.data", 20 * BATCH)
     run = tmp_path / "run"
@@ -292,6 +302,7 @@ def test_corrupt_newest_pair_falls_back_and_foreign_model_is_refused(tmp_path, c
         worker(other, run).train(other_data)
 
 
+@pytest.mark.keras_flavours
 def test_checkpoints_off_writes_none(tmp_path):
     data = write_ratings(tmp_path / "u.data", 5 * BATCH)
     result = worker(fresh_model(), tmp_path / "run", checkpoints=False, sparse_every_steps=1,
@@ -300,6 +311,7 @@ def test_checkpoints_off_writes_none(tmp_path):
     assert not os.path.exists(tmp_path / "run")
 
 
+@pytest.mark.keras_flavours
 def test_bad_arguments(tmp_path):
     inputs = tf.keras.Input(shape=(2,))
     uncompiled = tf.keras.Model(inputs, tf.keras.layers.Dense(1)(inputs))

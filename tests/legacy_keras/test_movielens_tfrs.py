@@ -10,6 +10,9 @@ import tensorflow as tf
 
 from monolith_tf.datasets import movielens
 
+# TFRS needs tf_keras: `make test` runs this module under tf_keras only.
+pytestmark = pytest.mark.keras_flavours
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(REPO, "examples"))
 

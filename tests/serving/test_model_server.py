@@ -17,6 +17,9 @@ from monolith_tf.export import export_version
 from monolith_tf.serving.errors import ServingError
 from monolith_tf.serving.servable import Servable
 
+# Every test here talks to a server on loopback ports.
+pytestmark = pytest.mark.integration
+
 PREDICT = "/v1/models/ctr:predict"
 
 

@@ -4,6 +4,7 @@ worker trained from it, saving and resuming at log offsets."""
 import zlib
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 import monolith_tf as mt
@@ -129,7 +130,6 @@ def test_a_quiet_stream_ends_after_its_idle_timeout(tmp_path):
 
 
 def test_feature_selection_and_bad_arguments(tmp_path):
-    import pytest
 
     log = EmbeddedLog(str(tmp_path / "log"))
     fill(log, BATCH)
@@ -145,6 +145,7 @@ def test_feature_selection_and_bad_arguments(tmp_path):
         stream.dataset([0, 0])
 
 
+@pytest.mark.integration
 def test_sigterm_stops_a_worker_waiting_on_a_quiet_stream(tmp_path):
     """SIGTERM from outside, to a worker in a child process that trained
     the log's two batches and waits for more (never to pytest itself)."""

@@ -130,6 +130,7 @@ PRODUCER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.integration
 def test_several_producer_processes_append_without_loss(tmp_path):
     path = str(tmp_path / "log")
     log = EmbeddedLog(path)
@@ -175,6 +176,7 @@ def test_a_frame_torn_by_a_crash_is_cut_off_and_readers_wait_at_it(tmp_path):
     assert log.end_offsets("t") == {0: 2}
 
 
+@pytest.mark.integration
 def test_producer_killed_mid_stream_loses_only_unflushed_records(tmp_path):
     path = str(tmp_path / "log")
     log = EmbeddedLog(path)
@@ -198,6 +200,7 @@ def test_producer_killed_mid_stream_loses_only_unflushed_records(tmp_path):
     assert values[:500] == list(range(500)) and values == list(range(len(values)))
 
 
+@pytest.mark.integration
 def test_unreachable_broker_is_an_error_after_a_bounded_wait():
     import time
 

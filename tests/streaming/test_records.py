@@ -46,6 +46,7 @@ def test_example_proto_is_tf_train_example_on_the_wire():
     assert back.features.feature["empty"].WhichOneof("kind") == "int64_list"
 
 
+@pytest.mark.integration
 def test_the_logs_joiner_and_record_codecs_import_no_tensorflow():
     modules = ["monolith_tf", "monolith_tf.streaming", "monolith_tf.streaming.joiner",
                "monolith_tf.streaming.replay", "monolith_tf.streaming.records",

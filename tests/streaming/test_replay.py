@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from monolith_tf.streaming.embedded_log import EmbeddedLog
 from monolith_tf.streaming.records import decode_action, decode_feature
 
@@ -22,6 +24,7 @@ def cli(*args):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.integration
 def test_replay_then_join(tmp_path):
     data = tmp_path / "u.data"
     data.write_text("".join(f"{u}\t{m}\t{r}\t{t}\n" for u, m, r, t in RATINGS))
