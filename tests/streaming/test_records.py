@@ -74,7 +74,7 @@ def test_feature_and_action_records_round_trip():
     (b"\xff\xfe garbage", "not a tf.train.Example"),
     (encode_action(ActionRecord(b"r", "click", 1.0, 5)), "lacks 'user_id'"),
     ("text", "must be bytes"),
-])
+], ids=["garbage", "an action record", "text"])  # ids from bytes vary by process (xdist)
 def test_malformed_feature_records(data, message):
     with pytest.raises(RecordError, match=message):
         decode_feature(data)
