@@ -159,7 +159,7 @@ test: installed asan tsan cc-test data flink-venv
 # The unit tier, for the edit-test loop: in-process tests only (no child
 # process, no socket: tests/conftest.py enforces it), neither slow nor
 # integration; about two minutes here.
-check: installed
+check: installed data
 	MONOLITH_UNIT_TIER=1 $(PY) -m pytest tests -q -n 2 -m "not slow and not integration" \
 	  --ignore=tests/legacy_keras $(PYTEST_REPORT) $(PYTEST_FLAGS)
 

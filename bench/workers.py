@@ -3,7 +3,9 @@ starts with clean memory and its own TensorFlow) and reads back one JSON
 result line each.
 
 ``BENCH_IN_PROCESS=1`` runs each worker by calling its script's
-``main(argv)`` in this process instead: the figures lose their isolation
+``main(argv)`` in this process instead, where this process already has the
+worker's environment (its Python, the variables it sets, e.g. tf_keras for
+the training bench): the figures lose their isolation
 (memory, warm caches), so it is for the test suite's smoke runs, which check
 that a bench runs end to end, not its figures."""
 
@@ -29,7 +31,8 @@ def run(script, args, what, env=None, python=None):
     """Parent side: runs ``script`` with ``args`` in a new Python process
     (``python``, default this one's) and returns its result dict; on failure
     prints the worker's stderr tail and exits naming ``what``."""
-    if os.environ.get("BENCH_IN_PROCESS") == "1" and python is None and not env:
+    same_environment = all(os.environ.get(key) == value for key, value in (env or {}).items())
+    if os.environ.get("BENCH_IN_PROCESS") == "1" and python is None and same_environment:
         return _run_in_process(script, args, what)
     command = [python or sys.executable, os.path.abspath(script)] + [str(a) for a in args]
     environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env or {}))

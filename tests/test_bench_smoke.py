@@ -3,7 +3,8 @@ not checked here: speed targets live in bench/RESULTS.md, not in tests).
 Benches run in this process through their ``main(argv)``, their worker
 processes too (``BENCH_IN_PROCESS=1``, bench/workers.py); those whose point
 is other processes (a server, a cluster, the trainer of the freshness
-probe) or another Keras (the training bench's tf_keras workers) start them."""
+probe) start them. The training bench, whose workers run under tf_keras,
+is smoke-tested in tests/legacy_keras."""
 
 import importlib
 import json
@@ -43,18 +44,6 @@ def test_table_bench_runs(tmp_path, bench):
         assert rows[0][system]["adagrad"] > 0
     assert rows[0]["monolith"]["insert"] > 0
     assert "| 20,000 | 8 |" in printed
-
-
-@pytest.mark.slow
-@pytest.mark.integration
-def test_train_bench_runs():
-    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3")
-    result = subprocess.run(
-        [sys.executable, os.path.join(REPO, "bench", "train_bench.py"), "--steps", "4",
-         "--mlps", "8,8"], capture_output=True, text=True, env=env, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    row = [line for line in result.stdout.splitlines() if line.startswith("| 8,8 |")]
-    assert len(row) == 1 and row[0].count("x |") == 3
 
 
 @pytest.mark.slow

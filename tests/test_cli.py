@@ -1,31 +1,39 @@
-"""python -m monolith_tf: inspect and export."""
+"""python -m monolith_tf: inspect, export and train, run through the CLI's
+``main(argv)`` in this process (its exit status and what it printed); the
+``python -m monolith_tf`` entry itself runs in child processes in the
+kill-point, SIGKILL and cluster tests."""
 
 import json
 import os
-import subprocess
-import sys
+import types
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import monolith_tf as mt
+from monolith_tf.cli import main as cli_main
 from monolith_tf.layers import HashEmbedding
 from monolith_tf.sparse_checkpoint import SparseCheckpointer
-
-# Every test here runs the CLI in a child process.
-pytestmark = pytest.mark.integration
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def cli(*args):
-    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.run([sys.executable, "-m", "monolith_tf", *args], capture_output=True,
-                          text=True, env=env, timeout=300)
+@pytest.fixture
+def cli(capsys):
+    """``cli(*args)``: the command's exit status and output, as a process's."""
+    def run(*args):
+        capsys.readouterr()
+        try:
+            status = cli_main([str(a) for a in args])
+        except SystemExit as exit_info:   # argparse's usage errors
+            status = exit_info.code
+        out, err = capsys.readouterr()
+        return types.SimpleNamespace(returncode=status, stdout=out, stderr=err)
+    return run
 
 
-def test_inspect_lists_checkpoints_tables_rows_and_times(tmp_path):
+def test_inspect_lists_checkpoints_tables_rows_and_times(tmp_path, cli):
     table = mt.HashTable(3, optimizer="sgd")
     saver = SparseCheckpointer(str(tmp_path), {"users": table})
     table.apply_gradients(tf.range(10, dtype=tf.int64), tf.ones([10, 3]), 0.1, timestamps=50)
@@ -44,13 +52,13 @@ def test_inspect_lists_checkpoints_tables_rows_and_times(tmp_path):
     assert "users: dim 3, 10 rows" in text.stdout
 
 
-def test_inspect_missing_directory_is_a_clear_error(tmp_path):
+def test_inspect_missing_directory_is_a_clear_error(tmp_path, cli):
     result = cli("inspect", str(tmp_path / "nope"))
     assert result.returncode == 2 and "no such checkpoint directory" in result.stderr
 
 
 @pytest.mark.keras_flavours
-def test_export_command(tmp_path):
+def test_export_command(tmp_path, cli):
     emb = HashEmbedding(2, initializer="ones")
     inputs = tf.keras.Input(shape=(), dtype="int64")
     model = tf.keras.Model(inputs, tf.keras.layers.Dense(1)(emb(inputs)))
@@ -66,7 +74,7 @@ def test_export_command(tmp_path):
                                rtol=1e-6)
 
 
-def test_train_command_trains_checkpoints_exports_and_inspects(tmp_path):
+def test_train_command_trains_checkpoints_exports_and_inspects(tmp_path, cli):
     data = tmp_path / "u.data"
     with open(data, "w") as f:
         for i in range(600):
@@ -88,7 +96,7 @@ def test_train_command_trains_checkpoints_exports_and_inspects(tmp_path):
     assert final["tables"]["embeddings.user_id"]["dim"] == 16
 
 
-def test_train_command_bad_input(tmp_path):
+def test_train_command_bad_input(tmp_path, cli):
     job = os.path.join(REPO, "examples", "movielens_ctr_job.py")
     result = cli("train", "--job", job, "--data", str(tmp_path / "missing"),
                  "--model-dir", str(tmp_path / "run"))

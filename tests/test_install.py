@@ -64,19 +64,20 @@ def test_wheel_runs_the_quickstart_in_a_fresh_virtualenv(tmp_path):
     assert {t for t in top_levels if not t.endswith(".dist-info")} == {"monolith_tf"}, top_levels
     assert "monolith_tf/sync/publisher.py" in names and "monolith_tf/export_format.py" in names
 
+    # A virtualenv without pip of its own: this environment's pip installs
+    # into it (--python), and --no-compile skips bytecode for all of
+    # TensorFlow's files up front; the quickstart compiles what it imports.
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,
+                   timeout=300)
     python = str(venv / "bin" / "python")
-    # --no-compile: no bytecode for all of TensorFlow's files up front (CPU
-    # the test does not need); the quickstart compiles what it imports.
-    install_tf = subprocess.run([python, "-m", "pip", "install", "-q", "--no-compile",
-                                 _pinned_tensorflow()],
-                                capture_output=True, text=True, timeout=1500)
+    pip = [sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-compile"]
+    install_tf = subprocess.run(pip + [_pinned_tensorflow()], capture_output=True, text=True,
+                                timeout=1500)
     assert install_tf.returncode == 0, install_tf.stderr[-2000:]
     # --no-index: the wheel's requirements must already be met by TensorFlow.
-    install = subprocess.run([python, "-m", "pip", "install", "-q", "--no-compile", "--no-index",
-                              wheels[0]],
-                             capture_output=True, text=True, timeout=600)
+    install = subprocess.run(pip + ["--no-index", wheels[0]], capture_output=True, text=True,
+                             timeout=600)
     assert install.returncode == 0, install.stderr[-2000:]
 
     run_dir = tmp_path / "elsewhere"
@@ -87,7 +88,12 @@ def test_wheel_runs_the_quickstart_in_a_fresh_virtualenv(tmp_path):
                             timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "SavedModel at" in result.stdout and "served accuracy" in result.stdout
-    where = subprocess.run([python, "-c", "import monolith_tf; print(monolith_tf.__file__)"],
+    where = subprocess.run([python, "-c", "import importlib.util, monolith_tf; "
+                            "print(monolith_tf.__file__); "
+                            "print(importlib.util.find_spec('tensorflow').origin)"],
                            cwd=run_dir, env=_env_without_pythonpath(), capture_output=True,
                            text=True, timeout=300)
-    assert where.stdout.strip().startswith(str(venv)), where.stdout + where.stderr
+    # Both from the fresh virtualenv, not from this one.
+    lines = where.stdout.split()
+    assert len(lines) == 2 and all(line.startswith(str(venv)) for line in lines), \
+        where.stdout + where.stderr
