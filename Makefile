@@ -25,7 +25,8 @@ USE_VENV ?= 1
 DEPS_STAMP := $(if $(filter 1,$(USE_VENV)),$(VENV)/.deps-stamp,)
 MAKEFLAGS += -j2
 
-.PHONY: all deps native installed wheel data demo test check test-faults asan tsan cc-test bench \
+.PHONY: all deps native installed wheel data demo test test-keras3 test-native test-tf-keras check \
+        test-faults asan tsan cc-test bench \
         bench-soak bench-peers bench-limits clean flink-venv experiments
 
 all: native
@@ -138,35 +139,48 @@ experiments: installed data
 
 # Every test prints its 30 slowest and lists each skip with its reason.
 PYTEST_REPORT := --durations=30 -rs
-# pytest-xdist workers of `make test`: more than the 2 cores, since many
-# integration tests wait on child processes, sockets and timers.
+# pytest-xdist workers of `make test-keras3`: more than the 2 cores, since
+# many integration tests wait on child processes, sockets and timers;
+# worksteal balances tests of very unequal length.
 TEST_WORKERS ?= 3
 
-# The whole suite: the sanitizer runs and C++ tests of the core, then every
-# Python test under Keras 3 (unit, integration and slow tiers, kill points
-# in a seeded rotation), then the tests marked keras_flavours (code that
-# differs between the two Kerases) and tests/legacy_keras (TFRS) under
-# tf_keras. CI runs this.
+# The whole suite, in three parts run two at a time (MAKEFLAGS has -j2), so
+# both cores stay busy while a part waits on timers or child processes; each
+# part's output is printed whole when it ends. CI runs this.
+#  - test-keras3: every Python test under Keras 3 (unit, integration and slow;
+#    kill points in a seeded rotation), on pytest-xdist workers;
+#  - test-native: the core under ASan and TSan, and its C++ tests;
+#  - test-tf-keras: the tests marked keras_flavours (code that differs
+#    between the two Kerases) and tests/legacy_keras (TFRS) under tf_keras.
+test: installed data flink-venv
+	$(MAKE) --no-print-directory --output-sync=target test-keras3 test-native test-tf-keras
+
+test-keras3: installed data flink-venv
+	$(PY) -m pytest tests -q -n $(TEST_WORKERS) --dist worksteal --ignore=tests/legacy_keras \
+	  $(PYTEST_REPORT) $(PYTEST_FLAGS)
+
+test-native: asan tsan cc-test
+
 # Files holding keras_flavours tests (collected under tf_keras too).
 KERAS_FLAVOUR_FILES := tests/test_layers.py tests/test_layer_conformance.py \
   tests/test_memory_control_ops.py tests/test_export.py tests/test_cli.py tests/test_training.py \
   tests/legacy_keras
-test: installed asan tsan cc-test data flink-venv
-	$(PY) -m pytest tests -q -n $(TEST_WORKERS) --ignore=tests/legacy_keras $(PYTEST_REPORT) $(PYTEST_FLAGS)
+test-tf-keras: installed data
 	TF_USE_LEGACY_KERAS=1 PYTHONPATH=$(CURDIR) $(PY) -m pytest $(KERAS_FLAVOUR_FILES) -q -n 2 \
-	  -m keras_flavours $(PYTEST_REPORT) $(PYTEST_FLAGS)
+	  --dist worksteal -m keras_flavours $(PYTEST_REPORT) $(PYTEST_FLAGS)
 
 # The unit tier, for the edit-test loop: in-process tests only (no child
 # process, no socket: tests/conftest.py enforces it), neither slow nor
 # integration; about two minutes here.
 check: installed data
-	MONOLITH_UNIT_TIER=1 $(PY) -m pytest tests -q -n 2 -m "not slow and not integration" \
+	MONOLITH_UNIT_TIER=1 $(PY) -m pytest tests -q -n 2 --dist worksteal -m "not slow and not integration" \
 	  --ignore=tests/legacy_keras $(PYTEST_REPORT) $(PYTEST_FLAGS)
 
 # The fault tests with every kill of the seeded plan (make test runs a
 # rotation: every kill point, one of its kills, chosen by a seed it prints).
 test-faults: installed data
-	MONOLITH_KILLS=all $(PY) -m pytest tests/faults -q -n 2 $(PYTEST_REPORT) $(PYTEST_FLAGS)
+	MONOLITH_KILLS=all $(PY) -m pytest tests/faults -q -n 2 --dist worksteal $(PYTEST_REPORT) \
+	  $(PYTEST_FLAGS)
 
 # The core and its bindings built with AddressSanitizer, run against the core
 # tests in a package holding only the core (TensorFlow is not loaded). The

@@ -58,13 +58,14 @@ def _stays_in_process(request):
 
 def pytest_collection_modifyitems(config, items):
     """Marks tests of the Kafka mock broker (a broker process) as
-    integration tests, and runs slow tests first so that parallel workers
-    (pytest-xdist) do not end on one long test."""
+    integration tests; runs slow tests first, then integration ones, so that
+    parallel workers (pytest-xdist) do not end on one long test."""
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
         if "mock_broker" in getattr(item, "fixturenames", ()) or params.get("log") == "kafka":
             item.add_marker(pytest.mark.integration)
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    items.sort(key=lambda item: (item.get_closest_marker("slow") is None,
+                                 item.get_closest_marker("integration") is None))
 
 
 def pytest_configure(config):
