@@ -183,16 +183,40 @@ test-faults: installed data
 	  $(PYTEST_FLAGS)
 
 # The core and its bindings built with AddressSanitizer, run against the core
-# tests in a package holding only the core (TensorFlow is not loaded). The
-# build is a file target: rebuilt only when the core or its bindings change.
+# tests in a package holding only the core (TensorFlow is not loaded). Built
+# as file targets, one object per source (rebuilt only when the core or its
+# bindings change); the core's objects also link the C++ tests (cc-test).
+# The pybind11 glue is compiled at -O0: UBSan over its templates at -O1
+# costs more compile time than the whole core, for code that does no work.
 ASAN_DIR := $(BUILD)/asan
-CORE_BINDING_INPUTS := $(CORE_SRCS) $(CORE_HDRS) cc/pybind/core_bindings.cc $(BUILD)/flags.stamp
-$(ASAN_DIR)/core.stamp: $(CORE_BINDING_INPUTS)
+TSAN_DIR := $(BUILD)/tsan
+SANITIZE_COMMON := -std=c++17 -g -fno-omit-frame-pointer -fPIC -I.
+ASAN_FLAGS := $(SANITIZE_COMMON) -fsanitize=address,undefined -fno-sanitize-recover=undefined
+TSAN_FLAGS := $(SANITIZE_COMMON) -fsanitize=thread -Wno-tsan
+ASAN_CORE_OBJS := $(patsubst cc/%.cc,$(ASAN_DIR)/obj/%.o,$(CORE_SRCS))
+TSAN_CORE_OBJS := $(patsubst cc/%.cc,$(TSAN_DIR)/obj/%.o,$(CORE_SRCS))
+PYBIND_INCLUDES = -I$$(cat $(BUILD)/pybind_include.txt) -I$$(cat $(BUILD)/python_include.txt)
+
+$(ASAN_DIR)/obj/table/%.o: cc/table/%.cc $(CORE_HDRS)
+	@mkdir -p $(dir $@)
+	$(CXX) $(ASAN_FLAGS) -O1 -c $< -o $@
+
+$(TSAN_DIR)/obj/table/%.o: cc/table/%.cc $(CORE_HDRS)
+	@mkdir -p $(dir $@)
+	$(CXX) $(TSAN_FLAGS) -O1 -c $< -o $@
+
+$(ASAN_DIR)/obj/core_bindings.o: cc/pybind/core_bindings.cc $(CORE_HDRS) $(BUILD)/flags.stamp
+	@mkdir -p $(dir $@)
+	$(CXX) $(ASAN_FLAGS) -O0 $(PYBIND_INCLUDES) -c $< -o $@
+
+$(TSAN_DIR)/obj/core_bindings.o: cc/pybind/core_bindings.cc $(CORE_HDRS) $(BUILD)/flags.stamp
+	@mkdir -p $(dir $@)
+	$(CXX) $(TSAN_FLAGS) -O0 $(PYBIND_INCLUDES) -c $< -o $@
+
+$(ASAN_DIR)/core.stamp: $(ASAN_CORE_OBJS) $(ASAN_DIR)/obj/core_bindings.o
 	mkdir -p $(ASAN_DIR)/monolith_tf
 	touch $(ASAN_DIR)/monolith_tf/__init__.py
-	$(CXX) -std=c++17 -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined \
-	  -fPIC -shared -I. -I$$(cat $(BUILD)/pybind_include.txt) -I$$(cat $(BUILD)/python_include.txt) \
-	  $(CORE_SRCS) cc/pybind/core_bindings.cc -o $(ASAN_DIR)/monolith_tf/_core$$(cat $(EXT_SUFFIX_FILE))
+	$(CXX) -shared -fsanitize=address,undefined $^ -o $(ASAN_DIR)/monolith_tf/_core$$(cat $(EXT_SUFFIX_FILE))
 	touch $@
 
 asan: $(ASAN_DIR)/core.stamp
@@ -201,21 +225,18 @@ asan: $(ASAN_DIR)/core.stamp
 	  MONOLITH_ASAN=1 PYTHONPATH=$(CURDIR)/$(ASAN_DIR):$(CURDIR)/tests $(CURDIR)/$(VENV)/bin/pytest \
 	  -q -p no:cacheprovider -p no:xdist --rootdir=$(CURDIR)/$(ASAN_DIR) $(CURDIR)/tests/core
 
-# The core and its bindings built with ThreadSanitizer (a file target, as
+# The core and its bindings built with ThreadSanitizer (file targets, as
 # above), run against the tests where threads race on one table (lookups,
 # applies, inserts with growth, eviction, removal, exports and sync pushes).
 # Any report fails the run; cc/tsan_suppressions.txt lists the intended
 # races (optimistic row copies) and why.
-TSAN_DIR := $(BUILD)/tsan
 TSAN_TESTS := $(CURDIR)/tests/core/test_concurrency.py \
   "$(CURDIR)/tests/core/test_memory_control.py::test_eviction_during_concurrent_lookups_and_growth_keeps_live_entries" \
   "$(CURDIR)/tests/core/test_sync_changes.py::test_replica_of_concurrent_pushes_equals_the_table"
-$(TSAN_DIR)/core.stamp: $(CORE_BINDING_INPUTS)
+$(TSAN_DIR)/core.stamp: $(TSAN_CORE_OBJS) $(TSAN_DIR)/obj/core_bindings.o
 	mkdir -p $(TSAN_DIR)/monolith_tf
 	touch $(TSAN_DIR)/monolith_tf/__init__.py
-	$(CXX) -std=c++17 -O1 -g -fno-omit-frame-pointer -fsanitize=thread -Wno-tsan \
-	  -fPIC -shared -I. -I$$(cat $(BUILD)/pybind_include.txt) -I$$(cat $(BUILD)/python_include.txt) \
-	  $(CORE_SRCS) cc/pybind/core_bindings.cc -o $(TSAN_DIR)/monolith_tf/_core$$(cat $(EXT_SUFFIX_FILE))
+	$(CXX) -shared -fsanitize=thread $^ -o $(TSAN_DIR)/monolith_tf/_core$$(cat $(EXT_SUFFIX_FILE))
 	touch $@
 
 tsan: $(TSAN_DIR)/core.stamp
@@ -224,12 +245,12 @@ tsan: $(TSAN_DIR)/core.stamp
 	  MONOLITH_TSAN=1 PYTHONPATH=$(CURDIR)/$(TSAN_DIR):$(CURDIR)/tests $(CURDIR)/$(VENV)/bin/pytest \
 	  -q -s -p no:cacheprovider -p no:xdist --rootdir=$(CURDIR)/$(TSAN_DIR) $(TSAN_TESTS)
 
-# C++ unit tests of the core (index, arena, config), with ASan and UBSan; g++ only.
+# C++ unit tests of the core (index, arena, config), with ASan and UBSan (the
+# AddressSanitizer run's core objects); g++ only.
 CC_TEST := $(BUILD)/core_test
-$(CC_TEST): cc/tests/core_test.cc $(CORE_SRCS) $(CORE_HDRS)
+$(CC_TEST): cc/tests/core_test.cc $(ASAN_CORE_OBJS) $(CORE_HDRS)
 	@mkdir -p $(BUILD)
-	$(CXX) -std=c++17 -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined \
-	  -fno-sanitize-recover=undefined -I. cc/tests/core_test.cc $(CORE_SRCS) -o $@
+	$(CXX) $(ASAN_FLAGS) -O1 cc/tests/core_test.cc $(ASAN_CORE_OBJS) -o $@
 
 cc-test: $(CC_TEST)
 	ASAN_OPTIONS=detect_leaks=1 $(CC_TEST)

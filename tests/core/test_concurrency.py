@@ -87,21 +87,29 @@ def test_lookups_that_start_between_applies_never_return_torn_rows():
     grads = -np.ones((len(keys), dim), np.float32)
     done = threading.Event()
     torn, lookups = [], []
+    lookup_done = threading.Condition()
 
     def writer():
         for _ in range(applies):
             table.apply_gradients(keys, grads, 1.0, threads=1)
-            time.sleep(0.001)
+            # The pause lasts until a lookup started after this apply ended
+            # (however slowly the reader runs on a loaded machine); the next
+            # apply then starts under the reader's following lookup.
+            with lookup_done:
+                seen = len(lookups)
+                lookup_done.wait_for(lambda: len(lookups) >= seen + 2, timeout=10)
         done.set()
 
     def reader():
         while not done.is_set():
             rows = table.lookup(keys, insert_missing=False, threads=1)
-            lookups.append(1)
             torn.extend(np.flatnonzero((rows != rows[:, :1]).any(axis=1)).tolist())
+            with lookup_done:
+                lookups.append(1)
+                lookup_done.notify_all()
 
     run_all([writer, reader])
-    assert len(lookups) > applies // 3  # the reader ran through the pauses too
+    assert len(lookups) >= 2 * applies  # lookups started in every pause
     assert not torn, f"{len(torn)} torn rows"
     np.testing.assert_array_equal(table.lookup(keys, insert_missing=False), applies)
 
@@ -155,7 +163,10 @@ def test_every_operation_racing_on_one_table():
     table = _core.EmbeddingTable(dim=dim, initializer="zeros", optimizer="sgd",
                                  capacity_hint=16, expire_after=50)
     hot = np.arange(1000, dtype=np.int64)
-    steps = 80
+    # Under a sanitizer, half the applies: every kind of operation still runs
+    # against every other (ThreadSanitizer judges the interleavings it sees,
+    # and each kind overlaps the others many times), at half the cost.
+    steps = 40 if UNDER_SANITIZER else 80
     torn = []
     done = threading.Event()
 
