@@ -151,7 +151,9 @@ TEST_WORKERS ?= 3
 #    kill points in a seeded rotation), on pytest-xdist workers;
 #  - test-native: the core under ASan and TSan, and its C++ tests;
 #  - test-tf-keras: the tests marked keras_flavours (code that differs
-#    between the two Kerases) and tests/legacy_keras (TFRS) under tf_keras.
+#    between the two Kerases) and tests/legacy_keras (TFRS) under tf_keras,
+#    in one process (it runs beside the others: workers would only add
+#    start-up work).
 test: installed data flink-venv
 	$(MAKE) --no-print-directory --output-sync=target test-keras3 test-native test-tf-keras
 
@@ -166,8 +168,8 @@ KERAS_FLAVOUR_FILES := tests/test_layers.py tests/test_layer_conformance.py \
   tests/test_memory_control_ops.py tests/test_export.py tests/test_cli.py tests/test_training.py \
   tests/legacy_keras
 test-tf-keras: installed data
-	TF_USE_LEGACY_KERAS=1 PYTHONPATH=$(CURDIR) $(PY) -m pytest $(KERAS_FLAVOUR_FILES) -q -n 2 \
-	  --dist worksteal -m keras_flavours $(PYTEST_REPORT) $(PYTEST_FLAGS)
+	TF_USE_LEGACY_KERAS=1 PYTHONPATH=$(CURDIR) $(PY) -m pytest $(KERAS_FLAVOUR_FILES) -q \
+	  -p no:xdist -m keras_flavours $(PYTEST_REPORT) $(PYTEST_FLAGS)
 
 # The unit tier, for the edit-test loop: in-process tests only (no child
 # process, no socket: tests/conftest.py enforces it), neither slow nor

@@ -2,7 +2,7 @@
 private mount namespace has a small tmpfs at DISK (so the parent's disk is
 never filled and the mount goes away with the child).
 
-    python disk_full_scenarios.py SCENARIO DISK
+    python disk_full_scenarios.py SCENARIO DISK [SCENARIO DISK ...]
 
 Each scenario fills the tmpfs with a ballast file, leaving a little room,
 makes a write run out of space, asserts the outcome, frees the ballast and
@@ -231,5 +231,18 @@ SCENARIOS = {"sparse": sparse, "dense": dense, "export": export, "log_append": l
              "worker_policy": worker_policy}
 
 if __name__ == "__main__":
-    SCENARIOS[sys.argv[1]](sys.argv[2])
-    print(f"OK {sys.argv[1]}", flush=True)
+    # SCENARIO DISK pairs: one process (one TensorFlow start) runs them all,
+    # each on its own tmpfs; a failure is reported and the next one runs.
+    pairs = sys.argv[1:]
+    failed = False
+    for name, disk in zip(pairs[::2], pairs[1::2]):
+        try:
+            SCENARIOS[name](disk)
+        except Exception:  # noqa: BLE001 - reported with its traceback, the others still run
+            import traceback
+
+            print(f"FAILED {name}\n{traceback.format_exc()}", flush=True)
+            failed = True
+        else:
+            print(f"OK {name}", flush=True)
+    sys.exit(1 if failed else 0)
