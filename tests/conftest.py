@@ -76,7 +76,17 @@ def pytest_configure(config):
         os.environ["MONOLITH_KILL_SEED"] = str(random.SystemRandom().randrange(10**6))
 
 
-def pytest_report_header(config):
+def _rotation_line():
     seed = os.environ["MONOLITH_KILL_SEED"]
-    return (f"kill-point rotation: seed {seed}, {os.environ.get('MONOLITH_KILLS', 'default')} "
-            f"kills (rerun it with MONOLITH_KILL_SEED={seed}; all points: make test-faults)")
+    kills = "all kills" if os.environ.get("MONOLITH_KILLS") == "all" else "one kill per point"
+    return (f"kill-point rotation: seed {seed}, {kills} (rerun it with "
+            f"MONOLITH_KILL_SEED={seed}; every kill: make test-faults)")
+
+
+def pytest_report_header(config):
+    return _rotation_line()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The rotation's seed again at the end: ``-q`` hides the header."""
+    terminalreporter.write_line(_rotation_line())
