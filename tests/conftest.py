@@ -2,7 +2,7 @@
 lazily so that the core tests (tests/core) also run where only the core
 extension is built.
 
-Tiers (README, "Tests"): ``make check`` runs the unit tier, tests marked
+Tiers (README, "Set up, run, test"): ``make check`` runs the unit tier, tests marked
 neither ``slow`` nor ``integration``; they run in this process and start no
 process and open no socket. Under ``make check`` (``MONOLITH_UNIT_TIER=1``)
 an audit hook holds them to that: a unit test that starts a process or binds
