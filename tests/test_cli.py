@@ -19,15 +19,21 @@ from monolith_tf.sparse_checkpoint import SparseCheckpointer
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def cli_status(args):
+    """The CLI's exit status for ``args``, as a process's (argparse's usage
+    errors exit through SystemExit)."""
+    try:
+        return cli_main([str(a) for a in args])
+    except SystemExit as exit_info:
+        return exit_info.code
+
+
 @pytest.fixture
 def cli(capsys):
     """``cli(*args)``: the command's exit status and output, as a process's."""
     def run(*args):
         capsys.readouterr()
-        try:
-            status = cli_main([str(a) for a in args])
-        except SystemExit as exit_info:   # argparse's usage errors
-            status = exit_info.code
+        status = cli_status(args)
         out, err = capsys.readouterr()
         return types.SimpleNamespace(returncode=status, stdout=out, stderr=err)
     return run

@@ -400,17 +400,14 @@ def test_cli_trains_on_a_local_cluster_and_rejects_bad_specs(tmp_path, capsys):
     assert os.listdir(tmp_path / "run" / "sparse") and os.listdir(tmp_path / "run" / "dense")
 
     # Bad specs fail before any cluster starts: checked through the CLI's main here.
-    from monolith_tf.cli import main as cli_main
+    from test_cli import cli_status
 
     arguments = command[3:]   # after "python -m monolith_tf"
     for flag, value, message in (
             ("--local-cluster", "ps=two", "--local-cluster must be ps=N,workers=M"),
             ("--cluster", '{"chief": ["127.0.0.1:1"]}', "no 'ps' tasks")):
         capsys.readouterr()
-        try:
-            status = cli_main(arguments + [flag, value])
-        except SystemExit as exit_info:
-            status = exit_info.code
+        status = cli_status(arguments + [flag, value])
         assert status != 0 and message in capsys.readouterr().err, (flag, value)
 
 

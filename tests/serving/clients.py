@@ -2,6 +2,7 @@
 gRPC with the official tensorflow_serving.apis stubs."""
 
 import json
+import socket
 import urllib.error
 import urllib.request
 
@@ -79,3 +80,10 @@ def rows(inputs):
 
 def columns(inputs):
     return {name: np.asarray(value).tolist() for name, value in inputs.items()}
+
+
+def free_port():
+    """A loopback port free at the time of the call."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

@@ -4,26 +4,19 @@ answers both APIs, stops cleanly on SIGTERM."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from clients import GrpcClient, http, rows
+from clients import GrpcClient, free_port, http, rows
 from serving_fixtures import PROBE, predict_in_process, reference
 
 
 class _Ports:
     def __init__(self, grpc_port, rest_port):
         self.grpc_port, self.rest_port = grpc_port, rest_port
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.mark.slow

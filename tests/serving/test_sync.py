@@ -175,11 +175,10 @@ def test_replica_killed_mid_stream_and_restarted_ends_equal(tmp_path):
     import signal
     import subprocess
     import sys
-    import socket
     import time
     import urllib.request
 
-    from clients import GrpcClient
+    from clients import GrpcClient, free_port
 
     log_dir, base = str(tmp_path / "log"), str(tmp_path / "models")
     log = open_log({"path": log_dir})
@@ -187,11 +186,6 @@ def test_replica_killed_mid_stream_and_restarted_ends_equal(tmp_path):
     publisher = SyncPublisher(log, base, sparse_every_secs=0.01, dense_every_secs=None)
     worker = TrainingWorker(model, str(tmp_path / "run"), checkpoints=False, verbose=0,
                             tasks=[publisher], log_every_steps=1000)
-
-    def free_port():
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            return probe.getsockname()[1]
 
     def start_replica():
         process = subprocess.Popen(
