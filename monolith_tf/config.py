@@ -124,6 +124,16 @@ class ServerConfig:
     a stop lets running requests finish. enable_batching: merge concurrent
     prediction requests (waiting at most batch_timeout_micros, with
     num_batch_threads merged calls at once; None: the CPU count).
+    model_config_file: a TF Serving ModelServerConfig (text format) naming
+    the models to serve (then model_name and the base path are not used),
+    reread every model_config_poll_seconds (0: read once). grpc_socket_path:
+    also serve gRPC on this Unix socket. grpc_channel_arguments: gRPC server
+    arguments, "name=value,..." as TF Serving's flag. rest_api_timeout_ms:
+    longest REST call (DEADLINE_EXCEEDED beyond; 0: none).
+    enable_model_warmup, warmup_iterations: replay a version's
+    assets.extra/tf_serving_warmup_requests before it serves, each record
+    that many times (0: once). tensor_content_outputs: gRPC Predict outputs
+    as packed tensor_content instead of TF Serving's typed fields.
     """
 
     model_name: str = "default"
@@ -139,6 +149,14 @@ class ServerConfig:
     enable_batching: bool = False
     batch_timeout_micros: int = 0
     num_batch_threads: Optional[int] = None
+    model_config_file: Optional[str] = None
+    model_config_poll_seconds: float = 0.0
+    grpc_socket_path: Optional[str] = None
+    grpc_channel_arguments: str = ""
+    rest_api_timeout_ms: int = 30000
+    enable_model_warmup: bool = True
+    warmup_iterations: int = 0
+    tensor_content_outputs: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

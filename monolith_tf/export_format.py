@@ -5,8 +5,8 @@ Both sides of the online loop read these: the trainer's export writer
 the sync agent read them. Nothing here imports TensorFlow.
 
 - **Version directories**: a TF Serving model base path holds numbered
-  version directories, ``BASE/<version>/saved_model.pb`` (``list_versions``,
-  ``version_path``).
+  version directories, ``BASE/<version>/saved_model.pb``, zero-padded or not
+  (``version_directories``, ``list_versions``, ``version_path``).
 - **Serving metadata** (``assets/monolith_serving.json``, format 1): the row
   dtype, the tables and their dims, the dense weights in ``assign_dense``
   input order, and the dense version (``write_metadata_file``,
@@ -39,20 +39,32 @@ class ExportFormatError(ValueError):
     another format."""
 
 
+def version_directories(base_path):
+    """``{version: directory name}`` of a TF Serving model base path: the
+    all-digit directory names holding a ``saved_model.pb``. Names keep their
+    own spelling, so zero-padded ones (``00000123``, as TF Serving's test
+    data has them) are found; of two names for one version the shorter
+    wins."""
+    try:
+        entries = sorted(os.listdir(base_path), key=len, reverse=True)
+    except FileNotFoundError:
+        return {}
+    return {int(name): name for name in entries if name.isdigit() and
+            os.path.isfile(os.path.join(base_path, name, "saved_model.pb"))}
+
+
 def version_path(base_path, version):
-    """The directory of ``version`` under the model base path ``base_path``."""
-    return os.path.join(base_path, str(version))
+    """The directory of ``version`` under the model base path ``base_path``:
+    the existing directory of that number (whatever its zero padding), else
+    ``BASE/<version>`` (where a new version is written)."""
+    name = version_directories(base_path).get(int(version), str(version))
+    return os.path.join(base_path, name)
 
 
 def list_versions(base_path):
-    """Version numbers under a TF Serving model base path: the all-digit
-    directory names that hold a ``saved_model.pb``, ascending."""
-    try:
-        entries = os.listdir(base_path)
-    except FileNotFoundError:
-        return []
-    return sorted(int(name) for name in entries if name.isdigit() and
-                  os.path.isfile(os.path.join(base_path, name, "saved_model.pb")))
+    """Version numbers under a TF Serving model base path (see
+    ``version_directories``), ascending."""
+    return sorted(version_directories(base_path))
 
 
 def write_metadata_file(directory, tables, row_dtype, dense, dense_version):

@@ -14,7 +14,7 @@ def served_rows(model_base_path, log_dir, timeout=60):
     try:
         replica.wait_for_version(timeout=timeout)
         replica.catch_up(timeout=timeout)
-        servable = replica.server.manager.servable(replica.model_name)
+        servable = replica.server.servable(replica.model_name)
         return {table["name"]: servable.table_rows(table["name"])
                 for table in servable.facts["tables"]}
     finally:

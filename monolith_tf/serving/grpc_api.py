@@ -1,55 +1,29 @@
 """TF Serving's gRPC API: ``tensorflow.serving.PredictionService`` (Predict,
-GetModelMetadata) and ``tensorflow.serving.ModelService`` (GetModelStatus),
-implemented on the servicer classes of the ``tensorflow-serving-api``
-package. Classify, Regress, MultiInference and HandleReloadConfigRequest are
-left to the base classes (UNIMPLEMENTED)."""
+Classify, Regress, MultiInference, GetModelMetadata) and
+``tensorflow.serving.ModelService`` (GetModelStatus,
+HandleReloadConfigRequest), implemented on the servicer classes of the
+``tensorflow-serving-api`` package over a ``ModelServer`` (its models, its
+config reload). The requests themselves are answered in ``inference.py``.
+"""
 
 import contextlib
 import time
 
 import grpc
-import numpy as np
-import tensorflow as tf
-from tensorflow.core.framework import tensor_shape_pb2
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2,
-                                     model_service_pb2_grpc, predict_pb2,
+                                     model_management_pb2, model_service_pb2_grpc,
                                      prediction_service_pb2_grpc)
 
+from monolith_tf.serving import inference
 from monolith_tf.serving.errors import ServingError, invalid
-from monolith_tf.serving.servable import DEFAULT_SIGNATURE
+from monolith_tf.serving.model_config import ModelConfigError, entries_of
 
 SIGNATURE_DEF_FIELD = "signature_def"
 
 
-def _requested_version(model_spec):
+def requested_version(model_spec):
+    """The version a ModelSpec asks for (None: the newest)."""
     return model_spec.version.value if model_spec.HasField("version") else None
-
-
-def array_from_tensor_proto(name, proto):
-    """A request's TensorProto as a numpy array. Numeric tensors sent packed
-    (``tensor_content``, what ``tf.make_tensor_proto`` writes) are viewed in
-    place; others go through ``tf.make_ndarray``."""
-    try:
-        dtype = tf.dtypes.as_dtype(proto.dtype)
-        if proto.tensor_content and dtype.is_numpy_compatible and dtype != tf.string:
-            shape = [dim.size for dim in proto.tensor_shape.dim]
-            array = np.frombuffer(proto.tensor_content, dtype=dtype.as_numpy_dtype)
-            return array.reshape(shape)
-        return tf.make_ndarray(proto)
-    except (TypeError, ValueError) as error:
-        raise invalid(f"input {name}: unreadable TensorProto: {error}") from None
-
-
-def fill_tensor_proto(proto, array):
-    """Writes numpy ``array`` into ``proto`` (packed bytes for numbers, as
-    ``tf.make_tensor_proto`` does, without its per-call Python cost)."""
-    if array.dtype.kind in "biuf" and array.dtype.byteorder in "=|<":
-        proto.dtype = tf.as_dtype(array.dtype).as_datatype_enum
-        proto.tensor_shape.dim.extend(
-            tensor_shape_pb2.TensorShapeProto.Dim(size=size) for size in array.shape)
-        proto.tensor_content = np.ascontiguousarray(array).tobytes()
-    else:
-        proto.CopyFrom(tf.make_tensor_proto(array))
 
 
 def signature_def_map(servable):
@@ -75,8 +49,13 @@ def model_status_response(statuses):
 class _Answering:
     """Turns ServingErrors into gRPC status codes and counts every call."""
 
-    def __init__(self, metrics):
-        self.metrics = metrics
+    def __init__(self, server, metrics):
+        self.server, self.metrics = server, metrics
+
+    def resolve(self, model_spec):
+        """The Servable a request's ModelSpec names."""
+        return self.server.models.servable(model_spec.name, requested_version(model_spec),
+                                           model_spec.version_label)
 
     @contextlib.contextmanager
     def answering(self, context, method):
@@ -92,27 +71,24 @@ class _Answering:
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer, _Answering):
-    """Predict and GetModelMetadata over a ``ModelManager``."""
-
-    def __init__(self, manager, metrics):
-        _Answering.__init__(self, metrics)
-        self.manager = manager
+    """Predict, Classify, Regress, MultiInference and GetModelMetadata."""
 
     def Predict(self, request, context):
         with self.answering(context, "predict"):
-            spec = request.model_spec
-            servable = self.manager.servable(spec.name, _requested_version(spec),
-                                             spec.version_label)
-            inputs = {name: array_from_tensor_proto(name, proto)
-                      for name, proto in request.inputs.items()}
-            outputs = servable.predict(spec.signature_name, inputs, list(request.output_filter))
-            response = predict_pb2.PredictResponse()
-            response.model_spec.name = spec.name
-            response.model_spec.version.value = servable.version
-            response.model_spec.signature_name = spec.signature_name or DEFAULT_SIGNATURE
-            for name, value in outputs.items():
-                fill_tensor_proto(response.outputs[name], value)
-            return response
+            return inference.predict(self.resolve(request.model_spec), request,
+                                     self.server.config.tensor_content_outputs)
+
+    def Classify(self, request, context):
+        with self.answering(context, "classify"):
+            return inference.classify(self.resolve(request.model_spec), request)
+
+    def Regress(self, request, context):
+        with self.answering(context, "regress"):
+            return inference.regress(self.resolve(request.model_spec), request)
+
+    def MultiInference(self, request, context):
+        with self.answering(context, "multi_inference"):
+            return inference.multi_inference(self.resolve, request)
 
     def GetModelMetadata(self, request, context):
         with self.answering(context, "metadata"):
@@ -122,33 +98,47 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer, 
             unsupported = [field for field in fields if field != SIGNATURE_DEF_FIELD]
             if unsupported:
                 raise invalid(f"Metadata field {unsupported[0]} is not supported")
-            spec = request.model_spec
-            servable = self.manager.servable(spec.name, _requested_version(spec),
-                                             spec.version_label)
+            servable = self.resolve(request.model_spec)
             response = get_model_metadata_pb2.GetModelMetadataResponse()
-            response.model_spec.name = spec.name
+            response.model_spec.name = request.model_spec.name
             response.model_spec.version.value = servable.version
             response.metadata[SIGNATURE_DEF_FIELD].Pack(signature_def_map(servable))
             return response
 
 
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer, _Answering):
-    """GetModelStatus over a ``ModelManager``."""
-
-    def __init__(self, manager, metrics):
-        _Answering.__init__(self, metrics)
-        self.manager = manager
+    """GetModelStatus and HandleReloadConfigRequest."""
 
     def GetModelStatus(self, request, context):
         with self.answering(context, "status"):
             spec = request.model_spec
-            return model_status_response(self.manager.statuses(
-                spec.name, _requested_version(spec), spec.version_label))
+            return model_status_response(self.server.models.statuses(
+                spec.name, requested_version(spec), spec.version_label))
+
+    def HandleReloadConfigRequest(self, request, context):
+        """Serves the models of ``request.config`` from now on (new ones
+        loaded before the answer); the answer's status says how it went, and
+        so does the call's."""
+        with self.answering(context, "reload_config"):
+            response = model_management_pb2.ReloadConfigResponse()
+            if request.config.WhichOneof("config") != "model_config_list":
+                raise ServingError(grpc.StatusCode.UNIMPLEMENTED,
+                                   "ModelService::HandleReloadConfigRequest: only "
+                                   "model_config_list is supported")
+            try:
+                self.server.reload_config(entries_of(request.config))
+            except ModelConfigError as error:
+                response.status.error_code = grpc.StatusCode.INVALID_ARGUMENT.value[0]
+                response.status.error_message = str(error)
+                context.set_code(grpc.StatusCode.INVALID_ARGUMENT)
+                context.set_details(str(error))
+            return response
 
 
-def add_services(server, manager, metrics):
-    """Registers both services of ``manager``'s model on a ``grpc.Server``."""
+def add_services(grpc_server, server, metrics):
+    """Registers both services of ``server`` (a ``ModelServer``) on a
+    ``grpc.Server``."""
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionServicer(manager, metrics), server)
+        PredictionServicer(server, metrics), grpc_server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(
-        ModelServicer(manager, metrics), server)
+        ModelServicer(server, metrics), grpc_server)

@@ -5,7 +5,8 @@ Each server has its own registry, so several servers live in one process.
 Names (all prefixed ``monolith_serving_``):
 
 - ``requests_total{api, method, code}``: requests answered, by API (grpc,
-  rest), method (predict, metadata, status) and status code name;
+  rest), method (predict, classify, regress, multi_inference, metadata,
+  status, reload_config) and status code name;
 - ``errors_total{api, method, code}``: the subset whose code is not OK;
 - ``request_latency_seconds{api, method}``: histogram of handling time;
 - ``rows_applied_total{table, kind}``: rows upserted or removed (kind);

@@ -1,14 +1,22 @@
-"""Which version of a model serves: the newest under a TF Serving model base
-path, swapped in while serving.
+"""Which versions of one model serve: those its version policy picks
+under a TF Serving model base path, loaded and unloaded while serving.
 
-``ModelManager`` polls ``base_path`` every ``poll_seconds`` (wall time) for
-version directories (``BASE/<int>/saved_model.pb``). A newer one is loaded
-and warmed up beside the serving one, then requests switch to it, then the
-old one is let go (it unloads once its in-flight requests finish): TF
-Serving's availability-preserving policy, so a new version costs no failed
-request. A version that fails to load is reported in its status and not
-retried; the serving version stays. States follow TF Serving's
-``ModelVersionStatus`` (LOADING, AVAILABLE, UNLOADING, END).
+``ModelManager`` scans ``base_path`` every ``poll_seconds`` (wall time; 0:
+once, at start) for version directories (``BASE/<int>/saved_model.pb``,
+zero-padded names included). The version policy (``model_config``:
+``latest`` N, ``all``, ``specific``) says which of them serve. A version to
+serve is loaded and warmed up beside the serving ones (warm-up requests from
+``assets.extra/tf_serving_warmup_requests`` when it has them, ``warmup.py``),
+then requests can reach it; versions no longer wanted are let go only after
+that (they unload once their in-flight requests finish): TF Serving's
+availability-preserving policy, so a new version costs no failed request. A
+version that fails to load is reported in its status and not retried; the
+serving ones stay. States follow TF Serving's ``ModelVersionStatus``
+(LOADING, AVAILABLE, UNLOADING, END).
+
+Requests without a version go to the newest serving version; so do live
+updates (rows, dense swaps, the sync stream). Version labels
+(``/labels/stable``, ``version_label``) name serving versions.
 """
 
 import contextlib
@@ -18,8 +26,9 @@ import threading
 import grpc
 
 from monolith_tf.config import ServerConfig
+from monolith_tf.export_format import version_directories
 from monolith_tf.serving.errors import ServingError, invalid
-from monolith_tf.export_format import list_versions
+from monolith_tf.serving.model_config import ModelEntry
 from monolith_tf.serving.servable import Servable
 
 _log = logging.getLogger(__name__)
@@ -35,152 +44,289 @@ class VersionStatus:
 
 
 class ModelManager:
-    """Loads and serves the newest version of model ``name`` (module doc).
+    """Loads and serves the versions of one model (module doc).
 
     Args:
-      name: the model name requests use (``--model_name``).
-      base_path: the model base path (``--model_base_path``).
+      entry: the model's ``ModelEntry`` (name, base path, version policy,
+        labels), or its name with ``base_path`` given.
       metrics: the server's ``ServingMetrics``.
-      poll_seconds: wall seconds between scans of ``base_path``
-        (``--file_system_poll_wait_seconds``).
+      poll_seconds: wall seconds between scans of the base path
+        (``--file_system_poll_wait_seconds``; 0: scan once).
       max_batch_size, batching: passed to each ``Servable``.
+      warmup: a ``warmup.Warmup`` run on each version before it serves
+        (None: a one-example call only).
     """
 
-    def __init__(self, name, base_path, metrics, poll_seconds=ServerConfig.poll_seconds,
-                 max_batch_size=ServerConfig.max_batch_size,
-                 batching=None):
-        self.name, self.base_path = name, base_path
+    def __init__(self, entry, metrics, poll_seconds=ServerConfig.poll_seconds,
+                 max_batch_size=ServerConfig.max_batch_size, batching=None, warmup=None,
+                 base_path=None):
+        if not isinstance(entry, ModelEntry):
+            entry = ModelEntry(entry, base_path)
+        self.name, self.base_path = entry.name, entry.base_path
+        self.policy, self._labels = entry.policy, dict(entry.labels)
         self.metrics = metrics
         self.poll_seconds = poll_seconds
         self.max_batch_size = max_batch_size
         self.batching = batching
-        self._current = None
+        self.warmup = warmup
+        self._serving = {}
         self._statuses = {}
         self._lock = threading.Lock()
+        self._poll_lock = threading.Lock()
         self._update_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = None
         self._on_load = []
 
     def start(self):
-        """Loads the newest version now (if any), then polls in a thread."""
+        """Loads the versions to serve now (if any), then polls in a thread
+        (unless ``poll_seconds`` is 0)."""
         self.poll()
-        self._thread = threading.Thread(target=self._poll_loop, name=f"poll-{self.name}",
-                                        daemon=True)
-        self._thread.start()
+        if self.poll_seconds > 0:
+            self._thread = threading.Thread(target=self._poll_loop, name=f"poll-{self.name}",
+                                            daemon=True)
+            self._thread.start()
 
     def stop(self):
-        """Stops polling and the serving version's batch threads."""
+        """Stops polling and unloads every serving version."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        if self._current is not None:
-            self._current.close()
+        with self._poll_lock:
+            with self._update_lock:
+                serving, self._serving = self._serving, {}
+            for version in sorted(serving):
+                self._unload(serving[version])
+
+    def reconfigure(self, entry):
+        """Takes a new version policy and labels for this model (a config
+        reload); the next poll, run now, applies them."""
+        if entry.base_path != self.base_path:
+            raise ValueError("a model's base path changes by replacing its manager")
+        self.policy, self._labels = entry.policy, dict(entry.labels)
+        self.poll()
+
+    @property
+    def entry(self):
+        """The ``ModelEntry`` this manager serves."""
+        return ModelEntry(self.name, self.base_path, self.policy, dict(self._labels))
 
     @property
     def serving_version(self):
-        """The version serving now (None before the first load)."""
-        current = self._current
-        return current.version if current else None
+        """The newest version serving now (None before the first load)."""
+        newest = self._newest()
+        return newest.version if newest else None
+
+    @property
+    def serving_versions(self):
+        """Every version serving now, ascending."""
+        return sorted(self._serving)
 
     def add_load_listener(self, callback):
-        """Calls ``callback(servable)`` after each version switch, with the
-        update lock held: what the callback applies lands on the new version
-        before any later update."""
+        """Calls ``callback(servable)`` whenever the newest serving version
+        changes, with the update lock held: what the callback applies lands
+        on the new version before any later update."""
         self._on_load.append(callback)
+
+    def _newest(self):
+        serving = self._serving
+        return serving[max(serving)] if serving else None
 
     def _poll_loop(self):
         while not self._stop.wait(self.poll_seconds):
             self.poll()
 
     def poll(self):
-        """Loads and switches to the newest version if it is newer than the
-        serving one. Returns the version serving afterwards (None: none)."""
-        versions = list_versions(self.base_path)
-        current = self._current
-        if not versions or (current is not None and versions[-1] <= current.version):
-            return current.version if current else None
-        version = versions[-1]
-        if version in self._statuses and self._statuses[version].state == "END":
-            return current.version if current else None  # failed before: not retried
+        """Loads the versions the policy wants that are not serving yet, then
+        unloads the serving ones it no longer wants. Returns the newest
+        version serving afterwards (None: none)."""
+        with self._poll_lock:
+            if self._stop.is_set():
+                return None
+            directories = version_directories(self.base_path)
+            wanted = self.policy.choose(sorted(directories))
+            for version in wanted:
+                if version in self._serving:
+                    continue
+                status = self._statuses.get(version)
+                if status is not None and status.state == "END" and status.error_code != \
+                        grpc.StatusCode.OK:
+                    continue  # failed before: not retried
+                self._load(version, f"{self.base_path}/{directories[version]}")
+            if self._serving and any(v in self._serving for v in wanted):
+                for version in sorted(set(self._serving) - set(wanted)):
+                    with self._update_lock:
+                        servable = self._serving.pop(version)
+                        self._newest_changed(servable)
+                    self._unload(servable)
+            return self.serving_version
+
+    def _load(self, version, path):
         self._set_status(VersionStatus(version, "LOADING"))
         try:
-            servable = Servable(self.name, version, f"{self.base_path}/{version}", self.metrics,
+            servable = Servable(self.name, version, path, self.metrics,
                                 max_batch_size=self.max_batch_size, batching=self.batching)
-            servable.warm_up()
+            if self.warmup is not None and self.warmup.has_requests(path):
+                self.warmup.replay(servable)
+            else:
+                servable.warm_up()
         except Exception as error:  # noqa: BLE001 - a bad version (OpError, ValueError,
-            # OSError, ...) must not stop serving the current one; it is reported in its status
-            return self._load_failed(version, error, current)
+            # OSError, ServingError, ...) must not stop serving the others; its status says why
+            _log.error("model %s: version %d failed to load: %s", self.name, version, error)
+            code = error.code if isinstance(error, ServingError) else grpc.StatusCode.UNKNOWN
+            self._set_status(VersionStatus(version, "END", code,
+                                           f"{type(error).__name__}: {error}"))
+            return
         with self._update_lock:
-            self._current = servable
-            for callback in self._on_load:
-                callback(servable)
+            previous = self._newest()
+            self._serving[version] = servable
+            if previous is None or version > previous.version:
+                for callback in self._on_load:
+                    callback(servable)
         self._set_status(VersionStatus(version, "AVAILABLE"))
         self.metrics.version_loaded(self.name, version, servable.dense_version)
         _log.info("model %s: version %d serving", self.name, version)
-        if current is not None:
-            self._set_status(VersionStatus(current.version, "UNLOADING"))
-            # Requests still running hold their own reference; dropping ours unloads it after.
-            current.close()
-            self._set_status(VersionStatus(current.version, "END"))
-        return version
 
-    def _load_failed(self, version, error, current):
-        _log.error("model %s: version %d failed to load: %s", self.name, version, error)
-        self._set_status(VersionStatus(version, "END", grpc.StatusCode.UNKNOWN,
-                                       f"{type(error).__name__}: {error}"))
-        return current.version if current else None
+    def _newest_changed(self, removed):
+        """Under the update lock, after ``removed`` left: tells the listeners
+        if the newest version is now an older one."""
+        newest = self._newest()
+        if newest is not None and removed.version > newest.version:
+            for callback in self._on_load:
+                callback(newest)
+
+    def _unload(self, servable):
+        self._set_status(VersionStatus(servable.version, "UNLOADING"))
+        # Requests still running hold their own reference; dropping ours unloads it after.
+        servable.close()
+        self._set_status(VersionStatus(servable.version, "END"))
 
     def _set_status(self, status):
         with self._lock:
             self._statuses[status.version] = status
 
-    def _check_name(self, name):
-        if name != self.name:
-            raise ServingError(grpc.StatusCode.NOT_FOUND,
-                               f"Servable not found for request: Latest({name})")
-
-    def servable(self, name, version=None, label=None):
-        """The Servable a request for ``name`` (and ``version``) goes to.
-        NOT_FOUND for another model or a version not serving; labels are not
-        configured here: INVALID_ARGUMENT, as TF Serving without labels."""
-        if label:
+    def _version_of_label(self, label):
+        if label not in self._labels:
             raise invalid(f"Unrecognized servable version label: {label}")
-        self._check_name(name)
-        current = self._current
-        if current is None or (version is not None and version != current.version):
-            request = f"Specific({name}, {version})" if version is not None else f"Latest({name})"
+        return self._labels[label]
+
+    def servable(self, version=None, label=None):
+        """The Servable a request goes to: ``version``, the version labelled
+        ``label``, or the newest. NOT_FOUND for a version not serving;
+        INVALID_ARGUMENT for a label not configured (TF Serving's codes)."""
+        if label:
+            version = self._version_of_label(label)
+        if version is None:
+            servable = self._newest()
+            request = f"Latest({self.name})"
+        else:
+            servable = self._serving.get(version)
+            request = f"Specific({self.name}, {version})"
+        if servable is None:
             raise ServingError(grpc.StatusCode.NOT_FOUND,
                                f"Servable not found for request: {request}")
-        return current
+        return servable
 
-    def statuses(self, name, version=None, label=None):
+    def statuses(self, version=None, label=None):
         """``VersionStatus`` list for GetModelStatus (all versions seen, or
-        one). NOT_FOUND as TF Serving for an unknown model or version."""
+        one). NOT_FOUND as TF Serving for a version never seen."""
         if label:
-            raise invalid(f"Unrecognized servable version label: {label}")
-        if name != self.name:
-            raise ServingError(grpc.StatusCode.NOT_FOUND,
-                               f"Could not find any versions of model {name}")
+            version = self._version_of_label(label)
         with self._lock:
             statuses = dict(self._statuses)
         if version is not None:
             if version not in statuses:
                 raise ServingError(grpc.StatusCode.NOT_FOUND,
-                                   f"Could not find version {version} of model {name}")
+                                   f"Could not find version {version} of model {self.name}")
             return [statuses[version]]
         if not statuses:
             raise ServingError(grpc.StatusCode.NOT_FOUND,
-                               f"Could not find any versions of model {name}")
+                               f"Could not find any versions of model {self.name}")
         return [statuses[v] for v in sorted(statuses, reverse=True)]
 
     @contextlib.contextmanager
     def updating(self):
-        """The serving Servable, held against a version switch while an update
-        runs on it. FAILED_PRECONDITION if no version serves yet."""
+        """The newest serving Servable, held against a version switch while
+        an update runs on it. FAILED_PRECONDITION if no version serves yet."""
         with self._update_lock:
-            current = self._current
+            current = self._newest()
             if current is None:
                 raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
                                    f"model {self.name}: no version loaded yet")
             yield current
+
+
+class ModelRegistry:
+    """The models of one server, by name: one ``ModelManager`` each, made
+    by ``make_manager(entry)``; ``apply(entries)`` (a config reload) adds,
+    reconfigures and removes models while serving."""
+
+    def __init__(self, make_manager):
+        self._make_manager = make_manager
+        self._managers = {}
+        self._config_lock = threading.Lock()
+        self._started = False
+
+    def __iter__(self):
+        return iter(list(self._managers.values()))
+
+    def names(self):
+        """The served model names."""
+        return sorted(self._managers)
+
+    def manager(self, name):
+        """The ``ModelManager`` of model ``name``; NOT_FOUND as TF Serving
+        for a model not served."""
+        manager = self._managers.get(name)
+        if manager is None:
+            raise ServingError(grpc.StatusCode.NOT_FOUND,
+                               f"Servable not found for request: Latest({name})")
+        return manager
+
+    def servable(self, name, version=None, label=None):
+        """The Servable a request for ``name`` (``version`` or ``label``)
+        goes to (``ModelManager.servable``)."""
+        return self.manager(name).servable(version, label)
+
+    def statuses(self, name, version=None, label=None):
+        """GetModelStatus's ``VersionStatus`` list of model ``name``."""
+        manager = self._managers.get(name)
+        if manager is None:
+            raise ServingError(grpc.StatusCode.NOT_FOUND,
+                               f"Could not find any versions of model {name}")
+        return manager.statuses(version, label)
+
+    def apply(self, entries):
+        """Serves exactly the models of ``entries`` (``ModelEntry`` list):
+        new ones are loaded (before this returns), changed policies and
+        labels applied, models no longer listed unloaded after the others
+        are in place. A model whose base path changed is replaced."""
+        with self._config_lock:
+            wanted = {entry.name: entry for entry in entries}
+            for name, entry in wanted.items():
+                current = self._managers.get(name)
+                if current is not None and current.base_path == entry.base_path:
+                    if current.entry != entry:
+                        current.reconfigure(entry)
+                    continue
+                manager = self._make_manager(entry)
+                if self._started:
+                    manager.start()
+                self._managers[name] = manager
+                if current is not None:
+                    current.stop()
+            for name in sorted(set(self._managers) - set(wanted)):
+                self._managers.pop(name).stop()
+
+    def start(self):
+        """Starts every manager (loads, then polls)."""
+        with self._config_lock:
+            self._started = True
+            for manager in self._managers.values():
+                manager.start()
+
+    def stop(self):
+        """Stops every manager."""
+        with self._config_lock:
+            for manager in self._managers.values():
+                manager.stop()

@@ -1,13 +1,15 @@
 """TF Serving's REST API on aiohttp.
 
-Routes (TF Serving's, matched case-insensitively with its patterns):
-``POST /v1/models/NAME[/versions/V|/labels/L]:predict`` (classify and regress
-answer 501), ``GET /v1/models/NAME[/versions/V]`` (status) and ``GET
-/v1/models/NAME[/versions/V]/metadata``, plus the Prometheus metrics at
-``/monitoring/prometheus/metrics``. Errors are ``{"error": message}`` with
-TF Serving's HTTP status for the code; a body over the size limit gets 413.
-Parsing, the model call and encoding run on a thread pool, off the event
-loop.
+Every path under ``/v1/`` goes to one handler, as in TF Serving, matched
+case-insensitively with its patterns: ``POST
+/v1/models/NAME[/versions/V|/labels/L]:predict|:classify|:regress``, ``GET
+/v1/models/NAME[/versions/V|/labels/L]`` (status) and ``GET .../metadata``;
+any other ``/v1/`` path is 400 "Malformed request". The Prometheus metrics
+are at ``/monitoring/prometheus/metrics``; other paths are 404. Errors are
+``{"error": message}`` with TF Serving's HTTP status for the code; a body
+over the size limit gets 413, a call over ``timeout_seconds`` 504
+(DEADLINE_EXCEEDED). Parsing, the model call and encoding run on a thread
+pool, off the event loop.
 """
 
 import asyncio
@@ -21,15 +23,17 @@ from aiohttp import web
 from google.protobuf import json_format as protobuf_json
 from tensorflow_serving.apis import model_pb2
 
-from monolith_tf.serving import json_format
+from monolith_tf.serving import inference, json_format
 from monolith_tf.serving.errors import ServingError, invalid
 from monolith_tf.serving.grpc_api import model_status_response, signature_def_map
 from monolith_tf.serving.metrics import METRICS_PATH
 
+_API_PATH = re.compile(r"/v1/.*", re.IGNORECASE)
 _PREDICT_PATH = re.compile(r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?"
                            r":(classify|regress|predict)", re.IGNORECASE)
 _STATUS_PATH = re.compile(r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|"
                           r"(?:/labels/([^/:]+)))?(?:/(metadata))?", re.IGNORECASE)
+_INT64_MAX = (1 << 63) - 1
 
 
 def _json_reply(document, status=200):
@@ -45,15 +49,18 @@ class RestApi:
     """The REST front end of a model server.
 
     Args:
-      manager: the ``ModelManager`` of the served model.
+      server: the ``ModelServer`` (its models).
       metrics: the server's ``ServingMetrics``.
       max_request_bytes: largest request body accepted (413 beyond).
       threads: worker threads for parsing and model calls.
+      timeout_seconds: longest a call may take (0: no limit), TF Serving's
+        ``--rest_api_timeout_in_ms``.
     """
 
-    def __init__(self, manager, metrics, max_request_bytes, threads):
-        self.manager, self.metrics = manager, metrics
+    def __init__(self, server, metrics, max_request_bytes, threads, timeout_seconds=0):
+        self.models, self.metrics = server.models, metrics
         self.max_request_bytes = max_request_bytes
+        self.timeout_seconds = timeout_seconds or None
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="rest")
 
     def application(self):
@@ -75,24 +82,33 @@ class RestApi:
         started = time.perf_counter()
         method = "unknown"
         try:
-            if request.method == "POST" and (match := _PREDICT_PATH.fullmatch(request.path)):
+            path = request.path
+            if not _API_PATH.fullmatch(path):
+                raise ServingError(grpc.StatusCode.NOT_FOUND,
+                                   f"Malformed request: {request.method} {path}")
+            malformed = invalid(f"Malformed request: {request.method} {path}")
+            if request.method == "POST":
+                match = _PREDICT_PATH.fullmatch(path)
+                if not match:
+                    raise malformed
                 name, version, label, verb = match.groups()
                 method = verb.lower()
-                if method != "predict":
-                    raise ServingError(grpc.StatusCode.UNIMPLEMENTED,
-                                       f"{method} is not served here; use predict")
+                handler = {"predict": self._predict, "classify": self._classify,
+                           "regress": self._regress}[method]
                 body = await request.read()
-                reply = await self._run(self._predict, name, version, label, body)
-            elif request.method == "GET" and (match := _STATUS_PATH.fullmatch(request.path)):
+                reply = await self._run(handler, name, _version(version), label, body)
+            elif request.method == "GET":
+                match = _STATUS_PATH.fullmatch(path)
+                if not match:
+                    raise malformed
                 name, version, label, subresource = match.groups()
+                method = "metadata" if subresource else "status"
                 if not name:
                     raise invalid("Missing model name in request.")
-                method = "metadata" if subresource else "status"
                 handler = self._metadata if subresource else self._status
-                reply = await self._run(handler, name, version, label)
+                reply = await self._run(handler, name, _version(version), label)
             else:
-                raise ServingError(grpc.StatusCode.NOT_FOUND,
-                                   f"Malformed request: {request.method} {request.path}")
+                raise malformed
             code = grpc.StatusCode.OK
             response = web.Response(body=reply, content_type="application/json")
         except web.HTTPRequestEntityTooLarge:
@@ -107,21 +123,40 @@ class RestApi:
         return response
 
     async def _run(self, handler, *args):
-        return await asyncio.get_running_loop().run_in_executor(self._pool, handler, *args)
+        call = asyncio.get_running_loop().run_in_executor(self._pool, handler, *args)
+        try:
+            return await asyncio.wait_for(call, self.timeout_seconds)
+        except asyncio.TimeoutError:
+            raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                               f"Deadline exceeded: the call took over "
+                               f"{self.timeout_seconds * 1e3:.0f} ms "
+                               "(--rest_api_timeout_in_ms)") from None
 
     def _predict(self, name, version, label, body):
-        servable = self.manager.servable(name, _version(version), label)
+        servable = self.models.servable(name, version, label)
         signature, inputs, row_format = json_format.parse_predict_request(
             body, servable.input_specs)
         outputs = servable.predict(signature, inputs)
         return json.dumps(json_format.predict_response(outputs, row_format)).encode("utf-8")
 
+    def _classify(self, name, version, label, body):
+        signature, examples = json_format.parse_examples_request(body, "classify")
+        servable = self.models.servable(name, version, label)
+        result, _ = inference.classification_result(servable, signature, examples)
+        return json.dumps(json_format.classification_json(result)).encode("utf-8")
+
+    def _regress(self, name, version, label, body):
+        signature, examples = json_format.parse_examples_request(body, "regress")
+        servable = self.models.servable(name, version, label)
+        result, _ = inference.regression_result(servable, signature, examples)
+        return json.dumps(json_format.regression_json(result)).encode("utf-8")
+
     def _status(self, name, version, label):
-        response = model_status_response(self.manager.statuses(name, _version(version), label))
+        response = model_status_response(self.models.statuses(name, version, label))
         return json.dumps(_proto_dict(response), indent=1).encode("utf-8")
 
     def _metadata(self, name, version, label):
-        servable = self.manager.servable(name, _version(version), label)
+        servable = self.models.servable(name, version, label)
         spec = model_pb2.ModelSpec(name=name)
         spec.version.value = servable.version
         document = {"model_spec": _proto_dict(spec),
@@ -130,7 +165,11 @@ class RestApi:
 
 
 def _version(text):
-    return int(text) if text else None
+    if not text:
+        return None
+    if int(text) > _INT64_MAX:
+        raise invalid(f"Failed to convert version: {text} to numeric.")
+    return int(text)
 
 
 def _proto_dict(message):

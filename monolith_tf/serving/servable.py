@@ -166,25 +166,39 @@ class Servable:
 
     def input_specs(self, signature_name):
         """``{input name: tf.TensorSpec}`` of a signature; INVALID_ARGUMENT
-        for an unknown one (TF Serving's code for it)."""
+        for an unknown one (what TF Serving's REST API answers)."""
         name = signature_name or DEFAULT_SIGNATURE
         if name not in self._input_specs:
             raise invalid(f'Serving signature name: "{name}" not found in signature def')
         return self._input_specs[name]
 
+    def signature_def(self, signature_name):
+        """The SignatureDef of a signature; FAILED_PRECONDITION for an
+        unknown one (TF Serving's Predict)."""
+        name = signature_name or DEFAULT_SIGNATURE
+        if name not in self._input_specs:
+            raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
+                               f'Serving signature key "{name}" not found.')
+        return self.signature_defs[name]
+
     def predict(self, signature_name, inputs, output_filter=()):
         """Runs a signature on ``inputs`` (``{name: numpy array}``); returns
         ``{output name: numpy array}`` (only ``output_filter``'s names if
-        given). The update signatures of an export go through
+        given). Inputs must be the signature's, of its dtypes; their shapes
+        are left to TensorFlow, as TF Serving does (a ``[-1, 1]`` input fed
+        ``[3]`` runs). The update signatures of an export go through
         ``apply_rows``/``remove_rows``/``swap_dense``. Raises ServingError."""
         name = signature_name or DEFAULT_SIGNATURE
-        specs = self.input_specs(name)
-        self._check_inputs(name, specs, inputs)
+        self.signature_def(name)
+        self._check_inputs(name, self._input_specs[name], inputs)
         outputs = self._output_names[name]
-        unknown = sorted(set(output_filter) - set(outputs))
-        if unknown:
-            raise invalid(f"output tensor alias not found in signature: {unknown[0]} "
-                          f"Outputs expected to be in the set {outputs}.")
+        for alias in output_filter:
+            if alias not in outputs:
+                raise invalid(f"output tensor alias not found in signature: {alias} "
+                              f"Outputs expected to be in the set {{{','.join(outputs)}}}.")
+        if len(set(output_filter)) != len(output_filter):
+            duplicate = next(a for a in output_filter if list(output_filter).count(a) > 1)
+            raise invalid(f"duplicate output tensor alias: {duplicate}")
         if self.takes_updates and name in UPDATE_SIGNATURES:
             result = self._update_through_predict(name, inputs)
         else:
@@ -192,6 +206,12 @@ class Servable:
         if output_filter:
             result = {key: result[key] for key in output_filter}
         return result
+
+    def run(self, signature_name, inputs):
+        """Runs a signature on ``inputs`` as they are (Classify and Regress,
+        which check their signatures themselves); returns ``{output name:
+        numpy array}``. Raises ServingError."""
+        return self._runner(signature_name or DEFAULT_SIGNATURE)(inputs)
 
     def _runner(self, name):
         """``run(inputs) -> outputs`` for a signature: direct, or through its
@@ -220,6 +240,8 @@ class Servable:
                         for key, value in self._signatures[name](**tensors).items()}
             except tf.errors.OpError as error:
                 raise from_tf_error(error) from None
+            except (TypeError, ValueError) as error:  # refused by the function's own checks
+                raise invalid(f"signature {name}: {error}") from None
 
     def close(self):
         """Stops the batch threads (after the requests they hold)."""
@@ -244,9 +266,6 @@ class Servable:
             got = _numpy_dtype_name(value)
             if got != spec.dtype.name:
                 raise invalid(f"Expects arg[{key}] to be {spec.dtype.name} but {got} is provided")
-            if not spec.shape.is_compatible_with(value.shape):
-                raise invalid(f"input {key}: shape {list(value.shape)} does not match the "
-                              f"signature's {spec.shape.as_list() if spec.shape.rank is not None else 'shape'}")
             if (name not in UPDATE_SIGNATURES and value.ndim and
                     value.shape[0] > self.max_batch_size):
                 raise invalid(f"input {key}: batch of {value.shape[0]} rows exceeds the "

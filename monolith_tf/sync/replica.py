@@ -22,16 +22,21 @@ class Replica:
       log: a ``monolith_tf.streaming`` log holding the sync topic, or None
         for a replica that only serves its base versions (never synced).
       topic / dead_letter_topic: the sync topic and where refused records go.
+      synced_model: which of the server's models the stream updates (one of
+        a ``model_config_file``'s; default: the server's default model).
       server_options: ``ModelServer`` arguments (``model_name``, ``host``,
-        ``port``, ``rest_api_port``, ``poll_seconds``, ...).
+        ``port``, ``rest_api_port``, ``poll_seconds``, ``config``, ...).
     """
 
     def __init__(self, model_base_path, log=None, topic=SYNC_TOPIC,
-                 dead_letter_topic=SYNC_DEAD_LETTER_TOPIC, **server_options):
+                 dead_letter_topic=SYNC_DEAD_LETTER_TOPIC, synced_model=None,
+                 **server_options):
         self.log, self.topic = log, topic
         self.server = ModelServer(model_base_path, **server_options)
+        self._model_name = synced_model or self.server.model_name
         self.follower = None if log is None else SyncFollower(
-            log, ServableSink(self.server), topic=topic, dead_letter_topic=dead_letter_topic)
+            log, ServableSink(self.server, synced_model), topic=topic,
+            dead_letter_topic=dead_letter_topic)
         self._synced_to = None
 
     def start(self):
@@ -49,12 +54,13 @@ class Replica:
 
     @property
     def model_name(self):
-        return self.server.model_name
+        """The model the sync stream updates (and ``score`` asks)."""
+        return self._model_name
 
     def wait_for_version(self, timeout=120.0):
         """Waits until a version serves; raises TimeoutError otherwise."""
         deadline = time.monotonic() + timeout
-        while self.server.version is None:
+        while self.server.model(self.model_name).serving_version is None:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no model version loaded within {timeout} s")
             time.sleep(0.02)
@@ -82,6 +88,6 @@ class Replica:
     def score(self, features, output="output"):
         """The served ``output`` of a batch (``{input: numpy array}``; inputs
         the model does not take are left out), flattened."""
-        servable = self.server.manager.servable(self.model_name)
+        servable = self.server.servable(self.model_name)
         inputs = {name: features[name] for name in servable.input_specs(None)}
         return servable.predict(None, inputs)[output].ravel()

@@ -67,17 +67,19 @@ class SyncSink(Protocol):
 
 
 class ServableSink:
-    """Applies the sync stream to a ``ModelServer`` in place (module doc)."""
+    """Applies the sync stream to model ``model_name`` (default: the
+    server's default model) of a ``ModelServer`` in place (module doc)."""
 
-    def __init__(self, server):
+    def __init__(self, server, model_name=None):
         self.server = server
+        self.manager = server.model(model_name)
         self._follower = None
-        server.manager.add_load_listener(self._version_loaded)
+        self.manager.add_load_listener(self._version_loaded)
 
     def attach(self, follower):
         self._follower = follower
-        if self.server.version is not None:  # loaded before the follower started
-            with self.server.manager.updating() as current:
+        if self.manager.serving_version is not None:  # loaded before the follower started
+            with self.manager.updating() as current:
                 self._version_loaded(current)
 
     def detach(self):
@@ -97,7 +99,7 @@ class ServableSink:
             follower.rebase(state["offsets"])
 
     def apply(self, push, covered):
-        with self.server.manager.updating() as servable:
+        with self.manager.updating() as servable:
             if covered():
                 return False
             if isinstance(push, DensePush):

@@ -217,7 +217,7 @@ def test_a_relayed_replica_lags_on_its_schedule_and_ends_equal_to_the_trainer(tm
         worker.train(source)
         for replica in replicas.values():
             replica.catch_up()
-            servable = replica.server.manager.servable(MODEL_NAME)
+            servable = replica.server.servable(MODEL_NAME)
             for name, table in worker.tables.items():
                 rows = table.export()
                 keys, values = rows["keys"].numpy(), rows["values"].numpy()

@@ -1,6 +1,7 @@
 """TF Serving's REST JSON formats, parsed against signature specs."""
 
 import base64
+import json
 
 import numpy as np
 import pytest
@@ -20,7 +21,6 @@ def specs(signature):
 
 
 def parse(document):
-    import json
     return parse_predict_request(json.dumps(document).encode(), specs)
 
 
@@ -47,13 +47,16 @@ def test_columnar_and_bare_values_for_one_input():
     ({"instances": [{"ids": 1, "text": "a", "dense": [1, 2]}, {"ids": 2, "text": "b"}]},
      "same input names"),
     ({"instances": [1, 2]}, "one input"),
-    ({"inputs": {"ids": [1, "x"], "text": ["a", "b"], "dense": [[1, 2]]}}, "expected int64"),
+    ({"inputs": {"ids": [1, "x"], "text": ["a", "b"], "dense": [[1, 2]]}},
+         'JSON Value: "x" Type: String is not of expected type: int64'),
     ({"inputs": {"ids": [2**63], "text": ["a"], "dense": [[1, 2]]}}, "range"),
-    ({"inputs": {"ids": [1], "text": [3], "dense": [[1, 2]]}}, "expected strings"),
+    ({"inputs": {"ids": [1], "text": [3], "dense": [[1, 2]]}},
+         "JSON Value: 3 Type: Number is not of expected type: string"),
     ({"inputs": {"ids": [1], "text": [{"b64": "***"}], "dense": [[1, 2]]}}, "base64"),
-    ({"inputs": {"ids": [1], "text": [["a"], "b"]}}, "ragged"),
+    ({"inputs": {"ids": [1], "text": [["a"], "b"], "dense": [[1, 2]]}}, "ragged"),
+        ({"inputs": {"ids": [1], "text": ["a"]}}, "Missing named input: dense in 'inputs' object."),
     ({"signature_name": 3, "inputs": {}}, "signature_name"),
-    ({}, "exactly one"),
+    ({}, "Missing 'inputs' or 'instances' key"),
 ])
 def test_bad_requests_are_invalid_argument(document, message):
     with pytest.raises(ServingError) as error:
@@ -62,11 +65,23 @@ def test_bad_requests_are_invalid_argument(document, message):
     assert message in error.value.message
 
 
-def test_not_json_and_not_an_object():
-    for body in (b"{", b"[1, 2]", b"\xff"):
-        with pytest.raises(ServingError) as error:
-            parse_predict_request(body, specs)
-        assert "JSON Parse error" in error.value.message
+@pytest.mark.parametrize("body,message", [
+    (b"{", "JSON Parse error: Invalid value"),
+    (b"  ", "JSON Parse error: The document is empty"),
+    (b"\xff", "JSON Parse error: Invalid encoding"),
+    (b"[1, 2]", "JSON Value: [1, 2] Is not object"),
+])
+def test_not_json_and_not_an_object(body, message):
+    with pytest.raises(ServingError) as error:
+        parse_predict_request(body, specs)
+    assert error.value.http_status == 400
+    assert message in error.value.message
+
+
+def test_columnar_requests_ignore_keys_the_signature_does_not_take():
+    _, inputs, _ = parse_predict_request(json.dumps({"inputs": {
+        "ids": [1], "text": ["a"], "dense": [[1, 2]], "extra": "ignored"}}).encode(), specs)
+    assert sorted(inputs) == ["dense", "ids", "text"]
 
 
 def test_replies_in_both_formats():

@@ -118,11 +118,18 @@ def test_status_over_grpc_and_rest(server, client):
 
 @pytest.mark.parametrize("path,body,status,message", [
     (PREDICT, b"{not json", 400, "JSON Parse error"),
-    (PREDICT, {"instances": [{"user": 1, "tags": [1, 2]}], "inputs": {}}, 400, "exactly one"),
+    (PREDICT, b"", 400, "JSON Parse error: The document is empty"),
+    (PREDICT, b"instances = [1, 2]", 400, "JSON Parse error: Invalid value"),
+    (PREDICT, {"signature_name": 100}, 400, "'signature_name' key must be a string value."),
+    (PREDICT, {"instances": [{"user": 1, "tags": [1, 2]}], "inputs": {}}, 400,
+     "expecting only one of 'inputs' or 'instances'"),
+    (PREDICT, {"inputs": {"user": [1]}}, 400, "Missing named input: tags in 'inputs' object."),
     (PREDICT, {"instances": [{"user": 1, "tagz": [1, 2]}]}, 400, "Missing but required"),
-    (PREDICT, {"instances": [{"user": "a", "tags": [1, 2]}]}, 400, "expected int64"),
+    (PREDICT, {"instances": [{"user": "a", "tags": [1, 2]}]}, 400,
+     "is not of expected type: int64"),
     (PREDICT, {"instances": [{"user": 1.5, "tags": [1, 2]}]}, 400, "fractions"),
-    (PREDICT, {"instances": [{"user": 1, "tags": [1, 2, 3]}]}, 400, "shape"),
+    # Shapes are TensorFlow's to check, as in TF Serving: this model's graph refuses.
+    (PREDICT, {"instances": [{"user": 1, "tags": [1, 2, 3]}]}, 400, "Shape of tensor"),
     (PREDICT, {"inputs": {"user": [1, 2], "tags": [[1, 2], [3]]}}, 400, "ragged"),
     (PREDICT, {"signature_name": "nope", "instances": [{"user": 1, "tags": [1, 2]}]}, 400,
      "not found in signature def"),
@@ -130,7 +137,16 @@ def test_status_over_grpc_and_rest(server, client):
      "Servable not found"),
     ("/v1/models/ctr/versions/7:predict", {"instances": [{"user": 1, "tags": [1, 2]}]}, 404,
      "Servable not found"),
-    ("/v1/models/ctr:classify", {"examples": []}, 501, "predict"),
+    ("/v1/models/ctr:classify", {"examples": []}, 400, "'examples' value is an empty array"),
+    ("/v1/models/ctr:regress", {"signature_name": "regress_x_to_y", "examples": [{"x": 1.0}]},
+     400, "No signature was found with the name: regress_x_to_y"),
+    ("/v1/models/ctr:classify", {"examples": [{"user": 1}]}, 400, "Expected one input Tensor."),
+    ("/v1/foo", {"instances": []}, 400, "Malformed request: POST /v1/foo"),
+    ("/v1/models/ctr/versions/HELLO:predict", {"instances": []}, 400, "Malformed request"),
+    ("/v1/models/ctr/versions/18446744073709551615:predict", {"instances": []}, 400,
+     "Failed to convert version"),
+    ("/v1/models/ctr/labels/stable:predict", {"instances": []}, 400,
+     "Unrecognized servable version label: stable"),
     ("/v2/nothing", {"instances": []}, 404, "Malformed request"),
 ])
 def test_rest_errors_answer_tf_serving_codes_and_keep_serving(server, expected, path, body,
@@ -157,6 +173,7 @@ def test_rest_limits(server):
     (lambda inputs: {"user": inputs["user"]}, grpc.StatusCode.INVALID_ARGUMENT),
     (lambda inputs: {**inputs, "user": inputs["user"].astype(np.float32)},
      grpc.StatusCode.INVALID_ARGUMENT),
+    # TensorFlow's own shape check (the graph's), not ours: as TF Serving.
     (lambda inputs: {**inputs, "tags": inputs["tags"][:, :1]}, grpc.StatusCode.INVALID_ARGUMENT),
     (lambda inputs: {"user": np.ones(MAX_BATCH_SIZE + 1, np.int64),
                      "tags": np.ones((MAX_BATCH_SIZE + 1, 2), np.int64)},
@@ -175,7 +192,7 @@ def test_grpc_errors_answer_tf_serving_codes_and_keep_serving(client, expected, 
 @pytest.mark.parametrize("request_kwargs,code", [
     ({"model": "other"}, grpc.StatusCode.NOT_FOUND),
     ({"version": 3}, grpc.StatusCode.NOT_FOUND),
-    ({"signature": "nope"}, grpc.StatusCode.INVALID_ARGUMENT),
+    ({"signature": "nope"}, grpc.StatusCode.FAILED_PRECONDITION),
     ({"output_filter": ["nope"]}, grpc.StatusCode.INVALID_ARGUMENT),
 ])
 def test_grpc_unknown_model_version_signature(client, request_kwargs, code):
@@ -266,7 +283,7 @@ def test_bad_updates_are_refused_and_change_nothing(fresh_server, update, messag
     assert error.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert message in error.value.message
     np.testing.assert_array_equal(client.predict(PROBE)[0]["output"], before)
-    assert fresh_server.manager.servable("ctr").dense_version == 0
+    assert fresh_server.servable("ctr").dense_version == 0
     client.close()
 
 
@@ -279,7 +296,7 @@ def test_dense_swap_replaces_all_weights(fresh_server, model):
     after = client.predict(PROBE)[0]["output"]
     base = before - bias  # x @ kernel
     np.testing.assert_allclose(after, 2 * base + bias + 1, rtol=1e-5, atol=1e-5)
-    assert server.manager.servable("ctr").dense_version == 5
+    assert server.servable("ctr").dense_version == 5
     server.swap_dense([kernel, bias], version=6)  # the other slot this time
     np.testing.assert_allclose(client.predict(PROBE)[0]["output"], before, rtol=1e-6, atol=1e-6)
     client.close()
@@ -287,7 +304,7 @@ def test_dense_swap_replaces_all_weights(fresh_server, model):
 
 def test_a_swap_waits_for_requests_on_the_slot_it_writes(fresh_server, model):
     """The swap after next writes the slot an old request reads: it waits."""
-    servable = fresh_server.manager.servable("ctr")
+    servable = fresh_server.servable("ctr")
     weights = [w.copy() for w in model.layers[-1].get_weights()]
     slots = servable._dense_slots
     with slots.reading():                       # a request on slot 0 (version 0)

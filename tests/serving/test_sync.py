@@ -77,7 +77,7 @@ def test_replica_equals_trainer_rows_and_last_dense_push(tmp_path):
         dense = publisher.push_dense(worker)    # a dense push, no new base
         assert server.version == 1              # one base per publisher run
         assert subscriber.wait_until_applied(log.end_offsets("sync"), timeout=30)
-        servable = server.manager.servable("ctr")
+        servable = server.servable("ctr")
         assert servable.dense_version == dense
         evicted = sum(int(t.stats()["evicted"]) for t in worker.tables.values())
         assert evicted > 100                    # expiry removed rows: they left the replica
@@ -102,7 +102,7 @@ def test_bad_records_go_to_dead_letters_and_change_nothing(tmp_path):
                    sync_state={"format": 1, "topic": "sync", "offsets": {"0": 0}})
     server = ModelServer(base, model_name="ctr", port=0, rest_api_port=None).start()
     subscriber = SyncFollower(log, ServableSink(server)).start()
-    servable = server.manager.servable("ctr")
+    servable = server.servable("ctr")
     before = servable.table_rows("collection/user")
     good = encode_rows(RowsPush("collection/user", np.array([1]), np.full((1, 4), 0.5),
                                 np.array([5])))
@@ -156,7 +156,7 @@ def test_sync_agent_keeps_a_plain_tf_serving_client_in_sync(tmp_path):
         worker.train(batches(60, seed=2))
         dense = publisher.push_dense(worker)
         assert agent.wait_until_applied(log.end_offsets("sync"), timeout=60)
-        servable = server.manager.servable("ctr")
+        servable = server.servable("ctr")
         assert sink.served_version == 1 and servable.dense_version == dense
         assert_replica_equals(servable, worker, [w.numpy() for w in model.layers[-1].weights])
         assert agent.counters["rejected"] == 0 and agent.counters["removed"] > 0
@@ -447,7 +447,7 @@ def test_sync_over_kafka(tmp_path):
             worker.train(batches(40, seed=7))
             publisher.push_dense(worker)
             assert subscriber.wait_until_applied(log.end_offsets("sync"), timeout=60)
-            assert_replica_equals(server.manager.servable("ctr"), worker,
+            assert_replica_equals(server.servable("ctr"), worker,
                                   [w.numpy() for w in model.layers[-1].weights])
             assert subscriber.counters["records"] >= 3
         finally:
