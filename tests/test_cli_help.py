@@ -1,7 +1,8 @@
 """Every subcommand's ``--help`` is what it was before the CLI was rebuilt
 from the typed configs (tests/data/cli_help/, captured from the previous
-``__main__.py``): flag names, defaults in texts and help texts unchanged.
-And the flags' defaults are the configs' own."""
+``__main__.py``; serve's since regenerated when it took every
+tensorflow_model_server flag): flag names, defaults in texts and help texts
+change only on purpose. And the flags' defaults are the configs' own."""
 
 import contextlib
 import io

@@ -78,8 +78,8 @@ class ModelServer:
         self._warmup = Warmup(config.warmup_iterations) if config.enable_model_warmup else None
         self.models = ModelRegistry(self._make_manager)
         if config.model_config_file:
-            self._config_text = self._read_config_text()
             entries = read_model_config(config.model_config_file)
+            self._config_text = self._read_config_text()
         elif model_base_path:
             entries = single_model(config.model_name, model_base_path)
         else:
