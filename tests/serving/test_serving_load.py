@@ -2,7 +2,12 @@
 updates, 3 dense swaps and a new version directory. Every request succeeds
 and every response equals the prediction of exactly one (model version,
 dense version, row state) combination, computed in-process: a response
-mixing two dense versions, or a torn row, matches none."""
+mixing two dense versions, or a torn row, matches none.
+
+The server serves two models from a TF Serving model config file (ours and
+TF Serving's half_plus_two), and the file is rewritten in the middle (a
+label for half_plus_two, a third model added): a client of half_plus_two
+runs throughout, and it too sees no failed request."""
 
 import os
 import threading
@@ -12,6 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import tf_serving_models
 from clients import GrpcClient, http, rows
 from serving_fixtures import PROBE, predict_in_process, reference, start_server
 from monolith_tf.export import export_version
@@ -19,6 +25,7 @@ from monolith_tf.export import export_version
 UPDATES = 1000
 SWAPS = {250: 1, 500: 2, 850: 3}   # update index -> dense version swapped in
 NEW_VERSION_AT = 600               # update index at which version 2 appears
+RELOAD_AT = 400                    # update index at which the model config changes
 V2_DENSE = 7                       # dense version of the version-2 export
 ROW_STATES = {"A": np.full((1, 4), 0.5, np.float32), "B": np.full((1, 4), -0.5, np.float32)}
 PROBED_USER = 1                    # PROBE's first user: its row changes
@@ -73,7 +80,13 @@ def test_no_failed_request_and_no_mixed_version_under_updates(model, tmp_path, b
             if v1 == v2:
                 assert np.abs(p1 - p2).max() > 1e-3, (v1, k1, k2)
 
-    server = start_server(base, enable_batching=batching, batch_timeout_micros=200)
+    half = tf_serving_models.half_plus_two_tf1(str(tmp_path / "half_plus_two"))
+    three = tf_serving_models.half_plus_two_tf1(str(tmp_path / "half_plus_three"), b=3.0)
+    config = tmp_path / "models.config"
+    config.write_text(model_config(base, half))
+    server = start_server(base, enable_batching=batching, batch_timeout_micros=200,
+                          model_config_file=str(config), model_config_poll_seconds=0.2)
+    assert server.models.names() == ["ctr", "half_plus_two"]
     done = threading.Event()
     failures, unmatched, seen = [], [], []
     lock = threading.Lock()
@@ -111,13 +124,36 @@ def test_no_failed_request_and_no_mixed_version_under_updates(model, tmp_path, b
             else:
                 match(np.array(reply["predictions"]).ravel(), [1, 2])
 
+    half_answers = []
+
+    def half_plus_two_client():
+        client = GrpcClient(server)
+        for _ in range(MAX_REQUESTS_PER_CLIENT):
+            if done.is_set() or time.monotonic() > deadline:
+                break
+            try:
+                outputs, _ = client.predict({"x": np.array([[2.0]], np.float32)},
+                                            model="half_plus_two")
+                half_answers.append(float(outputs["y"].ravel()[0]))
+            except Exception as error:  # noqa: BLE001 - every failure is the finding
+                failures.append(repr(error))
+        client.close()
+
     clients = [threading.Thread(target=grpc_client) for _ in range(3)] + [
-        threading.Thread(target=rest_client) for _ in range(2)]
+        threading.Thread(target=rest_client) for _ in range(2)] + [
+        threading.Thread(target=half_plus_two_client)]
     for client in clients:
         client.start()
     applied, swaps = 0, 0
     try:
         for i in range(UPDATES):
+            if i == RELOAD_AT:
+                config.write_text(model_config(base, half, three, label=True))
+                assert_eventually(lambda: server.models.names() == [
+                    "ctr", "half_plus_three", "half_plus_two"], seconds=60)
+                assert_eventually(lambda: server.model("half_plus_three").serving_version == 123,
+                                  seconds=60)
+                assert server.model("half_plus_two").servable(label="stable").version == 123
             if i == NEW_VERSION_AT:
                 os.rename(f"{staging}/2", f"{base}/2")
             if i in SWAPS:
@@ -148,6 +184,7 @@ def test_no_failed_request_and_no_mixed_version_under_updates(model, tmp_path, b
     print(f"{len(seen) + len(unmatched)} responses checked, {len(failures)} failed; "
           f"(model version, dense version) seen: {sorted(dense_seen_of(seen))}")
     assert failures == [], failures[:5]
+    assert len(half_answers) > 10 and set(half_answers) == {3.0}
     if batching:  # some model calls served several requests
         print(f"merged model calls: {merged_calls_in(metrics):.0f}")
         assert merged_calls_in(metrics) > 0
@@ -161,6 +198,17 @@ def test_no_failed_request_and_no_mixed_version_under_updates(model, tmp_path, b
     last_state = "A" if (UPDATES - 1) % 2 else "B"
     np.testing.assert_allclose(final[0]["output"].ravel(), expected[2][(3, last_state)],
                                rtol=1e-5, atol=1e-5)
+
+
+def model_config(base, half, three=None, label=False):
+    """A ModelServerConfig: ``ctr`` and half_plus_two, then (reload) a label
+    on half_plus_two and half_plus_three added."""
+    labels = ' version_labels { key: "stable" value: 123 }' if label else ""
+    text = (f'model_config_list {{ config {{ name: "ctr" base_path: "{base}" }} '
+            f'config {{ name: "half_plus_two" base_path: "{half}"{labels} }}')
+    if three:
+        text += f' config {{ name: "half_plus_three" base_path: "{three}" }}'
+    return text + " }"
 
 
 def merged_calls_in(metrics):
