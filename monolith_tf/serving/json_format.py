@@ -201,7 +201,16 @@ def _json_value(array):
             except UnicodeDecodeError:
                 return {"b64": base64.b64encode(item).decode("ascii")}
         return convert(array.tolist())
+    if array.dtype == np.float32:
+        return shortest_decimals(array).tolist()
     return array.tolist()
+
+
+def shortest_decimals(values):
+    """float32 ``values`` as the float64s of their shortest round-tripping
+    decimals (0.2f -> 0.2, not 0.20000000298023224), the numbers TF Serving
+    writes for float outputs."""
+    return np.asarray(values, np.float32).astype(str).astype(np.float64)
 
 
 def predict_response(outputs, row_format):
@@ -286,11 +295,12 @@ def parse_examples_request(body, method):
 def classification_json(result):
     """TF Serving's JSON of a ClassificationResult: ``{"results": [[[label,
     score], ...] per example]}``."""
-    return {"results": [[[entry.label, entry.score] for entry in example.classes]
-                        for example in result.classifications]}
+    return {"results": [[[entry.label, float(shortest_decimals(entry.score))]
+                         for entry in example.classes] for example in result.classifications]}
 
 
 def regression_json(result):
     """TF Serving's JSON of a RegressionResult: ``{"results": [value per
     example]}``."""
-    return {"results": [entry.value for entry in result.regressions]}
+    return {"results": shortest_decimals([entry.value for entry in result.regressions])
+            .tolist()}

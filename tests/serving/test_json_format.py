@@ -100,3 +100,11 @@ def test_replies_in_both_formats():
 def test_to_array_keeps_empty_batches_typed():
     assert to_array([], tf.int64, "ids").dtype == np.int64
     assert to_array([True, False], tf.bool, "flags").tolist() == [True, False]
+
+
+def test_float_outputs_are_written_as_their_shortest_decimals():
+    """TF Serving writes 0.2f as 0.2, not as the double nearest to it."""
+    outputs = {"y": np.array([0.2, 1 / 3, 2.5, np.float32(16777217)], np.float32)}
+    text = json.dumps(predict_response(outputs, True))
+    assert text == '{"predictions": [0.2, 0.33333334, 2.5, 16777216.0]}'
+    assert json.dumps(predict_response({"y": np.array([0.2])}, False)) == '{"outputs": [0.2]}'
