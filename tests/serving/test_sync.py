@@ -511,3 +511,42 @@ def test_base_on_begin_false_exports_nothing(tmp_path):
     publisher.close()
     assert list_versions(str(tmp_path / "models")) == []
     assert publisher.totals["rows"] > 0 and publisher.totals["bases"] == 0
+
+
+@pytest.mark.integration  # a gRPC server on a loopback port
+def test_sync_follows_one_model_of_a_config_file(tmp_path):
+    """``serve --model_config_file F --sync LOG --sync_model cvr``: the
+    stream updates cvr; ctr, served beside it, is left alone."""
+    import shutil
+
+    from monolith_tf.export import export_version
+    from monolith_tf.sync.records import RowsPush, encode_rows
+    from monolith_tf.sync.replica import Replica
+    from test_export import trained_model
+
+    log = open_log({"path": str(tmp_path / "log")})
+    log.create_topic("sync", 1)
+    ctr, cvr = str(tmp_path / "ctr"), str(tmp_path / "cvr")
+    export_version(trained_model(), ctr, version=1,
+                   sync_state={"format": 1, "topic": "sync", "offsets": {"0": 0}})
+    shutil.copytree(ctr, cvr)
+    config = tmp_path / "models.config"
+    config.write_text(f'model_config_list {{ config {{ name: "ctr" base_path: "{ctr}" }} '
+                      f'config {{ name: "cvr" base_path: "{cvr}" }} }}')
+    replica = Replica(None, log, synced_model="cvr", port=0, rest_api_port=None,
+                      model_config_file=str(config)).start()
+    try:
+        assert replica.model_name == "cvr"
+        before = replica.server.servable("ctr").table_rows("collection/user")
+        producer = log.producer()
+        producer.produce("sync", encode_rows(RowsPush("collection/user", np.array([1]),
+                                                      np.full((1, 4), 0.5), np.zeros(0))))
+        producer.flush()
+        replica.catch_up(timeout=30)
+        ids, values = replica.server.servable("cvr").table_rows("collection/user")
+        np.testing.assert_array_equal(values[list(ids).index(1)], np.full(4, 0.5, np.float32))
+        after = replica.server.servable("ctr").table_rows("collection/user")
+        for got, want in zip(after, before):
+            np.testing.assert_array_equal(got, want)
+    finally:
+        replica.stop()
