@@ -608,6 +608,7 @@ def test_every_tensorflow_model_server_flag_is_accepted(paths, tmp_path, capsys)
             config_of.warmup_iterations, config_of.grpc_socket_path) == (
         True, 5000, 2, str(socket_path))
     with ModelServer(config=config_of) as server:
+        assert server.config.enable_batching and server.models.names() == ["default"]
         verify_predict(f"unix:{socket_path}", 3.0, 123)
     assert cli.main(argv[:-2] + ["--max_seconds=0"]) == 0
     captured = capsys.readouterr()
