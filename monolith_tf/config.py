@@ -134,6 +134,12 @@ class ServerConfig:
     assets.extra/tf_serving_warmup_requests before it serves, each record
     that many times (0: once). tensor_content_outputs: gRPC Predict outputs
     as packed tensor_content instead of TF Serving's typed fields.
+    check_method_names: Classify/Regress/MultiInference refuse signatures
+    whose method_name says otherwise. max_num_load_retries: loads of a
+    failing version retried this many times, load_retry_interval_seconds
+    apart (wall time). saved_model_tags: comma-separated tags of the
+    MetaGraph to load. rest_api_enable_cors_support: CORS headers on REST
+    replies.
     """
 
     model_name: str = "default"
@@ -157,6 +163,11 @@ class ServerConfig:
     enable_model_warmup: bool = True
     warmup_iterations: int = 0
     tensor_content_outputs: bool = False
+    check_method_names: bool = False
+    max_num_load_retries: int = 0
+    load_retry_interval_seconds: float = 60.0
+    saved_model_tags: str = "serve"
+    rest_api_enable_cors_support: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

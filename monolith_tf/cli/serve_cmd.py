@@ -22,7 +22,6 @@ NAME, HELP = "serve", "TF Serving-compatible model server"
 
 # tensorflow_model_server flags with no meaning here: flag -> why.
 IGNORED_FLAGS = {
-    "rest_api_enable_cors_support": "no CORS headers are sent",
     "allow_version_labels_for_unavailable_models": "labels may name any version; a "
                                                    "request for one not serving is NOT_FOUND",
     "batching_parameters_file": "use --max_batch_size, --batch_timeout_micros and "
@@ -30,23 +29,18 @@ IGNORED_FLAGS = {
     "enable_per_model_batching_parameters": "batching settings are server-wide",
     "num_load_threads": "versions load one at a time, off the request path",
     "num_unload_threads": "versions unload when their last request ends",
-    "max_num_load_retries": "a version that fails to load is not retried",
-    "load_retry_interval_micros": "a version that fails to load is not retried",
     "flush_filesystem_caches": "no filesystem caches are kept",
     "tensorflow_session_config_file": "TF2 functions run without a session config",
     "use_alts_credentials": "gRPC listens without credentials (loopback by default)",
     "ssl_config_file": "gRPC listens without TLS (loopback by default)",
     "platform_config_file": "only TensorFlow SavedModels are served",
     "per_process_gpu_memory_fraction": "TensorFlow's GPU memory growth applies",
-    "saved_model_tags": "the SavedModel's serving MetaGraph is loaded",
     "monitoring_config_file": "Prometheus metrics are always at "
                               "/monitoring/prometheus/metrics on the REST port",
     "remove_unused_fields_from_bundle_metagraph": "no MetaGraph is kept beyond signatures",
     "prefer_tflite_model": "TF Lite models are not served",
     "num_tflite_pools": "TF Lite models are not served",
     "num_tflite_interpreters_per_pool": "TF Lite models are not served",
-    "enable_signature_method_name_check": "method names are not checked (TF Serving's "
-                                          "default)",
     "xla_cpu_compilation_enabled": "functions compile as their SavedModel says",
     "xla_gpu_compilation_enabled": "functions compile as their SavedModel says",
     "enable_profiler": "no profiler service",
@@ -104,6 +98,18 @@ def add_arguments(parser):
                "replay assets.extra/tf_serving_warmup_requests before a version serves")
     config_flag(parser, "--num_request_iterations_for_warmup", ServerConfig,
                 "warmup_iterations", type=int, metavar="N", help="runs of each warm-up record (0: once)")
+    _bool_flag(parser, "--rest_api_enable_cors_support",
+               ServerConfig.rest_api_enable_cors_support, "CORS headers on REST replies")
+    _bool_flag(parser, "--enable_signature_method_name_check", ServerConfig.check_method_names,
+               "Classify/Regress refuse signatures whose method_name says otherwise")
+    config_flag(parser, "--max_num_load_retries", ServerConfig, "max_num_load_retries",
+                type=int, metavar="N",
+                help="retries of a failing version load (TF Serving's default: 5)")
+    parser.add_argument("--load_retry_interval_micros", type=int, metavar="MICROS",
+                        default=int(ServerConfig.load_retry_interval_seconds * 1e6),
+                        help="wait between load retries")
+    config_flag(parser, "--saved_model_tags", ServerConfig, "saved_model_tags",
+                metavar="TAGS", help="tags of the MetaGraph to load, comma-separated")
     _bool_flag(parser, "--enable_serialization_as_tensor_content",
                ServerConfig.tensor_content_outputs,
                "gRPC Predict outputs packed in tensor_content, not typed fields")
@@ -160,7 +166,12 @@ def server_config(args):
         rest_api_timeout_ms=args.rest_api_timeout_in_ms,
         enable_model_warmup=args.enable_model_warmup,
         warmup_iterations=args.num_request_iterations_for_warmup,
-        tensor_content_outputs=args.enable_serialization_as_tensor_content)
+        tensor_content_outputs=args.enable_serialization_as_tensor_content,
+        check_method_names=args.enable_signature_method_name_check,
+        max_num_load_retries=args.max_num_load_retries,
+        load_retry_interval_seconds=max(args.load_retry_interval_micros, 0) / 1e6,
+        saved_model_tags=args.saved_model_tags,
+        rest_api_enable_cors_support=args.rest_api_enable_cors_support)
 
 
 def ignored_flags(args):

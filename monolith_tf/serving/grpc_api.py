@@ -80,15 +80,18 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer, 
 
     def Classify(self, request, context):
         with self.answering(context, "classify"):
-            return inference.classify(self.resolve(request.model_spec), request)
+            return inference.classify(self.resolve(request.model_spec), request,
+                                      self.server.config.check_method_names)
 
     def Regress(self, request, context):
         with self.answering(context, "regress"):
-            return inference.regress(self.resolve(request.model_spec), request)
+            return inference.regress(self.resolve(request.model_spec), request,
+                                     self.server.config.check_method_names)
 
     def MultiInference(self, request, context):
         with self.answering(context, "multi_inference"):
-            return inference.multi_inference(self.resolve, request)
+            return inference.multi_inference(self.resolve, request,
+                                             self.server.config.check_method_names)
 
     def GetModelMetadata(self, request, context):
         with self.answering(context, "metadata"):

@@ -10,8 +10,9 @@ as TF Serving does) and warm-up replay all go through here.
   ``example_list_with_context`` whose context features every example
   shares), feed them serialized to the signature's one input, and read its
   ``classes``/``scores`` or ``outputs`` with TF Serving's checks and words.
-  Signature method names are not checked (TF Serving's default: native TF2
-  signatures all say ``predict``).
+  Signature method names are checked only with ``check_method_names``
+  (TF Serving's ``--enable_signature_method_name_check``; off by default, as
+  native TF2 signatures all say ``predict``).
 """
 
 import grpc
@@ -112,11 +113,18 @@ def serialized_examples(request_input):
     return array
 
 
-def _signature(servable, signature_name):
+def _signature(servable, signature_name, method=None):
+    """The signature's name and SignatureDef; with ``method``, its
+    method_name must be that (TF Serving's method name check)."""
     name = signature_name or DEFAULT_SIGNATURE
     if name not in servable.signature_defs:
         raise invalid(f"No signature was found with the name: {name}")
-    return name, servable.signature_defs[name]
+    signature = servable.signature_defs[name]
+    if method is not None and signature.method_name != method:
+        what = "classification" if method == CLASSIFY_METHOD else "regression"
+        raise invalid(f"Expected {what} signature method_name to be {method}. Was: "
+                      f"{signature.method_name}")
+    return name, signature
 
 
 def _one_input(signature, what):
@@ -129,11 +137,12 @@ def _one_input(signature, what):
     return name
 
 
-def classification_result(servable, signature_name, request_input):
+def classification_result(servable, signature_name, request_input, check_method_names=False):
     """``(ClassificationResult, signature name)`` of examples on a
     classification signature (TF Serving's checks on ``classes`` and
     ``scores``)."""
-    name, signature = _signature(servable, signature_name)
+    name, signature = _signature(servable, signature_name,
+                                 CLASSIFY_METHOD if check_method_names else None)
     input_name = _one_input(signature, "classification")
     if len(signature.outputs) not in (1, 2):
         raise invalid(f"Expected one or two output Tensors, found {len(signature.outputs)}")
@@ -174,10 +183,11 @@ def classification_result(servable, signature_name, request_input):
     return result, name
 
 
-def regression_result(servable, signature_name, request_input):
+def regression_result(servable, signature_name, request_input, check_method_names=False):
     """``(RegressionResult, signature name)`` of examples on a regression
     signature (its one float output, ``[batch]`` or ``[batch, 1]``)."""
-    name, signature = _signature(servable, signature_name)
+    name, signature = _signature(servable, signature_name,
+                                 REGRESS_METHOD if check_method_names else None)
     input_name = _one_input(signature, "regression")
     if len(signature.outputs) != 1:
         raise invalid("Expected one output Tensor.")
@@ -200,27 +210,27 @@ def regression_result(servable, signature_name, request_input):
     return result, name
 
 
-def classify(servable, request):
+def classify(servable, request, check_method_names=False):
     """The ``ClassificationResponse`` of ``request`` on ``servable``."""
     response = classification_pb2.ClassificationResponse()
     result, name = classification_result(servable, request.model_spec.signature_name,
-                                         request.input)
+                                         request.input, check_method_names)
     response.result.CopyFrom(result)
     _answer_spec(response.model_spec, servable, name)
     return response
 
 
-def regress(servable, request):
+def regress(servable, request, check_method_names=False):
     """The ``RegressionResponse`` of ``request`` on ``servable``."""
     response = regression_pb2.RegressionResponse()
     result, name = regression_result(servable, request.model_spec.signature_name,
-                                     request.input)
+                                     request.input, check_method_names)
     response.result.CopyFrom(result)
     _answer_spec(response.model_spec, servable, name)
     return response
 
 
-def multi_inference(resolve, request):
+def multi_inference(resolve, request, check_method_names=False):
     """The ``MultiInferenceResponse`` of ``request``: each task (classify or
     regress) on the same examples of one model. ``resolve(model_spec)``
     gives the Servable of a task."""
@@ -250,11 +260,11 @@ def multi_inference(resolve, request):
         result = response.results.add()
         if task.method_name == CLASSIFY_METHOD:
             answer, name = classification_result(servable, task.model_spec.signature_name,
-                                                 request.input)
+                                                 request.input, check_method_names)
             result.classification_result.CopyFrom(answer)
         else:
             answer, name = regression_result(servable, task.model_spec.signature_name,
-                                             request.input)
+                                             request.input, check_method_names)
             result.regression_result.CopyFrom(answer)
         _answer_spec(result.model_spec, servable, name)
     return response

@@ -55,11 +55,17 @@ class ModelManager:
       max_batch_size, batching: passed to each ``Servable``.
       warmup: a ``warmup.Warmup`` run on each version before it serves
         (None: a one-example call only).
+      load_retries, retry_interval_seconds: a failing load (warm-up
+        included) is tried again this many times, this many wall seconds
+        apart, before the version is given up (END).
+      tags: the SavedModel tags to load.
     """
 
     def __init__(self, entry, metrics, poll_seconds=ServerConfig.poll_seconds,
                  max_batch_size=ServerConfig.max_batch_size, batching=None, warmup=None,
-                 base_path=None):
+                 base_path=None, load_retries=ServerConfig.max_num_load_retries,
+                 retry_interval_seconds=ServerConfig.load_retry_interval_seconds,
+                 tags=("serve",)):
         if not isinstance(entry, ModelEntry):
             entry = ModelEntry(entry, base_path)
         self.name, self.base_path = entry.name, entry.base_path
@@ -69,6 +75,8 @@ class ModelManager:
         self.max_batch_size = max_batch_size
         self.batching = batching
         self.warmup = warmup
+        self.load_retries, self.retry_interval_seconds = load_retries, retry_interval_seconds
+        self.tags = tuple(tags)
         self._serving = {}
         self._statuses = {}
         self._lock = threading.Lock()
@@ -163,20 +171,21 @@ class ModelManager:
 
     def _load(self, version, path):
         self._set_status(VersionStatus(version, "LOADING"))
-        try:
-            servable = Servable(self.name, version, path, self.metrics,
-                                max_batch_size=self.max_batch_size, batching=self.batching)
-            if self.warmup is not None and self.warmup.has_requests(path):
-                self.warmup.replay(servable)
-            else:
-                servable.warm_up()
-        except Exception as error:  # noqa: BLE001 - a bad version (OpError, ValueError,
-            # OSError, ServingError, ...) must not stop serving the others; its status says why
-            _log.error("model %s: version %d failed to load: %s", self.name, version, error)
-            code = error.code if isinstance(error, ServingError) else grpc.StatusCode.UNKNOWN
-            self._set_status(VersionStatus(version, "END", code,
-                                           f"{type(error).__name__}: {error}"))
-            return
+        for attempt in range(self.load_retries + 1):
+            try:
+                servable = self._load_once(version, path)
+                break
+            except Exception as error:  # noqa: BLE001 - a bad version (OpError, ValueError,
+                # OSError, ServingError, ...) must not stop serving the others; its status
+                # says why
+                _log.error("model %s: version %d failed to load (attempt %d of %d): %s",
+                           self.name, version, attempt + 1, self.load_retries + 1, error)
+                if attempt == self.load_retries or self._stop.wait(self.retry_interval_seconds):
+                    code = error.code if isinstance(error, ServingError) else \
+                        grpc.StatusCode.UNKNOWN
+                    self._set_status(VersionStatus(version, "END", code,
+                                                   f"{type(error).__name__}: {error}"))
+                    return
         with self._update_lock:
             previous = self._newest()
             self._serving[version] = servable
@@ -186,6 +195,20 @@ class ModelManager:
         self._set_status(VersionStatus(version, "AVAILABLE"))
         self.metrics.version_loaded(self.name, version, servable.dense_version)
         _log.info("model %s: version %d serving", self.name, version)
+
+    def _load_once(self, version, path):
+        servable = Servable(self.name, version, path, self.metrics,
+                            max_batch_size=self.max_batch_size, batching=self.batching,
+                            tags=self.tags)
+        try:
+            if self.warmup is not None and self.warmup.has_requests(path):
+                self.warmup.replay(servable)
+            else:
+                servable.warm_up()
+        except BaseException:
+            servable.close()
+            raise
+        return servable
 
     def _newest_changed(self, removed):
         """Under the update lock, after ``removed`` left: tells the listeners

@@ -4,7 +4,8 @@ Every path under ``/v1/`` goes to one handler, as in TF Serving, matched
 case-insensitively with its patterns: ``POST
 /v1/models/NAME[/versions/V|/labels/L]:predict|:classify|:regress``, ``GET
 /v1/models/NAME[/versions/V|/labels/L]`` (status) and ``GET .../metadata``;
-any other ``/v1/`` path is 400 "Malformed request". The Prometheus metrics
+any other ``/v1/`` path is 400 "Malformed request"; ``OPTIONS`` is a CORS
+preflight (CORS headers on every reply with ``cors``). The Prometheus metrics
 are at ``/monitoring/prometheus/metrics``; other paths are 404. Errors are
 ``{"error": message}`` with TF Serving's HTTP status for the code; a body
 over the size limit gets 413, a call over ``timeout_seconds`` 504
@@ -34,6 +35,8 @@ _PREDICT_PATH = re.compile(r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/label
 _STATUS_PATH = re.compile(r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|"
                           r"(?:/labels/([^/:]+)))?(?:/(metadata))?", re.IGNORECASE)
 _INT64_MAX = (1 << 63) - 1
+_CORS_HEADERS = {"Access-Control-Allow-Origin": "*", "Access-Control-Allow-Methods": "POST, GET",
+                 "Access-Control-Allow-Headers": "Content-Type"}
 
 
 def _json_reply(document, status=200):
@@ -55,12 +58,17 @@ class RestApi:
       threads: worker threads for parsing and model calls.
       timeout_seconds: longest a call may take (0: no limit), TF Serving's
         ``--rest_api_timeout_in_ms``.
+      cors: add TF Serving's CORS headers to every reply
+        (``--rest_api_enable_cors_support``).
+      check_method_names: classify and regress check signature method names.
     """
 
-    def __init__(self, server, metrics, max_request_bytes, threads, timeout_seconds=0):
+    def __init__(self, server, metrics, max_request_bytes, threads, timeout_seconds=0,
+                 cors=False, check_method_names=False):
         self.models, self.metrics = server.models, metrics
         self.max_request_bytes = max_request_bytes
         self.timeout_seconds = timeout_seconds or None
+        self.cors, self.check_method_names = cors, check_method_names
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="rest")
 
     def application(self):
@@ -87,7 +95,12 @@ class RestApi:
                 raise ServingError(grpc.StatusCode.NOT_FOUND,
                                    f"Malformed request: {request.method} {path}")
             malformed = invalid(f"Malformed request: {request.method} {path}")
-            if request.method == "POST":
+            if request.method == "OPTIONS":  # a CORS preflight, answered as TF Serving does
+                if not re.search(r"https?://", request.headers.get("Origin", "")):
+                    raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
+                                       "Origin header is missing in CORS preflight")
+                reply = b""
+            elif request.method == "POST":
                 match = _PREDICT_PATH.fullmatch(path)
                 if not match:
                     raise malformed
@@ -119,6 +132,8 @@ class RestApi:
         except ServingError as error:
             code = error.code
             response = _error_reply(error)
+        if self.cors:
+            response.headers.update(_CORS_HEADERS)
         self.metrics.request("rest", method, code.name, time.perf_counter() - started)
         return response
 
@@ -142,13 +157,15 @@ class RestApi:
     def _classify(self, name, version, label, body):
         signature, examples = json_format.parse_examples_request(body, "classify")
         servable = self.models.servable(name, version, label)
-        result, _ = inference.classification_result(servable, signature, examples)
+        result, _ = inference.classification_result(servable, signature, examples,
+                                                    self.check_method_names)
         return json.dumps(json_format.classification_json(result)).encode("utf-8")
 
     def _regress(self, name, version, label, body):
         signature, examples = json_format.parse_examples_request(body, "regress")
         servable = self.models.servable(name, version, label)
-        result, _ = inference.regression_result(servable, signature, examples)
+        result, _ = inference.regression_result(servable, signature, examples,
+                                                self.check_method_names)
         return json.dumps(json_format.regression_json(result)).encode("utf-8")
 
     def _status(self, name, version, label):

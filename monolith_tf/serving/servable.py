@@ -97,13 +97,19 @@ class _DenseSlots:
             self._active = target
 
 
-def read_signature_defs(export_dir):
-    """``{name: SignatureDef}`` of the SavedModel at ``export_dir``, as TF
-    Serving reports them in GetModelMetadata."""
+def read_signature_defs(export_dir, tags=("serve",)):
+    """``{name: SignatureDef}`` of the MetaGraph tagged ``tags`` in the
+    SavedModel at ``export_dir``, as TF Serving reports them in
+    GetModelMetadata. ValueError if no MetaGraph has exactly those tags."""
     saved_model = saved_model_pb2.SavedModel()
     with open(os.path.join(export_dir, "saved_model.pb"), "rb") as source:
         saved_model.ParseFromString(source.read())
-    return dict(saved_model.meta_graphs[0].signature_def)
+    for meta_graph in saved_model.meta_graphs:
+        if set(meta_graph.meta_info_def.tags) == set(tags):
+            return dict(meta_graph.signature_def)
+    available = [sorted(m.meta_info_def.tags) for m in saved_model.meta_graphs]
+    raise ValueError(f"Could not find meta graph def matching supplied tags: "
+                     f"{{ {' '.join(sorted(tags))} }}; the SavedModel has {available}")
 
 
 def _numpy_dtype_name(array):
@@ -124,10 +130,11 @@ class Servable:
         most rows of a merged call.
       batching: None, or ``BatchingOptions``: concurrent requests of a
         signature are merged into one model call (``batching.py``).
+      tags: the tags of the MetaGraph to load (``--saved_model_tags``).
     """
 
     def __init__(self, name, version, path, metrics, max_batch_size=ServerConfig.max_batch_size,
-                 batching=None):
+                 batching=None, tags=("serve",)):
         self.name, self.version, self.path = name, version, path
         self.metrics = metrics
         self.max_batch_size = max_batch_size
@@ -135,8 +142,8 @@ class Servable:
         self._batchers = {}
         self._batchers_lock = threading.Lock()
         self._closed = False
-        self.signature_defs = read_signature_defs(path)
-        self._loaded = tf.saved_model.load(path)
+        self.signature_defs = read_signature_defs(path, tags)
+        self._loaded = tf.saved_model.load(path, tags=list(tags))
         self._signatures = dict(self._loaded.signatures)
         self._input_specs = {name: fn.structured_input_signature[1]
                              for name, fn in self._signatures.items()}

@@ -75,7 +75,8 @@ class ModelServer:
         self._batching = BatchingOptions(config.batch_timeout_micros / 1e6,
                                          config.num_batch_threads or os.cpu_count() or 1) \
             if config.enable_batching else None
-        self._warmup = Warmup(config.warmup_iterations) if config.enable_model_warmup else None
+        self._warmup = Warmup(config.warmup_iterations, config.check_method_names) \
+            if config.enable_model_warmup else None
         self.models = ModelRegistry(self._make_manager)
         if config.model_config_file:
             entries = read_model_config(config.model_config_file)
@@ -101,9 +102,14 @@ class ModelServer:
         self._config_thread = None
 
     def _make_manager(self, entry):
-        return ModelManager(entry, self.metrics, poll_seconds=self.config.poll_seconds,
-                            max_batch_size=self.config.max_batch_size,
-                            batching=self._batching, warmup=self._warmup)
+        config = self.config
+        return ModelManager(entry, self.metrics, poll_seconds=config.poll_seconds,
+                            max_batch_size=config.max_batch_size,
+                            batching=self._batching, warmup=self._warmup,
+                            load_retries=config.max_num_load_retries,
+                            retry_interval_seconds=config.load_retry_interval_seconds,
+                            tags=[t.strip() for t in config.saved_model_tags.split(",")
+                                  if t.strip()])
 
     @property
     def model_name(self):
@@ -176,7 +182,9 @@ class ModelServer:
         self._grpc.start()
         if rest_port is not None:
             self._rest = RestApi(self, self.metrics, self._max_request_bytes,
-                                 self._rest_threads, self.config.rest_api_timeout_ms / 1e3)
+                                 self._rest_threads, self.config.rest_api_timeout_ms / 1e3,
+                                 cors=self.config.rest_api_enable_cors_support,
+                                 check_method_names=self.config.check_method_names)
             self._loop = asyncio.new_event_loop()
             self._loop_thread = threading.Thread(target=self._loop.run_forever,
                                                  name="rest-loop", daemon=True)

@@ -24,10 +24,11 @@ MAX_RECORDS = 1000
 
 class Warmup:
     """Replays a version's warm-up records (module doc); ``iterations``:
-    runs per record (0: once)."""
+    runs per record (0: once); ``check_method_names`` as the server's."""
 
-    def __init__(self, iterations=0):
+    def __init__(self, iterations=0, check_method_names=False):
         self.iterations = max(int(iterations), 1)
+        self.check_method_names = check_method_names
 
     @staticmethod
     def has_requests(path):
@@ -51,16 +52,17 @@ class Warmup:
                 self._run(servable, log)
         return count
 
-    @staticmethod
-    def _run(servable, log):
+    def _run(self, servable, log):
         kind = log.WhichOneof("log_type")
+        check = self.check_method_names
         if kind == "predict_log":
             inference.predict(servable, log.predict_log.request)
         elif kind == "classify_log":
-            inference.classify(servable, log.classify_log.request)
+            inference.classify(servable, log.classify_log.request, check)
         elif kind == "regress_log":
-            inference.regress(servable, log.regress_log.request)
+            inference.regress(servable, log.regress_log.request, check)
         elif kind == "multi_inference_log":
-            inference.multi_inference(lambda spec: servable, log.multi_inference_log.request)
+            inference.multi_inference(lambda spec: servable, log.multi_inference_log.request,
+                                      check)
         else:
             raise invalid(f"Unsupported log_type for warmup: {kind}")

@@ -649,8 +649,10 @@ NUMERIC = {"port", "rest_api_port", "rest_api_num_threads", "rest_api_timeout_in
            "model_config_file_poll_wait_seconds", "file_system_poll_wait_seconds",
            "tensorflow_session_parallelism", "tensorflow_intra_op_parallelism",
            "tensorflow_inter_op_parallelism", "grpc_max_threads",
-           "num_request_iterations_for_warmup"}
-BOOLEAN = {"enable_batching", "enable_model_warmup", "enable_serialization_as_tensor_content"}
+           "num_request_iterations_for_warmup", "max_num_load_retries",
+           "load_retry_interval_micros"}
+BOOLEAN = {"enable_batching", "enable_model_warmup", "enable_serialization_as_tensor_content",
+           "rest_api_enable_cors_support", "enable_signature_method_name_check"}
 
 
 @pytest.mark.parametrize("flag", TF_SERVING_FLAGS)
@@ -664,3 +666,81 @@ def test_each_tensorflow_model_server_flag_parses(flag):
             f"--{flag} is accepted and ignored: {serve_cmd.IGNORED_FLAGS[flag]}"]
     else:
         assert serve_cmd.ignored_flags(args) == []
+
+
+def test_signature_method_names_checked_on_request(paths):
+    with ModelServer(paths["tf2"], model_name="tf2", port=0, rest_api_port=0,
+                     check_method_names=True) as server:
+        status, reply = http(server, "/v1/models/tf2:classify",
+                             {"signature_name": "classify_x_to_y", "examples": [{"x": 2.0}]})
+        assert status == 400
+        assert reply["error"] == ("Expected classification signature method_name to be "
+                                  "tensorflow/serving/classify. Was: tensorflow/serving/predict")
+        status, reply = http(server, "/v1/models/tf2:regress",
+                             {"signature_name": "regress_x_to_y", "examples": [{"x": 2.0}]})
+        assert status == 400 and "tensorflow/serving/regress. Was:" in reply["error"]
+    with ModelServer(paths["default"], model_name="default", port=0, rest_api_port=0,
+                     check_method_names=True) as server:  # TF1 signatures say what they are
+        status, reply = http(server, "/v1/models/default:classify",
+                             {"signature_name": "classify_x_to_y", "examples": [{"x": 2.0}]})
+        assert (status, reply) == (200, {"results": [[["", 3.0]]]})
+
+
+def test_a_failing_load_is_retried(paths, tmp_path):
+    import threading
+
+    base = tmp_path / "model"
+    target = base / models.VERSION_DIR
+    target.mkdir(parents=True)
+    (target / "saved_model.pb").write_bytes(b"not a SavedModel yet")
+    good = models.version_dir(paths["default"])
+
+    def repair():
+        shutil.copytree(os.path.join(good, "variables"), target / "variables")
+        shutil.copy(os.path.join(good, "saved_model.pb"), target / "staged.pb")
+        os.replace(target / "staged.pb", target / "saved_model.pb")
+
+    timer = threading.Timer(0.2, repair)
+    timer.start()
+    with ModelServer(str(base), model_name="default", port=0, rest_api_port=None,
+                     max_num_load_retries=3, load_retry_interval_seconds=0.6) as server:
+        timer.join()
+        assert server.version == 123
+        [status] = server.models.statuses("default")
+        assert (status.state, status.error_code) == ("AVAILABLE", grpc.StatusCode.OK)
+        verify_predict(f"localhost:{server.grpc_port}", 3.0, 123)
+
+
+def test_saved_model_tags_choose_the_meta_graph(paths):
+    with ModelServer(paths["default"], model_name="default", port=0, rest_api_port=None,
+                     saved_model_tags="serve,tpu") as server:
+        [status] = server.models.statuses("default")
+        assert status.state == "END"
+        assert "Could not find meta graph def matching supplied tags: { serve tpu }" in \
+            status.error_message
+
+
+def test_cors_headers_and_preflight(paths):
+    import urllib.error
+    import urllib.request
+
+    def call(server, method, origin=None):
+        request = urllib.request.Request(f"http://127.0.0.1:{server.rest_port}/v1/models/default",
+                                         method=method, headers={"Origin": origin} if origin
+                                         else {})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as reply:
+                return reply.status, dict(reply.headers)
+        except urllib.error.HTTPError as error:
+            return error.code, dict(error.headers)
+
+    with ModelServer(paths["default"], model_name="default", port=0, rest_api_port=0,
+                     rest_api_enable_cors_support=True) as server:
+        status, headers = call(server, "GET")
+        assert status == 200
+        assert (headers["Access-Control-Allow-Origin"], headers["Access-Control-Allow-Methods"],
+                headers["Access-Control-Allow-Headers"]) == ("*", "POST, GET", "Content-Type")
+        assert call(server, "OPTIONS", "https://app.example")[0] == 200
+        assert call(server, "OPTIONS")[0] == 400   # FAILED_PRECONDITION: no Origin
+    with ModelServer(paths["default"], model_name="default", port=0, rest_api_port=0) as server:
+        assert "Access-Control-Allow-Origin" not in call(server, "GET")[1]
