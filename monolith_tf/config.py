@@ -139,7 +139,8 @@ class ServerConfig:
     failing version retried this many times, load_retry_interval_seconds
     apart (wall time). saved_model_tags: comma-separated tags of the
     MetaGraph to load. rest_api_enable_cors_support: CORS headers on REST
-    replies.
+    replies. allow_unavailable_labels: version labels may name versions not
+    serving (else such a config is refused).
     """
 
     model_name: str = "default"
@@ -168,6 +169,7 @@ class ServerConfig:
     load_retry_interval_seconds: float = 60.0
     saved_model_tags: str = "serve"
     rest_api_enable_cors_support: bool = False
+    allow_unavailable_labels: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

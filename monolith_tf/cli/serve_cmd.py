@@ -22,8 +22,6 @@ NAME, HELP = "serve", "TF Serving-compatible model server"
 
 # tensorflow_model_server flags with no meaning here: flag -> why.
 IGNORED_FLAGS = {
-    "allow_version_labels_for_unavailable_models": "labels may name any version; a "
-                                                   "request for one not serving is NOT_FOUND",
     "batching_parameters_file": "use --max_batch_size, --batch_timeout_micros and "
                                 "--num_batch_threads",
     "enable_per_model_batching_parameters": "batching settings are server-wide",
@@ -100,6 +98,9 @@ def add_arguments(parser):
                 "warmup_iterations", type=int, metavar="N", help="runs of each warm-up record (0: once)")
     _bool_flag(parser, "--rest_api_enable_cors_support",
                ServerConfig.rest_api_enable_cors_support, "CORS headers on REST replies")
+    _bool_flag(parser, "--allow_version_labels_for_unavailable_models",
+               ServerConfig.allow_unavailable_labels,
+               "version labels may name versions not serving")
     _bool_flag(parser, "--enable_signature_method_name_check", ServerConfig.check_method_names,
                "Classify/Regress refuse signatures whose method_name says otherwise")
     config_flag(parser, "--max_num_load_retries", ServerConfig, "max_num_load_retries",
@@ -171,7 +172,8 @@ def server_config(args):
         max_num_load_retries=args.max_num_load_retries,
         load_retry_interval_seconds=max(args.load_retry_interval_micros, 0) / 1e6,
         saved_model_tags=args.saved_model_tags,
-        rest_api_enable_cors_support=args.rest_api_enable_cors_support)
+        rest_api_enable_cors_support=args.rest_api_enable_cors_support,
+        allow_unavailable_labels=args.allow_version_labels_for_unavailable_models)
 
 
 def ignored_flags(args):

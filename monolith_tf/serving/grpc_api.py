@@ -131,9 +131,9 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer, _Answering):
             try:
                 self.server.reload_config(entries_of(request.config))
             except ModelConfigError as error:
-                response.status.error_code = grpc.StatusCode.INVALID_ARGUMENT.value[0]
+                response.status.error_code = error.code.value[0]
                 response.status.error_message = str(error)
-                context.set_code(grpc.StatusCode.INVALID_ARGUMENT)
+                context.set_code(error.code)
                 context.set_details(str(error))
             return response
 

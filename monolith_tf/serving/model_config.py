@@ -21,6 +21,7 @@ labels. ``--model_name``/``--model_base_path`` make the one-entry config
 import dataclasses
 from typing import Dict, Tuple
 
+import grpc
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
@@ -28,7 +29,13 @@ MESSAGE = "tensorflow.serving.ModelServerConfig"
 
 
 class ModelConfigError(ValueError):
-    """A model config that cannot be served (unparsable, or meaningless)."""
+    """A model config that cannot be served (unparsable, meaningless, or
+    naming versions that are not there); ``code``: the gRPC status a reload
+    answers with."""
+
+    def __init__(self, message, code=grpc.StatusCode.INVALID_ARGUMENT):
+        super().__init__(message)
+        self.code = code
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,7 +28,7 @@ import grpc
 from monolith_tf.config import ServerConfig
 from monolith_tf.export_format import version_directories
 from monolith_tf.serving.errors import ServingError, invalid
-from monolith_tf.serving.model_config import ModelEntry
+from monolith_tf.serving.model_config import ModelConfigError, ModelEntry
 from monolith_tf.serving.servable import Servable
 
 _log = logging.getLogger(__name__)
@@ -113,6 +113,10 @@ class ModelManager:
             raise ValueError("a model's base path changes by replacing its manager")
         self.policy, self._labels = entry.policy, dict(entry.labels)
         self.poll()
+
+    def set_labels(self, labels):
+        """Replaces the version labels ({label: version})."""
+        self._labels = dict(labels)
 
     @property
     def entry(self):
@@ -282,10 +286,14 @@ class ModelManager:
 class ModelRegistry:
     """The models of one server, by name: one ``ModelManager`` each, made
     by ``make_manager(entry)``; ``apply(entries)`` (a config reload) adds,
-    reconfigures and removes models while serving."""
+    reconfigures and removes models while serving. A version label must
+    name a serving version (else the config is refused and the labels stay
+    as they were), unless ``labels_may_name_unavailable`` (TF Serving's
+    ``--allow_version_labels_for_unavailable_models``)."""
 
-    def __init__(self, make_manager):
+    def __init__(self, make_manager, labels_may_name_unavailable=False):
         self._make_manager = make_manager
+        self.labels_may_name_unavailable = labels_may_name_unavailable
         self._managers = {}
         self._config_lock = threading.Lock()
         self._started = False
@@ -326,6 +334,8 @@ class ModelRegistry:
         are in place. A model whose base path changed is replaced."""
         with self._config_lock:
             wanted = {entry.name: entry for entry in entries}
+            previous_labels = {name: manager.entry.labels
+                               for name, manager in self._managers.items()}
             for name, entry in wanted.items():
                 current = self._managers.get(name)
                 if current is not None and current.base_path == entry.base_path:
@@ -340,13 +350,35 @@ class ModelRegistry:
                     current.stop()
             for name in sorted(set(self._managers) - set(wanted)):
                 self._managers.pop(name).stop()
+            if self._started:
+                try:
+                    self._check_labels()
+                except ModelConfigError:
+                    for name, labels in previous_labels.items():
+                        if name in self._managers:
+                            self._managers[name].set_labels(labels)
+                    raise
 
     def start(self):
-        """Starts every manager (loads, then polls)."""
+        """Starts every manager (loads, then polls). ModelConfigError if a
+        label names a version that did not load."""
         with self._config_lock:
             self._started = True
             for manager in self._managers.values():
                 manager.start()
+            self._check_labels()
+
+    def _check_labels(self):
+        if self.labels_may_name_unavailable:
+            return
+        for manager in self._managers.values():
+            for label, version in sorted(manager.entry.labels.items()):
+                if version not in manager.serving_versions:
+                    raise ModelConfigError(
+                        f"Request to assign label to version {version} of model "
+                        f"{manager.name}, which is not currently available for inference "
+                        f"(label {label!r}; --allow_version_labels_for_unavailable_models "
+                        "allows it)", grpc.StatusCode.FAILED_PRECONDITION)
 
     def stop(self):
         """Stops every manager."""

@@ -32,13 +32,15 @@ from aiohttp import web
 from monolith_tf.config import ServerConfig, with_options
 from monolith_tf.serving.grpc_api import add_services
 from monolith_tf.serving.metrics import ServingMetrics
-from monolith_tf.serving.model_config import ModelConfigError, read_model_config, single_model
+from monolith_tf.serving.model_config import (ModelConfigError, parse_model_config,
+                                              read_model_config, single_model)
 from monolith_tf.serving.model_manager import ModelManager, ModelRegistry
 from monolith_tf.serving.rest_api import RestApi
 from monolith_tf.serving.servable import BatchingOptions
 from monolith_tf.serving.warmup import Warmup
 
 _log = logging.getLogger(__name__)
+CONFIG_SETTLE_SECONDS = 0.2   # a changed config file must read the same this much later
 
 
 def parse_channel_arguments(text):
@@ -77,7 +79,7 @@ class ModelServer:
             if config.enable_batching else None
         self._warmup = Warmup(config.warmup_iterations, config.check_method_names) \
             if config.enable_model_warmup else None
-        self.models = ModelRegistry(self._make_manager)
+        self.models = ModelRegistry(self._make_manager, config.allow_unavailable_labels)
         if config.model_config_file:
             entries = read_model_config(config.model_config_file)
             self._config_text = self._read_config_text()
@@ -145,26 +147,37 @@ class ModelServer:
             return source.read()
 
     def _poll_config(self):
-        """Rereads the model config file every ``model_config_poll_seconds``;
-        a changed, valid one is applied, an invalid one logged and left."""
+        """Rereads the model config file every ``model_config_poll_seconds``.
+        A changed text is applied once it reads the same twice,
+        ``CONFIG_SETTLE_SECONDS`` apart (a file caught mid-write, even
+        empty, is not applied); an invalid one is logged and left, and the
+        models stay as they are."""
         while not self._config_stop.wait(self.config.model_config_poll_seconds):
             try:
                 text = self._read_config_text()
                 if text == self._config_text:
                     continue
-                entries = read_model_config(self.config.model_config_file)
+                if self._config_stop.wait(CONFIG_SETTLE_SECONDS):
+                    break
+                if self._read_config_text() != text:
+                    continue  # still being written: the next poll looks again
+                self._config_text = text
+                self.reload_config(parse_model_config(text))
+                _log.info("model config reloaded: serving %s", self.models.names())
             except (OSError, ModelConfigError) as error:
                 _log.error("model config %s not applied: %s", self.config.model_config_file,
                            error)
-                continue
-            self._config_text = text
-            self.reload_config(entries)
-            _log.info("model config reloaded: serving %s", self.models.names())
 
     def start(self):
         """Loads the versions to serve (if they exist yet), then listens.
-        Returns self. Raises OSError if a port cannot be bound."""
-        self.models.start()
+        Returns self. Raises OSError if a port cannot be bound,
+        ModelConfigError if a version label names a version that did not
+        load."""
+        try:
+            self.models.start()
+        except ModelConfigError:
+            self.models.stop()
+            raise
         options = dict([("grpc.max_receive_message_length", self._max_request_bytes),
                         ("grpc.max_send_message_length", -1),
                         ("grpc.so_reuseport", 0)] + self._channel_arguments)

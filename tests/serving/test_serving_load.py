@@ -148,7 +148,10 @@ def test_no_failed_request_and_no_mixed_version_under_updates(model, tmp_path, b
     try:
         for i in range(UPDATES):
             if i == RELOAD_AT:
-                config.write_text(model_config(base, half, three, label=True))
+                # Written as a deployment should: whole, then renamed over the old one.
+                staged = tmp_path / "models.config.tmp"
+                staged.write_text(model_config(base, half, three, label=True))
+                os.replace(staged, config)
                 assert_eventually(lambda: server.models.names() == [
                     "ctr", "half_plus_three", "half_plus_two"], seconds=60)
                 assert_eventually(lambda: server.model("half_plus_three").serving_version == 123,

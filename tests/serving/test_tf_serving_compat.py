@@ -577,6 +577,13 @@ def test_reload_config_over_grpc(paths):
         assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "configured twice" in error.value.details()
         assert server.models.names() == ["default", "half_plus_three"]  # nothing changed
+        kept.version_labels["stable"] = 999   # not a version of this model
+        with pytest.raises(grpc.RpcError) as error:
+            models_stub.HandleReloadConfigRequest(request, RPC_TIMEOUT)
+        assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "Request to assign label to version 999 of model default" in \
+            error.value.details()
+        assert server.model("default").servable(label="stable").version == 123  # kept
         channel.close()
 
 
@@ -652,7 +659,8 @@ NUMERIC = {"port", "rest_api_port", "rest_api_num_threads", "rest_api_timeout_in
            "num_request_iterations_for_warmup", "max_num_load_retries",
            "load_retry_interval_micros"}
 BOOLEAN = {"enable_batching", "enable_model_warmup", "enable_serialization_as_tensor_content",
-           "rest_api_enable_cors_support", "enable_signature_method_name_check"}
+           "rest_api_enable_cors_support", "enable_signature_method_name_check",
+           "allow_version_labels_for_unavailable_models"}
 
 
 @pytest.mark.parametrize("flag", TF_SERVING_FLAGS)
@@ -744,3 +752,47 @@ def test_cors_headers_and_preflight(paths):
         assert call(server, "OPTIONS")[0] == 400   # FAILED_PRECONDITION: no Origin
     with ModelServer(paths["default"], model_name="default", port=0, rest_api_port=0) as server:
         assert "Access-Control-Allow-Origin" not in call(server, "GET")[1]
+
+
+def test_a_label_on_a_version_not_serving_is_refused_unless_allowed(paths, tmp_path):
+    from monolith_tf.serving.model_config import ModelConfigError
+
+    config = tmp_path / "models.config"
+    config.write_text(f'model_config_list {{ config {{ name: "default" '
+                      f'base_path: "{paths["default"]}" '
+                      'version_labels { key: "next" value: 124 } } }')
+    with pytest.raises(ModelConfigError, match="version 124 of model default, which is not "
+                                               "currently available"):
+        ModelServer(port=0, rest_api_port=None, model_config_file=str(config)).start()
+    with ModelServer(port=0, rest_api_port=0, model_config_file=str(config),
+                     allow_unavailable_labels=True) as server:
+        status, reply = http(server, "/v1/models/default/labels/next:predict",
+                             {"instances": [1.0]})
+        assert status == 404 and "Specific(default, 124)" in reply["error"]
+
+
+def test_a_config_file_caught_mid_write_is_not_applied(paths, tmp_path):
+    """An editor truncates, then writes: the empty file (a valid config of no
+    models) and the partial ones must not unload anything."""
+    config = tmp_path / "models.config"
+    config.write_text(config_text("half_plus_two", paths["default"]))
+    final = (f'model_config_list {{ config {{ name: "half_plus_two" '
+             f'base_path: "{paths["default"]}" }} config {{ name: "half_plus_three" '
+             f'base_path: "{paths["three"]}" }} }}')
+    with ModelServer(port=0, rest_api_port=None, model_config_file=str(config),
+                     model_config_poll_seconds=0.01) as server:
+        seen = []
+        with open(config, "w") as out:            # truncated: empty for a while
+            for _ in range(5):
+                time.sleep(0.01)
+                seen.append(server.models.names())
+            for start in range(0, len(final), 16):
+                out.write(final[start:start + 16])
+                out.flush()
+                seen.append(server.models.names())
+                time.sleep(0.005)
+        deadline = time.monotonic() + 30
+        while server.models.names() != ["half_plus_three", "half_plus_two"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert all("half_plus_two" in names for names in seen), seen
