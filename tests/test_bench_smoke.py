@@ -184,3 +184,15 @@ def test_row_limit_measures_every_kind_and_refuses_bad_flags():
                            (["--dim"], "needs a value")):
         bad = subprocess.run([binary, *flags], capture_output=True, text=True, timeout=60)
         assert bad.returncode == 2 and message in bad.stderr
+
+
+@pytest.mark.slow
+def test_scale_bench_runs(tmp_path, bench):
+    printed = bench("scale_bench", "--rows", 200_000, "--batch", 16384, "--band-rows", 100_000,
+                    "--dir", tmp_path / "scale")
+    bands = [line for line in printed.splitlines() if line.startswith("| 0.1M")
+             or line.startswith("| 0.2M")]
+    assert len(bands) == 2
+    assert "reader (1,024 present ids per lookup" in printed
+    assert "| full save (" in printed and "| restore (read + import) |" in printed
+    assert not (tmp_path / "scale").exists()   # the bench cleans up its save
