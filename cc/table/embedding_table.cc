@@ -366,8 +366,9 @@ void EmbeddingTable::IndexMissingKeys(const int64_t* keys, const std::vector<int
   };
   try {
     while (claimed.size() < count) claimed.push_back(arena_.Allocate());
-    // Room for every key, so no partition needs to grow while threads place.
-    index_.Reserve(index_.size() + count);
+    // Room for every key, so no partition needs to grow while threads place;
+    // only the partitions these keys go to grow.
+    index_.ReserveFor(count, [&](size_t j) { return keys[todo[j]]; });
   } catch (...) {
     give_back_unused();
     throw;
@@ -823,7 +824,7 @@ void EmbeddingTable::Import(const RowsView& rows, int64_t n, bool clear) {
     index_.Clear();
     arena_.Reset();
   }
-  index_.Reserve(index_.size() + static_cast<size_t>(n));
+  index_.ReserveFor(static_cast<size_t>(n), [&](size_t i) { return rows.keys[i]; });
   for (int64_t i = 0; i < n; ++i) {
     if (i + kPrefetchAhead < n) index_.Prefetch(rows.keys[i + kPrefetchAhead]);
     uint32_t id = index_.Find(rows.keys[i]);
