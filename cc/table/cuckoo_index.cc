@@ -74,11 +74,23 @@ void CuckooIndex::Layout(int depth, int bucket_bits) {
   }
   std::vector<uint32_t> directory(size_t{1} << depth);
   for (size_t slot = 0; slot < directory.size(); ++slot) directory[slot] = uint32_t(slot);
+  std::vector<Route> routes(directory.size());
   // Built aside first: a failed allocation leaves the index as it was.
   partitions_.swap(partitions);
   directory_.swap(directory);
+  routes_.swap(routes);
   depth_ = depth;
+  for (size_t p = 0; p < partitions_.size(); ++p) RoutePartition(p);
   NumberBuckets();
+}
+
+void CuckooIndex::RoutePartition(size_t p) {
+  const Partition& partition = *partitions_[p];
+  const int below = depth_ - partition.depth;  // slot bits below its prefix
+  const size_t first = static_cast<size_t>(partition.prefix) << below;
+  for (size_t slot = first; slot < first + (size_t{1} << below); ++slot) {
+    routes_[slot] = Route{partition.buckets.data(), partition.mask};
+  }
 }
 
 void CuckooIndex::NumberBuckets() {
@@ -220,6 +232,7 @@ void CuckooIndex::GrowPartition(size_t p, bool number_buckets) {
   if (partitions_[p]->bucket_bits < kMaxPartitionBucketBits ||
       partitions_[p]->depth >= kMaxDepth) {
     DoublePartition(*partitions_[p]);
+    RoutePartition(p);
   } else {
     SplitPartition(p);
   }
@@ -254,8 +267,13 @@ void CuckooIndex::SplitPartition(size_t p) {
   if (old.depth == depth_) {
     // Double the directory: each slot becomes two with the same partition.
     std::vector<uint32_t> directory(2 * directory_.size());
-    for (size_t slot = 0; slot < directory.size(); ++slot) directory[slot] = directory_[slot >> 1];
+    std::vector<Route> routes(2 * routes_.size());
+    for (size_t slot = 0; slot < directory.size(); ++slot) {
+      directory[slot] = directory_[slot >> 1];
+      routes[slot] = routes_[slot >> 1];
+    }
     directory_.swap(directory);
+    routes_.swap(routes);
     ++depth_;
   }
   // The keys whose next prefix bit is 1 move to a new partition, to the same
@@ -284,6 +302,8 @@ void CuckooIndex::SplitPartition(size_t p) {
     directory_[slot] = static_cast<uint32_t>(q);
   }
   partitions_.push_back(std::move(moved));
+  RoutePartition(p);
+  RoutePartition(q);
   // Stashed keys go to whichever half owns them now.
   Partition& kept = *partitions_[p];
   std::vector<std::pair<int64_t, uint32_t>> stashed(kept.stash.begin(), kept.stash.end());
@@ -344,7 +364,7 @@ void CuckooIndex::Clear() {
 size_t CuckooIndex::memory_bytes() const {
   // unordered_map node: key, value, next pointer, cached hash, plus a bucket.
   return num_buckets_ * sizeof(Bucket) + partitions_.size() * sizeof(Partition) +
-         directory_.size() * sizeof(uint32_t) +
+         directory_.size() * (sizeof(uint32_t) + sizeof(Route)) +
          stash_size() * (sizeof(int64_t) + sizeof(uint32_t) + 3 * sizeof(void*));
 }
 

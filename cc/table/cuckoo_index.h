@@ -48,9 +48,11 @@ class CuckooIndex {
   // between kMinGrowLoad and kMaxLoadFactor.
   static constexpr double kMaxLoadFactor = 0.85;
   static constexpr double kMinGrowLoad = 0.70;
-  // A partition doubles up to 2^12 buckets (about 17,000 keys, 256 KiB),
-  // then splits: the longest growth pause re-places that many keys.
-  static constexpr int kMaxPartitionBucketBits = 12;
+  // A partition doubles up to 2^15 buckets (2 MiB: one huge page, so
+  // lookups in a large table miss the TLB as rarely as in one big array;
+  // about 140,000 keys), then splits: the longest growth pause re-places
+  // that many keys.
+  static constexpr int kMaxPartitionBucketBits = 15;
   // 16 partitions to start: enough for the threads of one table's batch on
   // a large machine, few enough that a small table's minimum (4 buckets
   // each) stays at 4 KiB.
@@ -64,12 +66,14 @@ class CuckooIndex {
   // Entry id of `key`, or kNoEntry.
   uint32_t Find(int64_t key) const {
     const uint64_t h1 = Hash1(key);
-    const Partition& partition = *partitions_[directory_[SlotOfHash(h1)]];
-    const Bucket* buckets = partition.buckets.data();
-    uint32_t id = FindInBucket(buckets[h1 & partition.mask], key);
+    const size_t slot = SlotOfHash(h1);
+    const Route route = routes_[slot];
+    uint32_t id = FindInBucket(route.buckets[h1 & route.mask], key);
     if (id != kNoEntry) return id;
-    id = FindInBucket(buckets[Hash2(key) & partition.mask], key);
-    if (id != kNoEntry || partition.stash.empty()) return id;
+    id = FindInBucket(route.buckets[Hash2(key) & route.mask], key);
+    if (id != kNoEntry) return id;
+    const Partition& partition = *partitions_[directory_[slot]];
+    if (partition.stash.empty()) return kNoEntry;
     auto it = partition.stash.find(key);
     return it == partition.stash.end() ? kNoEntry : it->second;
   }
@@ -77,9 +81,9 @@ class CuckooIndex {
   // Brings both candidate buckets of `key` towards the cache.
   void Prefetch(int64_t key) const {
     const uint64_t h1 = Hash1(key);
-    const Partition& partition = *partitions_[directory_[SlotOfHash(h1)]];
-    PrefetchLine(partition.buckets.data() + (h1 & partition.mask));
-    PrefetchLine(partition.buckets.data() + (Hash2(key) & partition.mask));
+    const Route route = routes_[SlotOfHash(h1)];
+    PrefetchLine(route.buckets + (h1 & route.mask));
+    PrefetchLine(route.buckets + (Hash2(key) & route.mask));
   }
 
   // Maps `key` (which must be absent) to `id`, growing its partition if needed.
@@ -263,6 +267,14 @@ class CuckooIndex {
     std::unordered_map<int64_t, uint32_t> stash;
   };
 
+  // Where a directory slot's keys live: its partition's buckets and mask,
+  // kept beside the directory so a lookup reaches its buckets without
+  // loading the partition (one dependent load fewer).
+  struct Route {
+    const Bucket* buckets;
+    uint64_t mask;
+  };
+
   // Bit s set where slot s of `bucket` is empty (EmptySlots) or holds `key`
   // (SlotsHolding). Branch-free for inserts: which slots are free is random,
   // and each mispredicted branch would flush the pipeline and with it the
@@ -375,11 +387,14 @@ class CuckooIndex {
   // Numbers the buckets across partitions (first_bucket, num_buckets_) in
   // partition order, after a growth.
   void NumberBuckets();
+  // Points the routes of partition p's directory slots at its buckets.
+  void RoutePartition(size_t p);
   // Re-places every key under new hash seeds (crafted collisions).
   void Reseed();
 
   int depth_ = 0;                   // log2 of the directory's slots
   std::vector<uint32_t> directory_;  // slot -> partition
+  std::vector<Route> routes_;        // slot -> its partition's buckets
   std::vector<std::unique_ptr<Partition>> partitions_;
   std::vector<size_t> first_buckets_;  // first_bucket of each partition
   size_t num_buckets_ = 0;
