@@ -145,8 +145,8 @@ void IndexMatchesAMapAcrossGrowths(const IndexParams& p) {
   std::unordered_map<int64_t, uint32_t> reference;
   std::mt19937_64 rng(p.seed + 17);
   size_t partitions_seen = index.num_partitions();
-  for (int round = 0; round < 200000; ++round) {
-    const int64_t key = static_cast<int64_t>(rng() % 150000) * 2654435761LL - 3;
+  for (int round = 0; round < 500000; ++round) {
+    const int64_t key = static_cast<int64_t>(rng() % 400000) * 2654435761LL - 3;
     if (rng() % 5 == 0) {
       const uint32_t erased = index.Erase(key);
       auto it = reference.find(key);
@@ -156,7 +156,7 @@ void IndexMatchesAMapAcrossGrowths(const IndexParams& p) {
       index.Insert(key, uint32_t(round));
       reference[key] = uint32_t(round);
     }
-    if (round % 20000 == 0 && round > 0) {
+    if (round % 50000 == 0 && round > 0) {
       // While partitions are small (crafting is a search over their
       // buckets), keys crafted to share both buckets of one partition: they
       // overflow its stash, which grows the partition or re-seeds.
