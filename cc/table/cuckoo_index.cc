@@ -186,8 +186,9 @@ void CuckooIndex::RebuildIfStashFull() {
   if (load_factor() >= 0.5) {
     const size_t partitions = partitions_.size();
     for (size_t p = 0; p < partitions; ++p) {
-      if (!partitions_[p]->stash.empty()) GrowPartition(p);
+      if (!partitions_[p]->stash.empty()) GrowPartition(p, /*number_buckets=*/false);
     }
+    NumberBuckets();
   } else {
     Reseed();
   }
@@ -228,15 +229,17 @@ void CuckooIndex::Restash(Partition& partition) {
   }
 }
 
-void CuckooIndex::GrowPartition(size_t p, bool number_buckets) {
-  if (partitions_[p]->bucket_bits < kMaxPartitionBucketBits ||
-      partitions_[p]->depth >= kMaxDepth) {
+bool CuckooIndex::GrowPartition(size_t p, bool number_buckets) {
+  const bool split = partitions_[p]->bucket_bits >= kMaxPartitionBucketBits &&
+                     partitions_[p]->depth < kMaxDepth;
+  if (split) {
+    SplitPartition(p);
+  } else {
     DoublePartition(*partitions_[p]);
     RoutePartition(p);
-  } else {
-    SplitPartition(p);
   }
   if (number_buckets) NumberBuckets();
+  return split;
 }
 
 void CuckooIndex::DoublePartition(Partition& partition) {

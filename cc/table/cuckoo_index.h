@@ -150,18 +150,25 @@ class CuckooIndex {
   template <typename KeyAt>
   void ReserveFor(size_t count, KeyAt&& key_at) {
     std::vector<size_t> incoming;
-    for (bool grew = true; grew;) {
-      grew = false;
+    bool grew = false;
+    for (bool split = true; split;) {
+      // A split moves keys between partitions: count again. Doubling does
+      // not, so a partition doubles until its keys fit.
+      split = false;
       incoming.assign(partitions_.size(), 0);
       for (size_t j = 0; j < count; ++j) ++incoming[PartitionOf(key_at(j))];
       const size_t partitions = partitions_.size();  // splits append partitions
       for (size_t p = 0; p < partitions; ++p) {
-        if (incoming[p] != 0 && !Fits(*partitions_[p], incoming[p])) {
-          GrowPartition(p);
+        while (incoming[p] != 0 && !Fits(*partitions_[p], incoming[p])) {
           grew = true;
+          if (GrowPartition(p, /*number_buckets=*/false)) {
+            split = true;
+            break;
+          }
         }
       }
     }
+    if (grew) NumberBuckets();
   }
 
   size_t size() const;
@@ -373,9 +380,10 @@ class CuckooIndex {
   // `depth` bits, with a growth threshold of its own.
   std::unique_ptr<Partition> NewPartition(int bucket_bits, int depth, uint64_t prefix);
   // Doubles partition p's buckets, or splits it when they are at
-  // kMaxPartitionBucketBits; then numbers the buckets again unless told not
-  // to (a caller growing many partitions numbers them once).
-  void GrowPartition(size_t p, bool number_buckets = true);
+  // kMaxPartitionBucketBits (returns whether it split); then numbers the
+  // buckets again unless told not to (a caller growing many partitions
+  // numbers them once).
+  bool GrowPartition(size_t p, bool number_buckets = true);
   // Insert without the stash check; returns false if the key was stashed.
   bool InsertWithoutRebuild(int64_t key, uint32_t id);
   void DoublePartition(Partition& partition);
