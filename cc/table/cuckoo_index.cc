@@ -53,7 +53,7 @@ uint64_t CuckooIndex::NextRandom(uint64_t* state) {
 std::unique_ptr<CuckooIndex::Partition> CuckooIndex::NewPartition(int bucket_bits, int depth,
                                                                   uint64_t prefix) {
   auto partition = std::make_unique<Partition>();
-  BucketArray(size_t{1} << bucket_bits).swap(partition->buckets);
+  TakeArray(bucket_bits).swap(partition->buckets);
   partition->bucket_bits = bucket_bits;
   partition->mask = (uint64_t{1} << bucket_bits) - 1;
   partition->depth = depth;
@@ -64,6 +64,34 @@ std::unique_ptr<CuckooIndex::Partition> CuckooIndex::NewPartition(int bucket_bit
   const double unit = static_cast<double>(NextRandom(&rng_state_) >> 11) / 9007199254740992.0;
   partition->grow_at = kMinGrowLoad + (kMaxLoadFactor - kMinGrowLoad) * unit;
   return partition;
+}
+
+CuckooIndex::BucketArray CuckooIndex::TakeArray(int bucket_bits) {
+  if (bucket_bits == kMaxPartitionBucketBits) {
+    std::lock_guard<std::mutex> lock(spares_mutex_);
+    if (!spares_.empty()) {
+      BucketArray array = std::move(spares_.back());
+      spares_.pop_back();
+      return array;
+    }
+  }
+  return BucketArray(size_t{1} << bucket_bits);
+}
+
+void CuckooIndex::PrepareSpareArrays() {
+  if (!splitting_.load(std::memory_order_relaxed)) return;
+  for (;;) {
+    {
+      std::lock_guard<std::mutex> lock(spares_mutex_);
+      if (spares_.size() >= kSpareArrays) return;
+    }
+    // Mapped and touched outside the mutex: a split taking a spare meanwhile
+    // does not wait for it.
+    BucketArray array(size_t{1} << kMaxPartitionBucketBits);
+    std::lock_guard<std::mutex> lock(spares_mutex_);
+    if (spares_.size() >= kSpareArrays) return;
+    spares_.push_back(std::move(array));
+  }
 }
 
 void CuckooIndex::Layout(int depth, int bucket_bits) {
@@ -266,6 +294,7 @@ void CuckooIndex::DoublePartition(Partition& partition) {
 }
 
 void CuckooIndex::SplitPartition(size_t p) {
+  splitting_.store(true, std::memory_order_relaxed);
   Partition& old = *partitions_[p];
   if (old.depth == depth_) {
     // Double the directory: each slot becomes two with the same partition.
@@ -366,6 +395,7 @@ void CuckooIndex::Clear() {
 
 size_t CuckooIndex::memory_bytes() const {
   // unordered_map node: key, value, next pointer, cached hash, plus a bucket.
+  // Spare arrays are not counted: at most kSpareArrays * 2 MiB per table.
   return num_buckets_ * sizeof(Bucket) + partitions_.size() * sizeof(Partition) +
          directory_.size() * (sizeof(uint32_t) + sizeof(Route)) +
          stash_size() * (sizeof(int64_t) + sizeof(uint32_t) + 3 * sizeof(void*));

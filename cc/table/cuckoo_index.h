@@ -30,7 +30,9 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <atomic>
 #include <memory>
+#include <mutex>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -138,6 +140,13 @@ class CuckooIndex {
 
   // Removes `key`; returns its entry id or kNoEntry when absent.
   uint32_t Erase(int64_t key);
+
+  // Makes ready the bucket arrays that the next splits take, so a split
+  // (under the owner's exclusive lock) does not map and touch a fresh 2 MiB
+  // array: that was most of a split's time (a huge-page fault can stall on
+  // compaction). Thread-safe, and meant to run outside the owner's lock,
+  // e.g. before a batch of inserts. A no-op until partitions split.
+  void PrepareSpareArrays();
 
   // Grows (same seeds) so that `capacity_hint` keys fit without growing
   // again; a no-op when they already do. Every partition grows, so this is
@@ -399,6 +408,14 @@ class CuckooIndex {
   void RoutePartition(size_t p);
   // Re-places every key under new hash seeds (crafted collisions).
   void Reseed();
+
+  // A bucket array of 2^bucket_bits buckets: a spare when one is ready.
+  BucketArray TakeArray(int bucket_bits);
+
+  static constexpr size_t kSpareArrays = 4;
+  std::mutex spares_mutex_;
+  std::vector<BucketArray> spares_;     // guarded by spares_mutex_
+  std::atomic<bool> splitting_{false};  // a partition has split
 
   int depth_ = 0;                   // log2 of the directory's slots
   std::vector<uint32_t> directory_;  // slot -> partition

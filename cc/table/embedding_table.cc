@@ -455,6 +455,9 @@ int64_t EmbeddingTable::Lookup(const int64_t* keys, int64_t n,
   // before it is initialized, because readers need the shared lock.
   std::vector<uint32_t> ids(todo.size(), CuckooIndex::kNoEntry);
   std::vector<size_t> fresh;  // positions in `todo` that got a new row
+  // Before the lock: the bucket arrays index splits take, so readers do not
+  // wait for them to be mapped.
+  index_.PrepareSpareArrays();
   ExclusiveLock lock(*lock_);
   if (filter_ == nullptr) {
     IndexMissingKeys(keys, todo, runner, &ids, &fresh);
