@@ -210,24 +210,24 @@ def regression_result(servable, signature_name, request_input, check_method_name
     return result, name
 
 
-def classify(servable, request, check_method_names=False):
-    """The ``ClassificationResponse`` of ``request`` on ``servable``."""
-    response = classification_pb2.ClassificationResponse()
-    result, name = classification_result(servable, request.model_spec.signature_name,
-                                         request.input, check_method_names)
+def _examples_response(response, result_of, servable, request, check_method_names):
+    result, name = result_of(servable, request.model_spec.signature_name, request.input,
+                             check_method_names)
     response.result.CopyFrom(result)
     _answer_spec(response.model_spec, servable, name)
     return response
+
+
+def classify(servable, request, check_method_names=False):
+    """The ``ClassificationResponse`` of ``request`` on ``servable``."""
+    return _examples_response(classification_pb2.ClassificationResponse(),
+                              classification_result, servable, request, check_method_names)
 
 
 def regress(servable, request, check_method_names=False):
     """The ``RegressionResponse`` of ``request`` on ``servable``."""
-    response = regression_pb2.RegressionResponse()
-    result, name = regression_result(servable, request.model_spec.signature_name,
-                                     request.input, check_method_names)
-    response.result.CopyFrom(result)
-    _answer_spec(response.model_spec, servable, name)
-    return response
+    return _examples_response(regression_pb2.RegressionResponse(), regression_result,
+                              servable, request, check_method_names)
 
 
 def multi_inference(resolve, request, check_method_names=False):

@@ -155,18 +155,20 @@ class RestApi:
         return json.dumps(json_format.predict_response(outputs, row_format)).encode("utf-8")
 
     def _classify(self, name, version, label, body):
-        signature, examples = json_format.parse_examples_request(body, "classify")
-        servable = self.models.servable(name, version, label)
-        result, _ = inference.classification_result(servable, signature, examples,
-                                                    self.check_method_names)
-        return json.dumps(json_format.classification_json(result)).encode("utf-8")
+        return self._on_examples("classify", inference.classification_result,
+                                 json_format.classification_json, name, version, label, body)
 
     def _regress(self, name, version, label, body):
-        signature, examples = json_format.parse_examples_request(body, "regress")
+        return self._on_examples("regress", inference.regression_result,
+                                 json_format.regression_json, name, version, label, body)
+
+    def _on_examples(self, method, result_of, to_json, name, version, label, body):
+        """A classify or regress call: tf.Examples from the JSON body, the
+        result as TF Serving's JSON."""
+        signature, examples = json_format.parse_examples_request(body, method)
         servable = self.models.servable(name, version, label)
-        result, _ = inference.regression_result(servable, signature, examples,
-                                                self.check_method_names)
-        return json.dumps(json_format.regression_json(result)).encode("utf-8")
+        result, _ = result_of(servable, signature, examples, self.check_method_names)
+        return json.dumps(to_json(result)).encode("utf-8")
 
     def _status(self, name, version, label):
         response = model_status_response(self.models.statuses(name, version, label))
