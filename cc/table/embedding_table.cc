@@ -366,8 +366,9 @@ void EmbeddingTable::IndexMissingKeys(const int64_t* keys, const std::vector<int
   };
   try {
     while (claimed.size() < count) claimed.push_back(arena_.Allocate());
-    // Room for every key, so no partition needs to grow while threads place.
-    index_.Reserve(index_.size() + count);
+    // Room for every key, so no partition needs to grow while threads place;
+    // only the partitions these keys go to grow.
+    index_.ReserveFor(count, [&](size_t j) { return keys[todo[j]]; });
   } catch (...) {
     give_back_unused();
     throw;
@@ -454,6 +455,9 @@ int64_t EmbeddingTable::Lookup(const int64_t* keys, int64_t n,
   // before it is initialized, because readers need the shared lock.
   std::vector<uint32_t> ids(todo.size(), CuckooIndex::kNoEntry);
   std::vector<size_t> fresh;  // positions in `todo` that got a new row
+  // Before the lock: the bucket arrays index splits take, so readers do not
+  // wait for them to be mapped.
+  index_.PrepareSpareArrays();
   ExclusiveLock lock(*lock_);
   if (filter_ == nullptr) {
     IndexMissingKeys(keys, todo, runner, &ids, &fresh);
@@ -823,7 +827,7 @@ void EmbeddingTable::Import(const RowsView& rows, int64_t n, bool clear) {
     index_.Clear();
     arena_.Reset();
   }
-  index_.Reserve(index_.size() + static_cast<size_t>(n));
+  index_.ReserveFor(static_cast<size_t>(n), [&](size_t i) { return rows.keys[i]; });
   for (int64_t i = 0; i < n; ++i) {
     if (i + kPrefetchAhead < n) index_.Prefetch(rows.keys[i + kPrefetchAhead]);
     uint32_t id = index_.Find(rows.keys[i]);

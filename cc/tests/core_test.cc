@@ -70,6 +70,21 @@ std::unordered_map<int64_t, uint64_t> BucketOfEachKey(const CuckooIndex& index) 
   return where;
 }
 
+// [first, last) bucket numbers of each partition: the span its keys'
+// candidates take (found by keys, as the index numbers buckets in partition
+// order).
+std::vector<std::pair<uint64_t, uint64_t>> BucketsOfPartitions(const CuckooIndex& index) {
+  std::vector<std::pair<uint64_t, uint64_t>> spans(index.num_partitions(),
+                                                   {~uint64_t{0}, uint64_t{0}});
+  for (int64_t key = 1; key < 200000; ++key) {
+    auto& span = spans[index.PartitionOf(key)];
+    const auto b = index.CandidateBuckets(key);
+    span.first = std::min({span.first, b.first, b.second});
+    span.second = std::max({span.second, b.first + 1, b.second + 1});
+  }
+  return spans;
+}
+
 // `count` keys, searched from `start`, whose candidate buckets are exactly
 // {first, second} (in this order when `ordered`).
 std::vector<int64_t> KeysWithBuckets(const CuckooIndex& index, uint64_t first, uint64_t second,
@@ -122,6 +137,57 @@ void IndexMatchesAMapUnderInsertsAndErases(const IndexParams& p) {
   CHECK_EQ(visited, reference.size());
 }
 
+// The index against a map while it grows many times: inserts (which grow
+// and split partitions), erases, and stash overflows from keys crafted to
+// share both buckets (which grow the partition or re-seed).
+void IndexMatchesAMapAcrossGrowths(const IndexParams& p) {
+  CuckooIndex index(p.capacity_hint, p.seed, p.partition_bits);
+  std::unordered_map<int64_t, uint32_t> reference;
+  std::mt19937_64 rng(p.seed + 17);
+  size_t partitions_seen = index.num_partitions();
+  for (int round = 0; round < 500000; ++round) {
+    const int64_t key = static_cast<int64_t>(rng() % 400000) * 2654435761LL - 3;
+    if (rng() % 5 == 0) {
+      const uint32_t erased = index.Erase(key);
+      auto it = reference.find(key);
+      CHECK_EQ(erased, it == reference.end() ? CuckooIndex::kNoEntry : it->second);
+      if (it != reference.end()) reference.erase(it);
+    } else if (reference.count(key) == 0) {
+      index.Insert(key, uint32_t(round));
+      reference[key] = uint32_t(round);
+    }
+    if (round % 50000 == 0 && round > 0) {
+      // While partitions are small (crafting is a search over their
+      // buckets), keys crafted to share both buckets of one partition: they
+      // overflow its stash, which grows the partition or re-seeds.
+      const auto b = index.CandidateBuckets(key);
+      if (index.num_buckets() <= 64 * index.num_partitions()) {
+        for (int64_t crafted : KeysWithBuckets(index, b.first, b.second, 12, false,
+                                               int64_t{1} << 40)) {
+          if (reference.count(crafted) == 0) {
+            index.Insert(crafted, uint32_t(round));
+            reference[crafted] = uint32_t(round);
+          }
+        }
+      }
+      for (const auto& kv : reference) CHECK_EQ(index.Find(kv.first), kv.second);
+      CHECK_EQ(index.size(), reference.size());
+    }
+    partitions_seen = std::max(partitions_seen, index.num_partitions());
+  }
+  // One partition (partition_bits 0) cannot hold these keys: it split.
+  if (p.partition_bits == 0) CHECK(partitions_seen > 1);
+  CHECK(index.num_buckets() <= index.num_partitions()
+                                   << CuckooIndex::kMaxPartitionBucketBits);
+  for (const auto& kv : reference) CHECK_EQ(index.Find(kv.first), kv.second);
+  size_t visited = 0;
+  index.ForEachInRange(0, index.num_buckets(), [&](int64_t key, uint32_t id) {
+    ++visited;
+    if (reference.count(key) == 0 || reference[key] != id) ++failures;
+  });
+  CHECK_EQ(visited, reference.size());
+}
+
 void GrowthKeepsEveryKeyAndTheLoadBound(const IndexParams& p) {
   CuckooIndex index(p.capacity_hint, p.seed, p.partition_bits);
   const size_t initial_buckets = index.num_buckets();
@@ -129,9 +195,13 @@ void GrowthKeepsEveryKeyAndTheLoadBound(const IndexParams& p) {
   for (int64_t key = 0; key < n; ++key) index.Insert(key * 7919, uint32_t(key));
   CHECK_EQ(index.size(), size_t(n));
   CHECK(index.num_buckets() > initial_buckets);
-  CHECK((index.num_buckets() & (index.num_buckets() - 1)) == 0);  // a power of two
   CHECK(index.load_factor() <= CuckooIndex::kMaxLoadFactor);
-  CHECK(index.load_factor() > CuckooIndex::kMaxLoadFactor / 2.1);  // doubled, not more
+  CHECK(index.load_factor() > CuckooIndex::kMinGrowLoad / 2.1);  // doubled, not more
+  // Partitions split instead of growing past the split size, so no growth
+  // re-places more than one partition of at most 2^kMaxPartitionBucketBits.
+  CHECK(index.num_buckets() <= index.num_partitions()
+                                   << CuckooIndex::kMaxPartitionBucketBits);
+  if (p.partition_bits == 0) CHECK(index.num_partitions() > 1);  // 200,000 keys: it split
   for (int64_t key = 0; key < n; ++key) CHECK_EQ(index.Find(key * 7919), uint32_t(key));
   index.Clear();
   CHECK_EQ(index.size(), size_t(0));
@@ -189,12 +259,13 @@ void KeysSharingBothBucketsOverflowToTheStash(const IndexParams& p) {
 }
 
 void CraftedCollisionsAtLowLoadReseedInsteadOfGrowing(const IndexParams& p) {
-  CuckooIndex index(200, p.seed, p.partition_bits);  // 64 buckets, 320 slots
+  // One partition of 64 buckets, 320 slots: the colliding keys below stay
+  // under its growth threshold, so only the stash can overflow.
+  CuckooIndex index(200, p.seed, /*partition_bits=*/0);
   const size_t buckets = index.num_buckets();
   CHECK_EQ(buckets, size_t(64));
   // More colliding keys than two buckets and the stash limit (16) hold, at
-  // a load far below one half. Buckets 1 and 2 lie in partition 0 for up to
-  // 16 partitions of 4 buckets.
+  // a load far below one half.
   const auto keys = KeysWithBuckets(index, 1, 2, 40, false);
   for (size_t i = 0; i < keys.size(); ++i) index.Insert(keys[i], uint32_t(i));
   CHECK(index.load_factor() < 0.5);
@@ -223,15 +294,17 @@ void ReserveRebuildsWithoutLosingKeys(const IndexParams& p) {
 
 void ThreadsInsertingIntoDisjointPartitionsMatchAMap(const IndexParams& p) {
   CuckooIndex index(p.capacity_hint, p.seed, p.partition_bits);
-  const size_t partitions = index.num_partitions();
-  CHECK_EQ(partitions, size_t(1) << p.partition_bits);
+  CHECK(index.num_partitions() >= size_t(1) << p.partition_bits);
   // Keys with repeats; each thread places the keys of its partitions, in
   // order, as a batch of training lookups does.
   std::mt19937_64 rng(p.seed + 5);
   std::vector<int64_t> keys(60000);
   for (int64_t& key : keys) key = static_cast<int64_t>(rng() % 50000) * 104729 - 7;
-  index.Reserve(index.size() + keys.size());
-  const size_t buckets_per_partition = index.num_buckets() / partitions;
+  index.ReserveFor(keys.size(), [&](size_t i) { return keys[i]; });
+  const size_t partitions = index.num_partitions();
+  const auto spans = BucketsOfPartitions(index);
+  // Partitions own disjoint bucket ranges, in partition order.
+  for (size_t q = 1; q < partitions; ++q) CHECK(spans[q - 1].second <= spans[q].first);
   std::vector<uint32_t> ids(keys.size(), CuckooIndex::kNoEntry);
   std::vector<uint8_t> inserted(keys.size(), 0);
   bool buckets_outside_partition = false;
@@ -241,8 +314,9 @@ void ThreadsInsertingIntoDisjointPartitionsMatchAMap(const IndexParams& p) {
         const size_t partition = index.PartitionOf(keys[i]);
         if (partition % threads != thread || ids[i] != CuckooIndex::kNoEntry) continue;
         const auto b = index.CandidateBuckets(keys[i]);
-        if (b.first / buckets_per_partition != partition ||
-            b.second / buckets_per_partition != partition) {
+        const auto& range = spans[partition];
+        if (b.first < range.first || b.first >= range.second || b.second < range.first ||
+            b.second >= range.second) {
           buckets_outside_partition = true;
         }
         bool placed = false;
@@ -253,6 +327,7 @@ void ThreadsInsertingIntoDisjointPartitionsMatchAMap(const IndexParams& p) {
       }
     }
   };
+  CHECK(partitions == index.num_partitions());  // no growth while threads place
   std::thread other(place, 1, 2);
   place(0, 2);
   other.join();
@@ -415,6 +490,7 @@ int main() {
   using namespace monolith;
   Run("index_matches_a_map", IndexMatchesAMapUnderInsertsAndErases, kIndexParams);
   Run("growth_keeps_keys", GrowthKeepsEveryKeyAndTheLoadBound, kIndexParams);
+  Run("index_matches_a_map_across_growths", IndexMatchesAMapAcrossGrowths, kIndexParams);
   Run("kicks_move_residents", KicksMoveResidentsToTheirOtherBucket, kIndexParams);
   Run("stash_takes_overflow", KeysSharingBothBucketsOverflowToTheStash, kIndexParams);
   Run("collisions_reseed", CraftedCollisionsAtLowLoadReseedInsteadOfGrowing, kIndexParams);

@@ -298,3 +298,62 @@ def test_large_applies_on_two_threads_match_the_numpy_reference():
     for key, count, ts in zip(exported["keys"].tolist(), exported["counts"].tolist(),
                               exported["timestamps"].tolist()):
         assert (count, ts) == (counts[key], newest[key])
+
+
+def colliding_keys(table, count, start):
+    """``count`` keys not below ``start`` whose two candidate buckets are the
+    same pair (where a partition's stash must take the overflow)."""
+    keys = np.arange(start, start + 4_000_000, dtype=np.int64)
+    b1, b2 = table.candidate_buckets(keys)
+    target = (b1[0], b2[0])
+    hits = keys[((b1 == target[0]) & (b2 == target[1])) | ((b1 == target[1]) & (b2 == target[0]))]
+    return hits[:count]
+
+
+def test_lookups_racing_every_kind_of_growth_find_every_key_untorn():
+    """Readers look up present keys (each row holds its key) while a writer
+    grows the index in every way it grows: partitions doubling and
+    splitting under new keys, a partition's stash overflowing under keys
+    that share both buckets, and a re-seed when such keys come at a low
+    load. No present key may go missing or come back torn."""
+    dim = 8
+    # Room for 20,000 keys: 3,000 of them are a low load.
+    table = _core.EmbeddingTable(dim=dim, initializer="zeros", optimizer="sgd",
+                                 capacity_hint=20_000)
+    present = np.arange(1, 3001, dtype=np.int64)
+    table.assign(present, np.repeat(present[:, None].astype(np.float32), dim, axis=1))
+    stop = threading.Event()
+    problems = []
+
+    def reader():
+        while not stop.is_set():
+            rows = table.lookup(present, insert_missing=False, threads=2)
+            if not (rows == present[:, None].astype(np.float32)).all():
+                problems.append(rows)
+                return
+
+    growths = {}
+
+    def writer():
+        try:
+            buckets = table.num_buckets
+            # Crafted collisions at a low load: the stash overflows, the index re-seeds.
+            crafted = colliding_keys(table, 40, start=10**9)
+            table.assign(crafted, np.repeat(crafted[:, None].astype(np.float32), dim, axis=1))
+            growths["reseed"] = table.num_buckets == buckets
+            # Ordinary growth: partitions double, then split.
+            total = 60_000 if UNDER_SANITIZER else 400_000
+            for start in range(10**6, 10**6 + total, 20_000):
+                table.lookup(np.arange(start, start + 20_000, dtype=np.int64))
+            # Crafted collisions at a high load: the partition grows.
+            crafted = colliding_keys(table, 40, start=2 * 10**9)
+            table.assign(crafted, np.repeat(crafted[:, None].astype(np.float32), dim, axis=1))
+            growths["grown"] = table.num_buckets > buckets
+        finally:
+            stop.set()
+
+    run_all([reader, reader, writer])
+    assert not problems
+    assert growths == {"reseed": True, "grown": True}
+    np.testing.assert_array_equal(table.lookup(present, insert_missing=False),
+                                  np.repeat(present[:, None].astype(np.float32), dim, axis=1))
