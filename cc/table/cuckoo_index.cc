@@ -75,7 +75,7 @@ CuckooIndex::BucketArray CuckooIndex::TakeArray(int bucket_bits) {
       return array;
     }
   }
-  return BucketArray(size_t{1} << bucket_bits);
+  return BucketArray(size_t{1} << bucket_bits, &slabs_);
 }
 
 void CuckooIndex::PrepareSpareArrays() {
@@ -87,7 +87,8 @@ void CuckooIndex::PrepareSpareArrays() {
     }
     // Mapped and touched outside the mutex: a split taking a spare meanwhile
     // does not wait for it.
-    BucketArray array(size_t{1} << kMaxPartitionBucketBits);
+    // A 2 MiB array maps its own pages: no slabs_, which only writers use.
+    BucketArray array(size_t{1} << kMaxPartitionBucketBits, /*slabs=*/nullptr);
     std::lock_guard<std::mutex> lock(spares_mutex_);
     if (spares_.size() >= kSpareArrays) return;
     spares_.push_back(std::move(array));
@@ -275,7 +276,7 @@ void CuckooIndex::DoublePartition(Partition& partition) {
   // under hash h moves to bucket h & new_mask of the doubled partition, which
   // is b or b + old size. At most kSlotsPerBucket keys come from b, so each
   // lands without a kick: two sequential streams instead of random probes.
-  BucketArray grown(2 * partition.buckets.size());
+  BucketArray grown = TakeArray(partition.bucket_bits + 1);
   const uint64_t mask = partition.mask, grown_mask = 2 * mask + 1;
   for (size_t b = 0; b < partition.buckets.size(); ++b) {
     const Bucket& bucket = partition.buckets[b];
@@ -396,7 +397,13 @@ void CuckooIndex::Clear() {
 size_t CuckooIndex::memory_bytes() const {
   // unordered_map node: key, value, next pointer, cached hash, plus a bucket.
   // Spare arrays are not counted: at most kSpareArrays * 2 MiB per table.
-  return num_buckets_ * sizeof(Bucket) + partitions_.size() * sizeof(Partition) +
+  // Arrays under 2 MiB are counted as the slabs that hold them.
+  size_t own_arrays = 0;
+  for (const auto& partition : partitions_) {
+    const size_t bytes = partition->buckets.size() * sizeof(Bucket);
+    if (bytes >= HugePageSlabs::kSlabBytes) own_arrays += bytes;
+  }
+  return own_arrays + slabs_.mapped_bytes() + partitions_.size() * sizeof(Partition) +
          directory_.size() * (sizeof(uint32_t) + sizeof(Route)) +
          stash_size() * (sizeof(int64_t) + sizeof(uint32_t) + 3 * sizeof(void*));
 }

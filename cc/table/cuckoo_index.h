@@ -237,12 +237,24 @@ class CuckooIndex {
     uint32_t padding;
   };
   static_assert(sizeof(Bucket) == 64, "a bucket must be one cache line");
+  static_assert((size_t{1} << kMaxPartitionBucketBits) * sizeof(Bucket) >=
+                    HugePageSlabs::kSlabBytes,
+                "full-size partitions (and spare arrays) map their own huge pages");
 
-  // Fixed-size array of empty buckets on huge pages.
+  // Fixed-size array of empty buckets on huge pages: its own mapping at 2 MiB
+  // and above, a share of a slab below.
   class BucketArray {
    public:
     BucketArray() = default;
-    explicit BucketArray(size_t n) : data_(MakeHugePageArray<Bucket>(n)), size_(n) {
+    // `slabs` (which must outlive the array) serves arrays under 2 MiB.
+    BucketArray(size_t n, HugePageSlabs* slabs) : size_(n) {
+      const size_t bytes = n * sizeof(Bucket);
+      if (bytes < HugePageSlabs::kSlabBytes) {
+        data_ = static_cast<Bucket*>(slabs->Allocate(bytes));
+        slabs_ = slabs;
+      } else {
+        data_ = static_cast<Bucket*>(MapHugePageBuffer(bytes));
+      }
       for (size_t b = 0; b < n; ++b) {
         for (int s = 0; s < kSlotsPerBucket; ++s) {
           data_[b].keys[s] = 0;
@@ -251,21 +263,39 @@ class CuckooIndex {
         data_[b].padding = 0;
       }
     }
+    BucketArray(BucketArray&& other) noexcept { swap(other); }
+    BucketArray& operator=(BucketArray&& other) noexcept {
+      BucketArray taken(std::move(other));
+      swap(taken);
+      return *this;
+    }
+    BucketArray(const BucketArray&) = delete;
+    BucketArray& operator=(const BucketArray&) = delete;
+    ~BucketArray() {
+      if (data_ == nullptr) return;
+      if (slabs_ != nullptr) {
+        slabs_->Release(data_, size_ * sizeof(Bucket));
+      } else {
+        UnmapHugePageBuffer(data_, size_ * sizeof(Bucket));
+      }
+    }
     Bucket& operator[](size_t i) { return data_[i]; }
     const Bucket& operator[](size_t i) const { return data_[i]; }
     size_t size() const { return size_; }
-    const Bucket* data() const { return data_.get(); }
-    Bucket* data() { return data_.get(); }
-    Bucket* begin() { return data_.get(); }
-    Bucket* end() { return data_.get() + size_; }
-    void swap(BucketArray& other) {
-      data_.swap(other.data_);
+    const Bucket* data() const { return data_; }
+    Bucket* data() { return data_; }
+    Bucket* begin() { return data_; }
+    Bucket* end() { return data_ + size_; }
+    void swap(BucketArray& other) noexcept {
+      std::swap(data_, other.data_);
       std::swap(size_, other.size_);
+      std::swap(slabs_, other.slabs_);
     }
 
    private:
-    HugePageArray<Bucket> data_;
+    Bucket* data_ = nullptr;
     size_t size_ = 0;
+    HugePageSlabs* slabs_ = nullptr;  // where data_ came from, or its own mapping
   };
 
   // One partition: its buckets, stash and counters, on cache lines of its
@@ -412,6 +442,9 @@ class CuckooIndex {
   // A bucket array of 2^bucket_bits buckets: a spare when one is ready.
   BucketArray TakeArray(int bucket_bits);
 
+  // Bucket arrays under 2 MiB (partitions of a small table) share huge
+  // pages. Declared before every BucketArray member, so it outlives them.
+  HugePageSlabs slabs_;
   static constexpr size_t kSpareArrays = 4;
   std::mutex spares_mutex_;
   std::vector<BucketArray> spares_;     // guarded by spares_mutex_

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <new>
+#include <stdexcept>
 
 namespace monolith {
 namespace {
@@ -37,6 +38,47 @@ void* MapHugePageBuffer(size_t bytes) {
 
 void UnmapHugePageBuffer(void* p, size_t bytes) {
   if (p != nullptr) munmap(p, RoundUp(bytes == 0 ? 1 : bytes, kPageBytes));
+}
+
+HugePageSlabs::~HugePageSlabs() {
+  for (const Slab& slab : slabs_) UnmapHugePageBuffer(slab.base, kSlabBytes);
+}
+
+void* HugePageSlabs::Allocate(size_t bytes) {
+  if (bytes == 0 || bytes > kSlabBytes / 2 || (bytes & (bytes - 1)) != 0) {
+    throw std::invalid_argument("slab buffers are powers of two up to 1 MiB");
+  }
+  if (!slabs_.empty()) {
+    Slab& slab = slabs_.back();
+    const size_t offset = RoundUp(slab.next, bytes);
+    if (offset + bytes <= kSlabBytes) {
+      slab.next = offset + bytes;
+      slab.live += bytes;
+      return slab.base + offset;
+    }
+  }
+  slabs_.reserve(slabs_.size() + 1);  // so push_back cannot throw after the mapping
+  char* base = static_cast<char*>(MapHugePageBuffer(kSlabBytes));
+  slabs_.push_back(Slab{base, bytes, bytes});
+  return base;
+}
+
+void HugePageSlabs::Release(void* p, size_t bytes) {
+  if (p == nullptr) return;
+  const char* at = static_cast<const char*>(p);
+  for (size_t i = 0; i < slabs_.size(); ++i) {
+    Slab& slab = slabs_[i];
+    if (at < slab.base || at >= slab.base + kSlabBytes) continue;
+    slab.live -= bytes;
+    if (slab.live != 0) return;
+    if (i + 1 == slabs_.size()) {
+      slab.next = 0;  // the slab carved from: start it over
+    } else {
+      UnmapHugePageBuffer(slab.base, kSlabBytes);
+      slabs_.erase(slabs_.begin() + static_cast<std::ptrdiff_t>(i));
+    }
+    return;
+  }
 }
 
 }  // namespace monolith

@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <memory>
+#include <vector>
 
 namespace monolith {
 
@@ -28,6 +29,39 @@ HugePageArray<T> MakeHugePageArray(size_t count) {
   const size_t bytes = count * sizeof(T);
   return HugePageArray<T>(static_cast<T*>(MapHugePageBuffer(bytes)), HugePageUnmap{bytes});
 }
+
+// Buffers smaller than a huge page, carved from shared 2 MiB huge-page
+// slabs. Mapped one by one they would get 4 KiB pages: one fault per page
+// when filled, and TLB misses on every random probe once a few MiB of them
+// are in use (an index of many small partitions). Sizes are powers of two,
+// each placed at a multiple of its size; a slab goes back to the kernel
+// when its last buffer is released. Memory handed out is not zeroed.
+// Not thread-safe: the owner serializes calls.
+class HugePageSlabs {
+ public:
+  static constexpr size_t kSlabBytes = size_t{2} << 20;
+
+  HugePageSlabs() = default;
+  HugePageSlabs(const HugePageSlabs&) = delete;
+  HugePageSlabs& operator=(const HugePageSlabs&) = delete;
+  ~HugePageSlabs();
+
+  // `bytes` is a power of two of at most kSlabBytes / 2. Throws
+  // std::bad_alloc when no slab can be mapped.
+  void* Allocate(size_t bytes);
+  // `p` and `bytes` as returned and asked by Allocate.
+  void Release(void* p, size_t bytes);
+  // Bytes of slabs mapped (for memory accounting).
+  size_t mapped_bytes() const { return slabs_.size() * kSlabBytes; }
+
+ private:
+  struct Slab {
+    char* base;
+    size_t next;  // first byte never handed out
+    size_t live;  // bytes handed out and not released
+  };
+  std::vector<Slab> slabs_;  // the last one is carved from
+};
 
 }  // namespace monolith
 

@@ -20,6 +20,7 @@
 
 #include "cc/table/cuckoo_index.h"
 #include "cc/table/entry_arena.h"
+#include "cc/table/huge_pages.h"
 #include "cc/table/table_config.h"
 
 namespace monolith {
@@ -358,6 +359,53 @@ struct ArenaShape {
 };
 const ArenaShape kArenaShapes[] = {{1, 0}, {8, 8}, {32, 32}, {17, 51}};
 
+// Slab buffers (the index's small partitions) are aligned to their size,
+// never overlap while held, and a slab whose buffers are all released goes
+// back to the kernel, except the one still being carved.
+void SlabBuffersAreDisjointAndSlabsReturn(int seed) {
+  HugePageSlabs slabs;
+  std::mt19937_64 rng(seed);
+  struct Held {
+    unsigned char* p;
+    size_t bytes;
+    unsigned char fill;
+  };
+  std::vector<Held> held;
+  for (int round = 0; round < 3000; ++round) {
+    if (!held.empty() && rng() % 3 == 0) {
+      const size_t i = rng() % held.size();
+      for (size_t b = 0; b < held[i].bytes; b += 61) CHECK_EQ(held[i].p[b], held[i].fill);
+      slabs.Release(held[i].p, held[i].bytes);
+      held.erase(held.begin() + static_cast<std::ptrdiff_t>(i));
+      continue;
+    }
+    const size_t bytes = size_t{256} << (rng() % 13);  // 256 B .. 1 MiB
+    auto* p = static_cast<unsigned char*>(slabs.Allocate(bytes));
+    CHECK_EQ(reinterpret_cast<uintptr_t>(p) % bytes, uintptr_t{0});
+    const auto fill = static_cast<unsigned char>(round);
+    std::memset(p, fill, bytes);
+    held.push_back(Held{p, bytes, fill});
+  }
+  size_t live = 0;
+  for (const Held& h : held) {
+    for (size_t b = 0; b < h.bytes; b += 61) CHECK_EQ(h.p[b], h.fill);
+    live += h.bytes;
+  }
+  // Freed space is reused only once its whole slab is free, so a slab can
+  // hold little; but never more slabs than buffers held, plus the open one.
+  CHECK(slabs.mapped_bytes() <= (held.size() + 1) * HugePageSlabs::kSlabBytes);
+  CHECK(slabs.mapped_bytes() >= live);
+  for (const Held& h : held) slabs.Release(h.p, h.bytes);
+  CHECK(slabs.mapped_bytes() <= HugePageSlabs::kSlabBytes);
+  bool refused = false;
+  try {
+    slabs.Allocate(3000);
+  } catch (const std::invalid_argument&) {
+    refused = true;
+  }
+  CHECK(refused);
+}
+
 void ArenaEntriesAreDisjointAcrossChunks(const ArenaShape& shape) {
   EntryArena arena(shape.dim, shape.state_dim);
   // The embedding, plus header + state rounded up to 8 bytes so every header
@@ -497,6 +545,8 @@ int main() {
   Run("reserve_keeps_keys", ReserveRebuildsWithoutLosingKeys, kIndexParams);
   Run("partitions_on_two_threads", ThreadsInsertingIntoDisjointPartitionsMatchAMap,
       kIndexParams);
+  const int slab_seeds[] = {1, 2, 3};
+  Run("slab_buffers_disjoint", SlabBuffersAreDisjointAndSlabsReturn, slab_seeds);
   Run("arena_disjoint_entries", ArenaEntriesAreDisjointAcrossChunks, kArenaShapes);
   Run("arena_reuses_freed", ArenaReusesFreedEntriesFirst, kArenaShapes);
   Run("arena_dirty_bits", ArenaDirtyBitsAreOnePerEntry, kArenaShapes);
