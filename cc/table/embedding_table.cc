@@ -455,9 +455,10 @@ int64_t EmbeddingTable::Lookup(const int64_t* keys, int64_t n,
   // before it is initialized, because readers need the shared lock.
   std::vector<uint32_t> ids(todo.size(), CuckooIndex::kNoEntry);
   std::vector<size_t> fresh;  // positions in `todo` that got a new row
-  // Before the lock: the bucket arrays index splits take, so readers do not
-  // wait for them to be mapped.
+  // Before the lock, so readers do not wait for fresh memory to be mapped:
+  // the bucket arrays index splits take, and the arena chunks new rows open.
   index_.PrepareSpareArrays();
+  arena_.PrepareChunksFor(todo.size());
   ExclusiveLock lock(*lock_);
   if (filter_ == nullptr) {
     IndexMissingKeys(keys, todo, runner, &ids, &fresh);

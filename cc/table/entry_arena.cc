@@ -1,5 +1,6 @@
 #include "cc/table/entry_arena.h"
 
+#include <algorithm>
 #include <cstring>
 #include <new>
 #include <stdexcept>
@@ -20,20 +21,61 @@ uint32_t EntryArena::Allocate() {
     if (next_id_ == 0xffffffffu) {
       throw std::length_error("embedding table is full: 2^32 - 1 entries");
     }
-    id = next_id_++;
-    if ((id >> kChunkBits) >= chunks_.size()) {
-      chunks_.push_back(Chunk{MakeHugePageArray<float>(dim_ * kChunkEntries),
-                              MakeHugePageArray<char>(header_bytes_ * kChunkEntries),
-                              {MakeHugePageArray<uint64_t>(kChunkEntries / 64),
-                               MakeHugePageArray<uint64_t>(kChunkEntries / 64)}});
+    if ((next_id_ >> kChunkBits) >= chunks_.size()) {
+      Chunk chunk;
+      {
+        std::lock_guard<std::mutex> lock(spares_mutex_);
+        if (!spare_chunks_.empty()) {
+          chunk = std::move(spare_chunks_.back());
+          spare_chunks_.pop_back();
+        }
+      }
+      chunks_.push_back(chunk.embeddings ? std::move(chunk) : NewChunk());
     }
+    id = next_id_++;
   }
+  UpdateRoom();
   return id;
+}
+
+EntryArena::Chunk EntryArena::NewChunk() const {
+  return Chunk{MakeHugePageArray<float>(dim_ * kChunkEntries),
+               MakeHugePageArray<char>(header_bytes_ * kChunkEntries),
+               {MakeHugePageArray<uint64_t>(kChunkEntries / 64),
+                MakeHugePageArray<uint64_t>(kChunkEntries / 64)}};
+}
+
+void EntryArena::PrepareChunksFor(size_t upcoming) {
+  const size_t room = room_.load(std::memory_order_relaxed);
+  if (upcoming <= room) return;
+  const size_t wanted =
+      std::min(kMaxSpareChunks, (upcoming - room + kChunkEntries - 1) / kChunkEntries);
+  for (;;) {
+    {
+      std::lock_guard<std::mutex> lock(spares_mutex_);
+      if (spare_chunks_.size() >= wanted) return;
+    }
+    // Mapped and committed outside the mutex, so Allocate never waits for it.
+    Chunk chunk = NewChunk();
+    auto commit = [](void* data, size_t bytes) {
+      constexpr size_t kPageBytes = 4096;
+      for (size_t at = 0; at < bytes; at += kPageBytes) {
+        static_cast<volatile char*>(data)[at] = 0;
+      }
+    };
+    commit(chunk.embeddings.get(), sizeof(float) * dim_ * kChunkEntries);
+    commit(chunk.headers.get(), header_bytes_ * kChunkEntries);
+    for (auto& marks : chunk.marks) commit(marks.get(), kChunkEntries / 8);
+    std::lock_guard<std::mutex> lock(spares_mutex_);
+    if (spare_chunks_.size() >= wanted) return;
+    spare_chunks_.push_back(std::move(chunk));
+  }
 }
 
 void EntryArena::Free(uint32_t id) {
   for (int mark = 0; mark < kNumMarks; ++mark) ClearMark(id, static_cast<Mark>(mark));
   free_ids_.push_back(id);
+  UpdateRoom();
 }
 
 void EntryArena::Reset() {
@@ -42,10 +84,17 @@ void EntryArena::Reset() {
   for (Chunk& chunk : chunks_) {
     for (auto& marks : chunk.marks) std::memset(marks.get(), 0, kChunkEntries / 8);
   }
+  UpdateRoom();
 }
 
 size_t EntryArena::memory_bytes() const {
-  return chunks_.size() * (entry_bytes() * kChunkEntries + kNumMarks * kChunkEntries / 8) +
+  size_t spares;
+  {
+    std::lock_guard<std::mutex> lock(spares_mutex_);
+    spares = spare_chunks_.size();
+  }
+  return (chunks_.size() + spares) *
+             (entry_bytes() * kChunkEntries + kNumMarks * kChunkEntries / 8) +
          free_ids_.capacity() * sizeof(uint32_t);
 }
 

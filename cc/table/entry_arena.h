@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <new>
 #include <vector>
 
@@ -53,6 +54,13 @@ class EntryArena {
   }
   // Frees entry `id` (its marks go with it).
   void Free(uint32_t id);
+  // Maps and commits the chunks that `upcoming` more Allocate calls would
+  // open, so that a caller holding a lock around those calls and the first
+  // writes to the entries does not wait for fresh pages meanwhile (tens of
+  // ms per chunk where committing memory is slow). Thread-safe, also
+  // against Allocate; meant to run before taking that lock. A no-op while
+  // free entries or mapped room suffice.
+  void PrepareChunksFor(size_t upcoming);
   // Drops every entry but keeps the chunks for reuse.
   void Reset();
 
@@ -117,6 +125,13 @@ class EntryArena {
     HugePageArray<char> headers;              // kChunkEntries * header_bytes_
     HugePageArray<uint64_t> marks[kNumMarks]; // kChunkEntries bits each
   };
+  Chunk NewChunk() const;
+  // Entries Allocate can hand out before it opens a chunk; kept for
+  // PrepareChunksFor, which runs without the owner's lock.
+  void UpdateRoom() {
+    room_.store((chunks_.size() << kChunkBits) - next_id_ + free_ids_.size(),
+                std::memory_order_relaxed);
+  }
   uint64_t* MarkWord(uint32_t id, Mark mark) const {
     return &chunks_[id >> kChunkBits].marks[mark][(id & kChunkMask) >> 6];
   }
@@ -127,6 +142,10 @@ class EntryArena {
   std::vector<Chunk> chunks_;
   uint32_t next_id_ = 0;
   std::vector<uint32_t> free_ids_;
+  std::atomic<size_t> room_{0};
+  static constexpr size_t kMaxSpareChunks = 4;
+  mutable std::mutex spares_mutex_;
+  std::vector<Chunk> spare_chunks_;  // committed, guarded by spares_mutex_
 };
 
 // Exclusive access to one entry for a writer; readers retry meanwhile.

@@ -453,6 +453,35 @@ void ArenaReusesFreedEntriesFirst(const ArenaShape& shape) {
   CHECK(arena.memory_bytes() >= bytes - 64);  // chunks are kept for reuse
 }
 
+// Chunks prepared ahead are the ones Allocate then opens: no more memory
+// than without them once used, and every entry still its own.
+void ArenaPreparedChunksAreTheOnesUsed(const ArenaShape& shape) {
+  EntryArena arena(shape.dim, shape.state_dim);
+  const size_t chunk = size_t{1} << 16;
+  arena.PrepareChunksFor(0);
+  CHECK_EQ(arena.memory_bytes(), size_t{0});
+  arena.PrepareChunksFor(chunk + 1);  // two chunks' worth
+  const size_t prepared = arena.memory_bytes();
+  CHECK(prepared >= 2 * chunk * arena.entry_bytes());
+  arena.PrepareChunksFor(chunk + 1);  // already there
+  CHECK_EQ(arena.memory_bytes(), prepared);
+  std::vector<uint32_t> ids;
+  for (size_t i = 0; i < chunk + 1; ++i) {
+    ids.push_back(arena.Allocate());
+    arena.InitHeader(ids.back());
+    arena.Embedding(ids.back())[0] = static_cast<float>(i);
+  }
+  CHECK_EQ(arena.memory_bytes(), prepared);
+  for (size_t i = 0; i < ids.size(); ++i) {
+    CHECK_EQ(arena.Embedding(ids[i])[0], static_cast<float>(i));
+  }
+  // Free entries are room: nothing more to prepare.
+  for (uint32_t id : ids) arena.Free(id);
+  const size_t with_free_ids = arena.memory_bytes();
+  arena.PrepareChunksFor(chunk);
+  CHECK_EQ(arena.memory_bytes(), with_free_ids);
+}
+
 void ArenaDirtyBitsAreOnePerEntry(const ArenaShape& shape) {
   EntryArena arena(shape.dim, shape.state_dim);
   for (int i = 0; i < 200; ++i) arena.Allocate();
@@ -549,6 +578,7 @@ int main() {
   Run("slab_buffers_disjoint", SlabBuffersAreDisjointAndSlabsReturn, slab_seeds);
   Run("arena_disjoint_entries", ArenaEntriesAreDisjointAcrossChunks, kArenaShapes);
   Run("arena_reuses_freed", ArenaReusesFreedEntriesFirst, kArenaShapes);
+  Run("arena_prepared_chunks", ArenaPreparedChunksAreTheOnesUsed, kArenaShapes);
   Run("arena_dirty_bits", ArenaDirtyBitsAreOnePerEntry, kArenaShapes);
   const int once[] = {0};
   Run("config_validation", ConfigValidationNamesTheField, once);

@@ -56,13 +56,17 @@ def test_no_lost_updates_or_torn_rows_while_the_table_grows():
 
     grown = []
 
-    def inserter():
-        for start in range(10_000, 210_000, 20_000):
-            keys = np.arange(start, start + 20_000, dtype=np.int64)
-            table.lookup(keys, insert_missing=True)
-            grown.append(keys)
+    def inserter(first):
+        # Two of them: each prepares arena chunks outside the table's lock
+        # while the other allocates under it.
+        def insert():
+            for start in range(first, first + 200_000, 20_000):
+                keys = np.arange(start, start + 20_000, dtype=np.int64)
+                table.lookup(keys, insert_missing=True)
+                grown.append(keys)
+        return insert
 
-    run_all([writer] * writers + [reader] * 2 + [inserter])
+    run_all([writer] * writers + [reader] * 2 + [inserter(10_000), inserter(1_000_000)])
     assert not torn
     expected = np.where(hot < 500, 2, 1) * steps * writers
     final = table.lookup(hot, insert_missing=False)
