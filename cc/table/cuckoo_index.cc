@@ -259,6 +259,7 @@ void CuckooIndex::Restash(Partition& partition) {
 }
 
 bool CuckooIndex::GrowPartition(size_t p, bool number_buckets) {
+  ++growths_;
   const bool split = partitions_[p]->bucket_bits >= kMaxPartitionBucketBits &&
                      partitions_[p]->depth < kMaxDepth;
   if (split) {

@@ -28,9 +28,10 @@
 #define MONOLITH_TF_CC_TABLE_CUCKOO_INDEX_H_
 
 #include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
-#include <atomic>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <unordered_map>
@@ -155,21 +156,30 @@ class CuckooIndex {
 
   // Grows only the partitions that the `count` keys key_at(0..count-1)
   // (absent ones, or an upper bound of them) would push past their load
-  // threshold, until all of them fit.
+  // threshold, until all of them fit; returns true then. With
+  // `max_growths`, stops after that many partition growths and returns
+  // false if more are needed: a caller that holds its lock only for a few
+  // growths at a time, so readers get in between, calls it again.
   template <typename KeyAt>
-  void ReserveFor(size_t count, KeyAt&& key_at) {
+  bool ReserveFor(size_t count, KeyAt&& key_at,
+                  size_t max_growths = std::numeric_limits<size_t>::max()) {
     std::vector<size_t> incoming;
-    bool grew = false;
-    for (bool split = true; split;) {
+    size_t growths = 0;
+    bool done = true;
+    for (bool split = true; split && done;) {
       // A split moves keys between partitions: count again. Doubling does
       // not, so a partition doubles until its keys fit.
       split = false;
       incoming.assign(partitions_.size(), 0);
       for (size_t j = 0; j < count; ++j) ++incoming[PartitionOf(key_at(j))];
       const size_t partitions = partitions_.size();  // splits append partitions
-      for (size_t p = 0; p < partitions; ++p) {
+      for (size_t p = 0; p < partitions && done; ++p) {
         while (incoming[p] != 0 && !Fits(*partitions_[p], incoming[p])) {
-          grew = true;
+          if (growths == max_growths) {
+            done = false;
+            break;
+          }
+          ++growths;
           if (GrowPartition(p, /*number_buckets=*/false)) {
             split = true;
             break;
@@ -177,7 +187,8 @@ class CuckooIndex {
         }
       }
     }
-    if (grew) NumberBuckets();
+    if (growths != 0) NumberBuckets();
+    return done;
   }
 
   size_t size() const;
@@ -189,6 +200,8 @@ class CuckooIndex {
   }
   // log2 of the directory's slots.
   int directory_depth() const { return depth_; }
+  // Partition growths (doublings and splits) so far, re-seeds not counted.
+  size_t growths() const { return growths_; }
 
   // The two candidate buckets of `key`, numbered across partitions in
   // partition order (for tests that craft colliding keys). Valid until the
@@ -456,6 +469,7 @@ class CuckooIndex {
   std::vector<std::unique_ptr<Partition>> partitions_;
   std::vector<size_t> first_buckets_;  // first_bucket of each partition
   size_t num_buckets_ = 0;
+  size_t growths_ = 0;
   uint64_t seed1_, seed2_;
   uint64_t rng_state_;  // re-seeds and thresholds
   size_t stash_limit_;

@@ -43,6 +43,9 @@ using ExclusiveLock = std::unique_lock<EmbeddingTable::TableLock>;
 
 // How many keys ahead serial loops prefetch their buckets.
 constexpr int64_t kPrefetchAhead = 32;
+// Index partition growths per hold of the exclusive lock when a batch makes
+// room (each ~1 ms with a spare array ready; as many as there are spares).
+constexpr size_t kIndexGrowthsPerLock = 4;
 
 void CheckCount(int64_t n, const char* what) {
   if (n < 0) {
@@ -368,6 +371,7 @@ void EmbeddingTable::IndexMissingKeys(const int64_t* keys, const std::vector<int
     while (claimed.size() < count) claimed.push_back(arena_.Allocate());
     // Room for every key, so no partition needs to grow while threads place;
     // only the partitions these keys go to grow.
+    // Lookup made room already, unless another writer took it meanwhile.
     index_.ReserveFor(count, [&](size_t j) { return keys[todo[j]]; });
   } catch (...) {
     give_back_unused();
@@ -456,9 +460,18 @@ int64_t EmbeddingTable::Lookup(const int64_t* keys, int64_t n,
   std::vector<uint32_t> ids(todo.size(), CuckooIndex::kNoEntry);
   std::vector<size_t> fresh;  // positions in `todo` that got a new row
   // Before the lock, so readers do not wait for fresh memory to be mapped:
-  // the bucket arrays index splits take, and the arena chunks new rows open.
-  index_.PrepareSpareArrays();
+  // the arena chunks new rows open, and the bucket arrays index splits take.
   arena_.PrepareChunksFor(todo.size());
+  // A batch of new keys can grow many partitions of the index (a uniformly
+  // filled table splits them in waves). A few growths per hold of the lock,
+  // with spare arrays made ready between holds, keep each wait short. (With
+  // an admission filter most keys may stay out: those grow it one by one.)
+  auto key_at = [&](size_t j) { return keys[todo[j]]; };
+  for (bool room = filter_ != nullptr; !room;) {
+    index_.PrepareSpareArrays();
+    ExclusiveLock lock(*lock_);
+    room = index_.ReserveFor(todo.size(), key_at, kIndexGrowthsPerLock);
+  }
   ExclusiveLock lock(*lock_);
   if (filter_ == nullptr) {
     IndexMissingKeys(keys, todo, runner, &ids, &fresh);

@@ -293,6 +293,48 @@ void ReserveRebuildsWithoutLosingKeys(const IndexParams& p) {
   CHECK_EQ(index.num_buckets(), reserved);
 }
 
+// ReserveFor in steps of one growth (the table holds its lock for a few at a
+// time) ends with room for the whole batch, as one call does: the batch
+// then goes in without any partition growing, and nothing was lost.
+void ReserveForInStepsMakesTheSameRoom(const IndexParams& p) {
+  CuckooIndex stepped(p.capacity_hint, p.seed, p.partition_bits);
+  CuckooIndex at_once(p.capacity_hint, p.seed, p.partition_bits);
+  std::vector<int64_t> keys;
+  std::mt19937_64 rng(p.seed + 5);
+  uint32_t next = 0;
+  size_t most_calls = 0;
+  for (int batch = 0; batch < 6; ++batch) {
+    keys.resize(60000);
+    for (int64_t& key : keys) key = static_cast<int64_t>(rng() >> 1);
+    auto key_at = [&](size_t j) { return keys[j]; };
+    const size_t growths_before = stepped.growths();
+    size_t calls = 1;
+    while (!stepped.ReserveFor(keys.size(), key_at, /*max_growths=*/1)) ++calls;
+    CHECK(at_once.ReserveFor(keys.size(), key_at));
+    CHECK_EQ(stepped.num_buckets(), at_once.num_buckets());
+    CHECK_EQ(stepped.num_partitions(), at_once.num_partitions());
+    CHECK_EQ(stepped.growths(), at_once.growths());
+    // One growth per call that returned false, and at most one in the last.
+    const size_t grew = stepped.growths() - growths_before;
+    CHECK(grew + 1 == calls || grew == calls);
+    most_calls = std::max(most_calls, calls);
+    CHECK(stepped.ReserveFor(keys.size(), key_at, /*max_growths=*/0));
+    const size_t buckets = stepped.num_buckets();
+    for (int64_t key : keys) {
+      bool inserted = false;
+      const uint32_t id = next++;
+      stepped.FindOrInsert(key, [&] { return id; }, &inserted);
+      CHECK(inserted);
+      at_once.FindOrInsert(key, [&] { return id; }, &inserted);
+    }
+    CHECK_EQ(stepped.num_buckets(), buckets);
+  }
+  CHECK(most_calls > 2);  // some batch needed several growths, in steps
+  for (uint32_t id = next - 60000; id < next; ++id) {
+    CHECK_EQ(stepped.Find(keys[id - (next - 60000)]), id);
+  }
+}
+
 void ThreadsInsertingIntoDisjointPartitionsMatchAMap(const IndexParams& p) {
   CuckooIndex index(p.capacity_hint, p.seed, p.partition_bits);
   CHECK(index.num_partitions() >= size_t(1) << p.partition_bits);
@@ -572,6 +614,7 @@ int main() {
   Run("stash_takes_overflow", KeysSharingBothBucketsOverflowToTheStash, kIndexParams);
   Run("collisions_reseed", CraftedCollisionsAtLowLoadReseedInsteadOfGrowing, kIndexParams);
   Run("reserve_keeps_keys", ReserveRebuildsWithoutLosingKeys, kIndexParams);
+  Run("reserve_in_steps", ReserveForInStepsMakesTheSameRoom, kIndexParams);
   Run("partitions_on_two_threads", ThreadsInsertingIntoDisjointPartitionsMatchAMap,
       kIndexParams);
   const int slab_seeds[] = {1, 2, 3};
