@@ -79,7 +79,8 @@ CuckooIndex::BucketArray CuckooIndex::TakeArray(int bucket_bits) {
 }
 
 void CuckooIndex::PrepareSpareArrays() {
-  if (!splitting_.load(std::memory_order_relaxed)) return;
+  slabs_.PrepareSpare();
+  if (!full_size_near_.load(std::memory_order_relaxed)) return;
   for (;;) {
     {
       std::lock_guard<std::mutex> lock(spares_mutex_);
@@ -111,6 +112,9 @@ void CuckooIndex::Layout(int depth, int bucket_bits) {
   depth_ = depth;
   for (size_t p = 0; p < partitions_.size(); ++p) RoutePartition(p);
   NumberBuckets();
+  if (bucket_bits + 1 >= kMaxPartitionBucketBits) {
+    full_size_near_.store(true, std::memory_order_relaxed);
+  }
 }
 
 void CuckooIndex::RoutePartition(size_t p) {
@@ -292,11 +296,13 @@ void CuckooIndex::DoublePartition(Partition& partition) {
   partition.buckets.swap(grown);
   partition.mask = grown_mask;
   ++partition.bucket_bits;
+  if (partition.bucket_bits + 1 >= kMaxPartitionBucketBits) {
+    full_size_near_.store(true, std::memory_order_relaxed);
+  }
   Restash(partition);  // stashed keys may fit now that there is room
 }
 
 void CuckooIndex::SplitPartition(size_t p) {
-  splitting_.store(true, std::memory_order_relaxed);
   Partition& old = *partitions_[p];
   if (old.depth == depth_) {
     // Double the directory: each slot becomes two with the same partition.

@@ -142,11 +142,13 @@ class CuckooIndex {
   // Removes `key`; returns its entry id or kNoEntry when absent.
   uint32_t Erase(int64_t key);
 
-  // Makes ready the bucket arrays that the next splits take, so a split
-  // (under the owner's exclusive lock) does not map and touch a fresh 2 MiB
-  // array: that was most of a split's time (a huge-page fault can stall on
-  // compaction). Thread-safe, and meant to run outside the owner's lock,
-  // e.g. before a batch of inserts. A no-op until partitions split.
+  // Makes ready the bucket arrays that the next growths take, so a growth
+  // (under the owner's exclusive lock) does not map and touch fresh memory:
+  // that was most of a split's time (a huge-page fault can stall on
+  // compaction). The 2 MiB arrays of splits and of doublings to full size,
+  // once a partition is near it; while partitions are small, a slab.
+  // Thread-safe, and meant to run outside the owner's lock, e.g. before a
+  // batch of inserts.
   void PrepareSpareArrays();
 
   // Grows (same seeds) so that `capacity_hint` keys fit without growing
@@ -461,7 +463,8 @@ class CuckooIndex {
   static constexpr size_t kSpareArrays = 4;
   std::mutex spares_mutex_;
   std::vector<BucketArray> spares_;     // guarded by spares_mutex_
-  std::atomic<bool> splitting_{false};  // a partition has split
+  // A partition is one doubling from full size: growths take 2 MiB arrays.
+  std::atomic<bool> full_size_near_{false};
 
   int depth_ = 0;                   // log2 of the directory's slots
   std::vector<uint32_t> directory_;  // slot -> partition

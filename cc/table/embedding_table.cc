@@ -278,7 +278,8 @@ void ForEachGroupOnThreads(size_t count, size_t num_groups, GroupOf&& group_of,
 }
 
 // Copies the embeddings of keys[begin, end) into out (row i at i * dim) and
-// flags absent keys in missing[i]; returns how many were absent. With
+// flags absent keys in missing[i], zeroing their rows; returns how many were
+// absent. With
 // kCheckVersions each row is copied under its seqlock, which costs its
 // header line as well.
 template <bool kCheckVersions>
@@ -294,6 +295,10 @@ int64_t CopyRows(const CuckooIndex& index, const EntryArena& arena, const int64_
       },
       [&](int64_t i, uint32_t id) {
         if (id == CuckooIndex::kNoEntry) {
+          // The default row until inserted. Written here, under the shared
+          // lock, it also commits fresh output pages before a training
+          // lookup takes the exclusive lock to fill them.
+          std::memset(out + static_cast<size_t>(i) * dim, 0, embedding_bytes);
           missing[i] = 1;
           ++absent;
           return;
@@ -442,13 +447,7 @@ int64_t EmbeddingTable::Lookup(const int64_t* keys, int64_t n,
     });
   }
   if (num_missing.load() == 0) return 0;
-  if (!insert_missing) {
-    for (int64_t i = 0; i < n; ++i) {
-      if (missing[i]) std::fill(out + static_cast<size_t>(i) * dim,
-                                out + static_cast<size_t>(i + 1) * dim, 0.f);
-    }
-    return 0;
-  }
+  if (!insert_missing) return 0;  // absent keys' rows are zero already
   std::vector<int64_t> todo;
   todo.reserve(num_missing.load());
   for (int64_t i = 0; i < n; ++i) {
@@ -461,7 +460,17 @@ int64_t EmbeddingTable::Lookup(const int64_t* keys, int64_t n,
   std::vector<size_t> fresh;  // positions in `todo` that got a new row
   // Before the lock, so readers do not wait for fresh memory to be mapped:
   // the arena chunks new rows open, and the bucket arrays index splits take.
-  arena_.PrepareChunksFor(todo.size());
+  arena_.PrepareChunksFor(todo.size(), [&](void* data, size_t bytes) {
+    constexpr size_t kPage = EntryArena::kPageBytes;
+    char* start = static_cast<char*>(data);
+    // ~1 us per page where committing memory is slow.
+    runner.For(static_cast<int64_t>((bytes + kPage - 1) / kPage), 1000,
+               [&](int64_t begin, int64_t end) {
+                 const size_t from = static_cast<size_t>(begin) * kPage;
+                 EntryArena::CommitPages(start + from,
+                                         std::min(bytes, static_cast<size_t>(end) * kPage) - from);
+               });
+  });
   // A batch of new keys can grow many partitions of the index (a uniformly
   // filled table splits them in waves). A few growths per hold of the lock,
   // with spare arrays made ready between holds, keep each wait short. (With

@@ -45,33 +45,6 @@ EntryArena::Chunk EntryArena::NewChunk() const {
                 MakeHugePageArray<uint64_t>(kChunkEntries / 64)}};
 }
 
-void EntryArena::PrepareChunksFor(size_t upcoming) {
-  const size_t room = room_.load(std::memory_order_relaxed);
-  if (upcoming <= room) return;
-  const size_t wanted =
-      std::min(kMaxSpareChunks, (upcoming - room + kChunkEntries - 1) / kChunkEntries);
-  for (;;) {
-    {
-      std::lock_guard<std::mutex> lock(spares_mutex_);
-      if (spare_chunks_.size() >= wanted) return;
-    }
-    // Mapped and committed outside the mutex, so Allocate never waits for it.
-    Chunk chunk = NewChunk();
-    auto commit = [](void* data, size_t bytes) {
-      constexpr size_t kPageBytes = 4096;
-      for (size_t at = 0; at < bytes; at += kPageBytes) {
-        static_cast<volatile char*>(data)[at] = 0;
-      }
-    };
-    commit(chunk.embeddings.get(), sizeof(float) * dim_ * kChunkEntries);
-    commit(chunk.headers.get(), header_bytes_ * kChunkEntries);
-    for (auto& marks : chunk.marks) commit(marks.get(), kChunkEntries / 8);
-    std::lock_guard<std::mutex> lock(spares_mutex_);
-    if (spare_chunks_.size() >= wanted) return;
-    spare_chunks_.push_back(std::move(chunk));
-  }
-}
-
 void EntryArena::Free(uint32_t id) {
   for (int mark = 0; mark < kNumMarks; ++mark) ClearMark(id, static_cast<Mark>(mark));
   free_ids_.push_back(id);

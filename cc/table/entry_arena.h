@@ -10,6 +10,7 @@
 #ifndef MONOLITH_TF_CC_TABLE_ENTRY_ARENA_H_
 #define MONOLITH_TF_CC_TABLE_ENTRY_ARENA_H_
 
+#include <algorithm>
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -57,10 +58,19 @@ class EntryArena {
   // Maps and commits the chunks that `upcoming` more Allocate calls would
   // open, so that a caller holding a lock around those calls and the first
   // writes to the entries does not wait for fresh pages meanwhile (tens of
-  // ms per chunk where committing memory is slow). Thread-safe, also
-  // against Allocate; meant to run before taking that lock. A no-op while
-  // free entries or mapped room suffice.
-  void PrepareChunksFor(size_t upcoming);
+  // ms per chunk where committing memory is slow). commit(data, bytes)
+  // commits each buffer of a new chunk, e.g. CommitPages on several threads.
+  // Thread-safe, also against Allocate; meant to run before taking that
+  // lock. A no-op while free entries or mapped room suffice.
+  template <typename Commit>
+  void PrepareChunksFor(size_t upcoming, Commit&& commit);
+  void PrepareChunksFor(size_t upcoming) { PrepareChunksFor(upcoming, CommitPages); }
+  // Commits the pages of [data, data + bytes) by writing a zero to each
+  // (the memory must be fresh, i.e. still zero).
+  static void CommitPages(void* data, size_t bytes) {
+    for (size_t at = 0; at < bytes; at += kPageBytes) static_cast<volatile char*>(data)[at] = 0;
+  }
+  static constexpr size_t kPageBytes = 4096;
   // Drops every entry but keeps the chunks for reuse.
   void Reset();
 
@@ -147,6 +157,28 @@ class EntryArena {
   mutable std::mutex spares_mutex_;
   std::vector<Chunk> spare_chunks_;  // committed, guarded by spares_mutex_
 };
+
+template <typename Commit>
+void EntryArena::PrepareChunksFor(size_t upcoming, Commit&& commit) {
+  const size_t room = room_.load(std::memory_order_relaxed);
+  if (upcoming <= room) return;
+  const size_t wanted =
+      std::min(kMaxSpareChunks, (upcoming - room + kChunkEntries - 1) / kChunkEntries);
+  for (;;) {
+    {
+      std::lock_guard<std::mutex> lock(spares_mutex_);
+      if (spare_chunks_.size() >= wanted) return;
+    }
+    // Mapped and committed outside the mutex, so Allocate never waits for it.
+    Chunk chunk = NewChunk();
+    commit(static_cast<void*>(chunk.embeddings.get()), sizeof(float) * dim_ * kChunkEntries);
+    commit(static_cast<void*>(chunk.headers.get()), header_bytes_ * kChunkEntries);
+    for (auto& marks : chunk.marks) commit(static_cast<void*>(marks.get()), kChunkEntries / 8);
+    std::lock_guard<std::mutex> lock(spares_mutex_);
+    if (spare_chunks_.size() >= wanted) return;
+    spare_chunks_.push_back(std::move(chunk));
+  }
+}
 
 // Exclusive access to one entry for a writer; readers retry meanwhile.
 class EntryWriteLock {

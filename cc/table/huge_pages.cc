@@ -42,6 +42,29 @@ void UnmapHugePageBuffer(void* p, size_t bytes) {
 
 HugePageSlabs::~HugePageSlabs() {
   for (const Slab& slab : slabs_) UnmapHugePageBuffer(slab.base, kSlabBytes);
+  UnmapHugePageBuffer(spare_, kSlabBytes);
+}
+
+size_t HugePageSlabs::mapped_bytes() const {
+  std::lock_guard<std::mutex> lock(spare_mutex_);
+  return (slabs_.size() + (spare_ != nullptr ? 1 : 0)) * kSlabBytes;
+}
+
+void HugePageSlabs::PrepareSpare() {
+  if (carved_.load(std::memory_order_relaxed) < kSlabBytes / 2) return;
+  {
+    std::lock_guard<std::mutex> lock(spare_mutex_);
+    if (spare_ != nullptr) return;
+  }
+  // Mapped and committed outside the mutex: Allocate does not wait for it.
+  char* slab = static_cast<char*>(MapHugePageBuffer(kSlabBytes));
+  for (size_t at = 0; at < kSlabBytes; at += kPageBytes) static_cast<volatile char*>(slab)[at] = 0;
+  std::lock_guard<std::mutex> lock(spare_mutex_);
+  if (spare_ == nullptr) {
+    spare_ = slab;
+  } else {
+    UnmapHugePageBuffer(slab, kSlabBytes);
+  }
 }
 
 void* HugePageSlabs::Allocate(size_t bytes) {
@@ -53,13 +76,20 @@ void* HugePageSlabs::Allocate(size_t bytes) {
     const size_t offset = RoundUp(slab.next, bytes);
     if (offset + bytes <= kSlabBytes) {
       slab.next = offset + bytes;
+      carved_.store(slab.next, std::memory_order_relaxed);
       slab.live += bytes;
       return slab.base + offset;
     }
   }
   slabs_.reserve(slabs_.size() + 1);  // so push_back cannot throw after the mapping
-  char* base = static_cast<char*>(MapHugePageBuffer(kSlabBytes));
+  char* base = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(spare_mutex_);
+    std::swap(base, spare_);
+  }
+  if (base == nullptr) base = static_cast<char*>(MapHugePageBuffer(kSlabBytes));
   slabs_.push_back(Slab{base, bytes, bytes});
+  carved_.store(bytes, std::memory_order_relaxed);
   return base;
 }
 
@@ -73,6 +103,7 @@ void HugePageSlabs::Release(void* p, size_t bytes) {
     if (slab.live != 0) return;
     if (i + 1 == slabs_.size()) {
       slab.next = 0;  // the slab carved from: start it over
+      carved_.store(0, std::memory_order_relaxed);
     } else {
       UnmapHugePageBuffer(slab.base, kSlabBytes);
       slabs_.erase(slabs_.begin() + static_cast<std::ptrdiff_t>(i));

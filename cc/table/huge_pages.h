@@ -6,7 +6,9 @@
 #define MONOLITH_TF_CC_TABLE_HUGE_PAGES_H_
 
 #include <cstddef>
+#include <atomic>
 #include <memory>
+#include <mutex>
 #include <vector>
 
 namespace monolith {
@@ -51,8 +53,13 @@ class HugePageSlabs {
   void* Allocate(size_t bytes);
   // `p` and `bytes` as returned and asked by Allocate.
   void Release(void* p, size_t bytes);
-  // Bytes of slabs mapped (for memory accounting).
-  size_t mapped_bytes() const { return slabs_.size() * kSlabBytes; }
+  // Maps and commits the slab that the next Allocate opening one takes, so
+  // that Allocate, under the owner's lock, does not wait for fresh pages.
+  // Thread-safe (the one call that is); a no-op until the slab being carved
+  // is half used (a small table keeps to one slab), or while one is ready.
+  void PrepareSpare();
+  // Bytes of slabs mapped (for memory accounting), the spare included.
+  size_t mapped_bytes() const;
 
  private:
   struct Slab {
@@ -61,6 +68,10 @@ class HugePageSlabs {
     size_t live;  // bytes handed out and not released
   };
   std::vector<Slab> slabs_;  // the last one is carved from
+  // Bytes carved from the last slab (0 while there is none).
+  std::atomic<size_t> carved_{0};
+  mutable std::mutex spare_mutex_;
+  char* spare_ = nullptr;  // guarded by spare_mutex_
 };
 
 }  // namespace monolith

@@ -448,6 +448,30 @@ void SlabBuffersAreDisjointAndSlabsReturn(int seed) {
   CHECK(refused);
 }
 
+// A spare slab is made ready once the slab being carved is half used, and
+// it is the one the next new slab comes from.
+void SpareSlabIsTheNextSlab(int) {
+  HugePageSlabs slabs;
+  const size_t slab = HugePageSlabs::kSlabBytes;
+  slabs.PrepareSpare();  // nothing carved: no spare
+  CHECK_EQ(slabs.mapped_bytes(), size_t{0});
+  void* quarter = slabs.Allocate(slab / 4);
+  slabs.PrepareSpare();  // a quarter used: still none
+  CHECK_EQ(slabs.mapped_bytes(), slab);
+  void* half = slabs.Allocate(slab / 2);
+  slabs.PrepareSpare();
+  CHECK_EQ(slabs.mapped_bytes(), 2 * slab);
+  slabs.PrepareSpare();  // one is ready already
+  CHECK_EQ(slabs.mapped_bytes(), 2 * slab);
+  void* next = slabs.Allocate(slab / 2);  // no room left: opens the spare
+  CHECK_EQ(slabs.mapped_bytes(), 2 * slab);
+  std::memset(next, 7, slab / 2);
+  slabs.Release(quarter, slab / 4);
+  slabs.Release(half, slab / 2);  // the first slab is empty: unmapped
+  CHECK_EQ(slabs.mapped_bytes(), slab);
+  slabs.Release(next, slab / 2);
+}
+
 void ArenaEntriesAreDisjointAcrossChunks(const ArenaShape& shape) {
   EntryArena arena(shape.dim, shape.state_dim);
   // The embedding, plus header + state rounded up to 8 bytes so every header
@@ -617,13 +641,14 @@ int main() {
   Run("reserve_in_steps", ReserveForInStepsMakesTheSameRoom, kIndexParams);
   Run("partitions_on_two_threads", ThreadsInsertingIntoDisjointPartitionsMatchAMap,
       kIndexParams);
+  const int once[] = {0};
   const int slab_seeds[] = {1, 2, 3};
   Run("slab_buffers_disjoint", SlabBuffersAreDisjointAndSlabsReturn, slab_seeds);
+  Run("spare_slab", SpareSlabIsTheNextSlab, once);
   Run("arena_disjoint_entries", ArenaEntriesAreDisjointAcrossChunks, kArenaShapes);
   Run("arena_reuses_freed", ArenaReusesFreedEntriesFirst, kArenaShapes);
   Run("arena_prepared_chunks", ArenaPreparedChunksAreTheOnesUsed, kArenaShapes);
   Run("arena_dirty_bits", ArenaDirtyBitsAreOnePerEntry, kArenaShapes);
-  const int once[] = {0};
   Run("config_validation", ConfigValidationNamesTheField, once);
   std::printf("core_test: %d failed checks\n", failures);
   return failures == 0 ? 0 : 1;
