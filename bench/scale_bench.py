@@ -6,7 +6,7 @@ seconds when the index grows.
 
 Printed, one table each:
   per size band   batch latency (lookup + apply) median / p99 / worst and
-                  worst / median; the index growths inside the band;
+                  worst / median; how many of its batches grew the index;
   reader          the second thread's lookups of 1,024 present ids: median,
                   p99 and worst wait over the whole run;
   at full size    bytes per row (the table's memory / rows) against the
@@ -179,7 +179,8 @@ def main(argv=None):
 
     table = _core.EmbeddingTable(dim=DIM, optimizer="adagrad")
     bands, waits, largest = grow(table, args.rows, args.batch, args.threads, args.band_rows)
-    print("| rows up to | batches | growths | median ms | p99 ms | worst ms | worst / median |")
+    print("| rows up to | batches | batches that grew the index | median ms | p99 ms "
+          "| worst ms | worst / median |")
     print("|---|---|---|---|---|---|---|")
     for band in bands:
         lat = [x * 1e3 for x in band["latencies"]]

@@ -461,14 +461,15 @@ int64_t EmbeddingTable::Lookup(const int64_t* keys, int64_t n,
   // Before the lock, so readers do not wait for fresh memory to be mapped:
   // the arena chunks new rows open, and the bucket arrays index splits take.
   arena_.PrepareChunksFor(todo.size(), [&](void* data, size_t bytes) {
-    constexpr size_t kPage = EntryArena::kPageBytes;
+    // Threads take whole 2 MiB blocks: two threads faulting in one huge
+    // page would each allocate and zero it (the kernel keeps one).
+    constexpr size_t kBlock = size_t{2} << 20;
     char* start = static_cast<char*>(data);
-    // ~1 us per page where committing memory is slow.
-    runner.For(static_cast<int64_t>((bytes + kPage - 1) / kPage), 1000,
+    runner.For(static_cast<int64_t>((bytes + kBlock - 1) / kBlock), 1000000,
                [&](int64_t begin, int64_t end) {
-                 const size_t from = static_cast<size_t>(begin) * kPage;
+                 const size_t from = static_cast<size_t>(begin) * kBlock;
                  EntryArena::CommitPages(start + from,
-                                         std::min(bytes, static_cast<size_t>(end) * kPage) - from);
+                                         std::min(bytes, static_cast<size_t>(end) * kBlock) - from);
                });
   });
   // A batch of new keys can grow many partitions of the index (a uniformly
