@@ -3,7 +3,6 @@ updates, no torn rows, no lost keys. The bindings release the GIL."""
 
 import os
 import threading
-import time
 
 import numpy as np
 
