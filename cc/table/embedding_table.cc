@@ -468,8 +468,8 @@ int64_t EmbeddingTable::Lookup(const int64_t* keys, int64_t n,
     runner.For(static_cast<int64_t>((bytes + kBlock - 1) / kBlock), 1000000,
                [&](int64_t begin, int64_t end) {
                  const size_t from = static_cast<size_t>(begin) * kBlock;
-                 EntryArena::CommitPages(start + from,
-                                         std::min(bytes, static_cast<size_t>(end) * kBlock) - from);
+                 CommitPages(start + from,
+                             std::min(bytes, static_cast<size_t>(end) * kBlock) - from);
                });
   });
   // A batch of new keys can grow many partitions of the index (a uniformly

@@ -59,18 +59,12 @@ class EntryArena {
   // open, so that a caller holding a lock around those calls and the first
   // writes to the entries does not wait for fresh pages meanwhile (tens of
   // ms per chunk where committing memory is slow). commit(data, bytes)
-  // commits each buffer of a new chunk, e.g. CommitPages on several threads.
+  // commits each buffer of a new chunk (CommitPages, or it on several threads).
   // Thread-safe, also against Allocate; meant to run before taking that
   // lock. A no-op while free entries or mapped room suffice.
   template <typename Commit>
   void PrepareChunksFor(size_t upcoming, Commit&& commit);
   void PrepareChunksFor(size_t upcoming) { PrepareChunksFor(upcoming, CommitPages); }
-  // Commits the pages of [data, data + bytes) by writing a zero to each
-  // (the memory must be fresh, i.e. still zero).
-  static void CommitPages(void* data, size_t bytes) {
-    for (size_t at = 0; at < bytes; at += kPageBytes) static_cast<volatile char*>(data)[at] = 0;
-  }
-  static constexpr size_t kPageBytes = 4096;
   // Drops every entry but keeps the chunks for reuse.
   void Reset();
 

@@ -36,6 +36,10 @@ void* MapHugePageBuffer(size_t bytes) {
   return reinterpret_cast<void*>(aligned);
 }
 
+void CommitPages(void* data, size_t bytes) {
+  for (size_t at = 0; at < bytes; at += kPageBytes) static_cast<volatile char*>(data)[at] = 0;
+}
+
 void UnmapHugePageBuffer(void* p, size_t bytes) {
   if (p != nullptr) munmap(p, RoundUp(bytes == 0 ? 1 : bytes, kPageBytes));
 }
@@ -58,7 +62,7 @@ void HugePageSlabs::PrepareSpare() {
   }
   // Mapped and committed outside the mutex: Allocate does not wait for it.
   char* slab = static_cast<char*>(MapHugePageBuffer(kSlabBytes));
-  for (size_t at = 0; at < kSlabBytes; at += kPageBytes) static_cast<volatile char*>(slab)[at] = 0;
+  CommitPages(slab, kSlabBytes);
   std::lock_guard<std::mutex> lock(spare_mutex_);
   if (spare_ == nullptr) {
     spare_ = slab;

@@ -18,6 +18,10 @@ namespace monolith {
 void* MapHugePageBuffer(size_t bytes);
 void UnmapHugePageBuffer(void* p, size_t bytes);
 
+// Commits the pages of fresh (still zero) memory [data, data + bytes) by
+// writing a zero to each, so later writes there take no page faults.
+void CommitPages(void* data, size_t bytes);
+
 struct HugePageUnmap {
   size_t bytes = 0;
   void operator()(void* p) const { UnmapHugePageBuffer(p, bytes); }
