@@ -279,9 +279,8 @@ void ForEachGroupOnThreads(size_t count, size_t num_groups, GroupOf&& group_of,
 
 // Copies the embeddings of keys[begin, end) into out (row i at i * dim) and
 // flags absent keys in missing[i], zeroing their rows; returns how many were
-// absent. With
-// kCheckVersions each row is copied under its seqlock, which costs its
-// header line as well.
+// absent. With kCheckVersions each row is copied under its seqlock, which
+// costs its header line as well.
 template <bool kCheckVersions>
 int64_t CopyRows(const CuckooIndex& index, const EntryArena& arena, const int64_t* keys,
                  int64_t begin, int64_t end, int dim, float* out, uint8_t* missing) {
@@ -374,9 +373,8 @@ void EmbeddingTable::IndexMissingKeys(const int64_t* keys, const std::vector<int
   };
   try {
     while (claimed.size() < count) claimed.push_back(arena_.Allocate());
-    // Room for every key, so no partition needs to grow while threads place;
-    // only the partitions these keys go to grow.
-    // Lookup made room already, unless another writer took it meanwhile.
+    // Room for every key, so no partition needs to grow while threads place
+    // (Lookup made it already, unless another writer took it meanwhile).
     index_.ReserveFor(count, [&](size_t j) { return keys[todo[j]]; });
   } catch (...) {
     give_back_unused();
@@ -459,7 +457,7 @@ int64_t EmbeddingTable::Lookup(const int64_t* keys, int64_t n,
   std::vector<uint32_t> ids(todo.size(), CuckooIndex::kNoEntry);
   std::vector<size_t> fresh;  // positions in `todo` that got a new row
   // Before the lock, so readers do not wait for fresh memory to be mapped:
-  // the arena chunks new rows open, and the bucket arrays index splits take.
+  // the arena chunks the new rows open (and, below, the index's arrays).
   arena_.PrepareChunksFor(todo.size(), [&](void* data, size_t bytes) {
     // Threads take whole 2 MiB blocks: two threads faulting in one huge
     // page would each allocate and zero it (the kernel keeps one).
