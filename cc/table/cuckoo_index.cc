@@ -403,9 +403,13 @@ void CuckooIndex::Clear() {
 
 size_t CuckooIndex::memory_bytes() const {
   // unordered_map node: key, value, next pointer, cached hash, plus a bucket.
-  // Spare arrays are not counted: at most kSpareArrays * 2 MiB per table.
-  // Arrays under 2 MiB are counted as the slabs that hold them.
+  // Arrays under 2 MiB are counted as the slabs that hold them; spare arrays
+  // are committed memory too.
   size_t own_arrays = 0;
+  {
+    std::lock_guard<std::mutex> lock(spares_mutex_);
+    for (const BucketArray& spare : spares_) own_arrays += spare.size() * sizeof(Bucket);
+  }
   for (const auto& partition : partitions_) {
     const size_t bytes = partition->buckets.size() * sizeof(Bucket);
     if (bytes >= HugePageSlabs::kSlabBytes) own_arrays += bytes;

@@ -461,7 +461,7 @@ class CuckooIndex {
   // pages. Declared before every BucketArray member, so it outlives them.
   HugePageSlabs slabs_;
   static constexpr size_t kSpareArrays = 4;
-  std::mutex spares_mutex_;
+  mutable std::mutex spares_mutex_;
   std::vector<BucketArray> spares_;     // guarded by spares_mutex_
   // A partition is one doubling from full size: growths take 2 MiB arrays.
   std::atomic<bool> full_size_near_{false};
