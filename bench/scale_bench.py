@@ -8,7 +8,11 @@ Printed, one table each:
   per size band   batch latency (lookup + apply) median / p99 / worst and
                   worst / median; how many of its batches grew the index;
   reader          the second thread's lookups of 1,024 present ids: median,
-                  p99 and worst wait over the whole run;
+                  p99 and worst wait over the whole run; beside it, a control
+                  thread doing the same lookups on a static 1M-row table in
+                  the same process at the same time (its waits are the
+                  machine's: CPU contention, the host's steal), and the share
+                  of CPU time the host stole during the run (/proc/stat);
   at full size    bytes per row (the table's memory / rows) against the
                   row payload (16 floats + 16 of Adagrad state), peak extra
                   resident memory during the largest growth (VmHWM rise over
@@ -36,6 +40,7 @@ import numpy as np
 from monolith_tf import _core
 
 DIM = 16
+CONTROL_ROWS = 1 << 20
 GOLDEN = 0x9E3779B97F4A7C15  # odd: i * GOLDEN mod 2^64 is a bijection
 
 
@@ -54,7 +59,9 @@ def memory_kib(field):
 
 
 class Reader(threading.Thread):
-    """Looks up ``batch`` present ids again and again; records each wait."""
+    """Looks up ``batch`` present ids about once a millisecond, as a serving
+    thread would (not spinning, which would take a core from the trainer on
+    this 2-core machine); records each wait."""
 
     def __init__(self, table, present, batch=1024):
         super().__init__(daemon=True)
@@ -73,6 +80,22 @@ class Reader(threading.Thread):
             started = time.perf_counter()
             self.table.lookup(keys, insert_missing=False)
             self.waits.append(time.perf_counter() - started)
+            time.sleep(0.001)
+
+
+def stolen_and_total_jiffies():
+    """The host's steal and all CPU time so far, from /proc/stat's cpu line."""
+    with open("/proc/stat") as stat:
+        fields = [int(x) for x in stat.readline().split()[1:]]
+    return fields[7], sum(fields[:8])
+
+
+def static_table(rows):
+    """A table of ``rows`` rows that nothing grows: the control reader's."""
+    table = _core.EmbeddingTable(dim=DIM, optimizer="adagrad")
+    for start in range(0, rows, 65536):
+        table.lookup(keys_of(np.arange(start, min(start + 65536, rows))), insert_missing=True)
+    return table
 
 
 def percentile(values, q):
@@ -85,7 +108,10 @@ def grow(table, rows, batch, threads, band_rows):
     grads = np.full((batch, DIM), 0.01, np.float32)
     inserted = [0]
     reader = Reader(table, lambda: inserted[0])
+    control = Reader(static_table(CONTROL_ROWS), lambda: CONTROL_ROWS)
+    steal_before = stolen_and_total_jiffies()
     reader.start()
+    control.start()
     bands, current = [], {"latencies": [], "growths": 0}
     largest_growth = (0, 0, 0)
     buckets = table.num_buckets
@@ -109,8 +135,12 @@ def grow(table, rows, batch, threads, band_rows):
             bands.append(current)
             current = {"latencies": [], "growths": 0}
     reader.stop.set()
+    control.stop.set()
     reader.join()
-    return bands, reader.waits, largest_growth
+    control.join()
+    steal_after = stolen_and_total_jiffies()
+    stolen = (steal_after[0] - steal_before[0]) / max(steal_after[1] - steal_before[1], 1)
+    return bands, reader.waits, control.waits, stolen, largest_growth
 
 
 def lookup_rate(table, rows, threads, total=10_000_000, batch=65536):
@@ -178,7 +208,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     table = _core.EmbeddingTable(dim=DIM, optimizer="adagrad")
-    bands, waits, largest = grow(table, args.rows, args.batch, args.threads, args.band_rows)
+    bands, waits, control_waits, stolen, largest = grow(table, args.rows, args.batch,
+                                                        args.threads, args.band_rows)
     print("| rows up to | batches | batches that grew the index | median ms | p99 ms "
           "| worst ms | worst / median |")
     print("|---|---|---|---|---|---|---|")
@@ -189,9 +220,12 @@ def main(argv=None):
               f"{percentile(lat, 99):.1f} | {max(lat):.1f} | {max(lat) / median:.1f}x |",
               flush=True)
     print()
-    print(f"reader (1,024 present ids per lookup, {len(waits)} lookups): median "
-          f"{percentile(waits, 50) * 1e3:.2f} ms, p99 {percentile(waits, 99) * 1e3:.1f} ms, "
-          f"worst {max(waits) * 1e3:.1f} ms")
+    for name, values in (("reader", waits), ("control reader (static 1M-row table)",
+                                               control_waits)):
+        print(f"{name} (1,024 present ids per lookup, {len(values)} lookups): median "
+              f"{percentile(values, 50) * 1e3:.2f} ms, p99 {percentile(values, 99) * 1e3:.1f} "
+              f"ms, worst {max(values) * 1e3:.1f} ms")
+    print(f"CPU time the host stole during the growth: {stolen:.1%}")
     rows = table.size()
     payload = 2 * DIM * 4
     per_row = table.memory_bytes() / rows

@@ -46,6 +46,8 @@ constexpr int64_t kPrefetchAhead = 32;
 // Index partition growths per hold of the exclusive lock when a batch makes
 // room (each ~1 ms with a spare array ready; as many as there are spares).
 constexpr size_t kIndexGrowthsPerLock = 4;
+// New keys of one training lookup indexed and filled per hold of the lock.
+constexpr size_t kKeysPerHold = 16384;
 
 void CheckCount(int64_t n, const char* what) {
   if (n < 0) {
@@ -356,10 +358,9 @@ int64_t EmbeddingTable::CopyPresentRows(const int64_t* keys, int64_t begin, int6
   return CopyRows</*kCheckVersions=*/true>(index_, arena_, keys, begin, end, dim, out, missing);
 }
 
-void EmbeddingTable::IndexMissingKeys(const int64_t* keys, const std::vector<int64_t>& todo,
-                                      const ParallelRunner& runner, std::vector<uint32_t>* ids,
+void EmbeddingTable::IndexMissingKeys(const int64_t* keys, const int64_t* todo, size_t count,
+                                      const ParallelRunner& runner, uint32_t* ids,
                                       std::vector<size_t>* fresh) {
-  const size_t count = todo.size();
   // The arena is not thread-safe, so every key gets an id claimed up front;
   // the ids of keys found present (duplicates, or inserted by another
   // thread since the probe) go back afterwards.
@@ -390,11 +391,16 @@ void EmbeddingTable::IndexMissingKeys(const int64_t* keys, const std::vector<int
     auto place = [&](size_t j, bool may_kick) {
       bool placed = false;
       auto claim = [&] { return claimed[j]; };
-      (*ids)[j] = may_kick ? index_.FindOrInsert(keys[todo[j]], claim, &placed)
-                           : index_.FindOrInsertWithoutKicks(keys[todo[j]], claim, &placed);
+      ids[j] = may_kick ? index_.FindOrInsert(keys[todo[j]], claim, &placed)
+                        : index_.FindOrInsertWithoutKicks(keys[todo[j]], claim, &placed);
       inserted[j] = placed;
-      return (*ids)[j] != CuckooIndex::kNoEntry;
+      return ids[j] != CuckooIndex::kNoEntry;
     };
+    // A partition may get only a few dozen keys of a batch: its first keys
+    // are prefetched before the loop, or they would all miss.
+    for (size_t k = 0; k < std::min<size_t>(n, kPrefetchAhead); ++k) {
+      index_.Prefetch(keys[todo[items[k]]]);
+    }
     for (size_t k = 0; k < n; ++k) {
       if (k + kPrefetchAhead < n) index_.Prefetch(keys[todo[items[k + kPrefetchAhead]]]);
       if (!place(items[k], /*may_kick=*/false)) needs_kicks.push_back(items[k]);
@@ -423,7 +429,7 @@ void EmbeddingTable::IndexMissingKeys(const int64_t* keys, const std::vector<int
   } catch (...) {  // out of memory for a stash or a rebuild
     // Rows already indexed must still be valid.
     collect_fresh();
-    for (size_t f : *fresh) InitRow(keys[todo[f]], (*ids)[f]);
+    for (size_t f : *fresh) InitRow(keys[todo[f]], ids[f]);
     give_back_unused();
     throw;
   }
@@ -435,7 +441,6 @@ int64_t EmbeddingTable::Lookup(const int64_t* keys, int64_t n,
                                bool insert_missing, float* out,
                                const ParallelRunner& runner) {
   CheckCount(n, "number of ids");
-  const int dim = config_.dim;
   std::vector<uint8_t> missing(n, 0);
   std::atomic<int64_t> num_missing{0};
   {
@@ -451,11 +456,6 @@ int64_t EmbeddingTable::Lookup(const int64_t* keys, int64_t n,
   for (int64_t i = 0; i < n; ++i) {
     if (missing[i]) todo.push_back(i);
   }
-  // Under the exclusive lock: claim ids and index the keys, then fill the
-  // new rows and copy the results out in parallel. No reader can see a row
-  // before it is initialized, because readers need the shared lock.
-  std::vector<uint32_t> ids(todo.size(), CuckooIndex::kNoEntry);
-  std::vector<size_t> fresh;  // positions in `todo` that got a new row
   // Before the lock, so readers do not wait for fresh memory to be mapped:
   // the arena chunks the new rows open (and, below, the index's arrays).
   arena_.PrepareChunksFor(todo.size(), [&](void* data, size_t bytes) {
@@ -480,13 +480,28 @@ int64_t EmbeddingTable::Lookup(const int64_t* keys, int64_t n,
     ExclusiveLock lock(*lock_);
     room = index_.ReserveFor(todo.size(), key_at, kIndexGrowthsPerLock);
   }
+  // Inserted a slice at a time, each under its own hold of the lock, so a
+  // reader waits for one slice's placement and fill, not the whole batch's.
+  int64_t inserted = 0;
+  for (size_t first = 0; first < todo.size(); first += kKeysPerHold) {
+    inserted += InsertMissing(keys, todo.data() + first,
+                              std::min(kKeysPerHold, todo.size() - first), out, runner);
+  }
+  return inserted;
+}
+
+int64_t EmbeddingTable::InsertMissing(const int64_t* keys, const int64_t* todo, size_t count,
+                                      float* out, const ParallelRunner& runner) {
+  const int dim = config_.dim;
+  std::vector<uint32_t> ids(count, CuckooIndex::kNoEntry);
+  std::vector<size_t> fresh;  // positions in `todo` that got a new row
   ExclusiveLock lock(*lock_);
   if (filter_ == nullptr) {
-    IndexMissingKeys(keys, todo, runner, &ids, &fresh);
+    IndexMissingKeys(keys, todo, count, runner, ids.data(), &fresh);
   } else {
     try {
-      for (size_t j = 0; j < todo.size(); ++j) {
-        if (j + kPrefetchAhead < todo.size()) index_.Prefetch(keys[todo[j + kPrefetchAhead]]);
+      for (size_t j = 0; j < count; ++j) {
+        if (j + kPrefetchAhead < count) index_.Prefetch(keys[todo[j + kPrefetchAhead]]);
         const int64_t key = keys[todo[j]];
         // Another thread, or an earlier duplicate in this batch, may have won.
         ids[j] = index_.Find(key);
@@ -509,7 +524,7 @@ int64_t EmbeddingTable::Lookup(const int64_t* keys, int64_t n,
   // New rows are filled and copied out in one pass, while their lines are
   // in cache; their memory (often freed by removals, anywhere in the arena)
   // is prefetched for writing a few rows ahead.
-  std::vector<uint8_t> copied(todo.size(), 0);
+  std::vector<uint8_t> copied(count, 0);
   const size_t embedding_bytes = sizeof(float) * dim;
   runner.For(static_cast<int64_t>(fresh.size()), 100, [&](int64_t begin, int64_t end) {
     constexpr int64_t kAhead = 8;
@@ -524,7 +539,7 @@ int64_t EmbeddingTable::Lookup(const int64_t* keys, int64_t n,
   });
   // The others: inserted by another thread or by an earlier duplicate in
   // this batch (filled above), or not admitted.
-  runner.For(static_cast<int64_t>(todo.size()), 20, [&](int64_t begin, int64_t end) {
+  runner.For(static_cast<int64_t>(count), 20, [&](int64_t begin, int64_t end) {
     for (int64_t j = begin; j < end; ++j) {
       if (copied[j]) continue;
       float* dst = out + static_cast<size_t>(todo[j]) * dim;

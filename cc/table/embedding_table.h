@@ -160,13 +160,20 @@ class EmbeddingTable {
   // Records removed keys for delta saves and sync pushes (exclusive lock).
   template <typename It>
   void RecordRemoved(It begin, It end);
-  // Maps keys[todo[j]] to (*ids)[j] for every j, giving absent keys new
+  // Maps keys[todo[j]] to ids[j] for every j < count, giving absent keys new
   // (uninitialized) rows, whose positions j go to *fresh. Placement runs on
   // the runner's threads, one partition of the index per thread at a time.
   // Exclusive lock held, no admission filter.
-  void IndexMissingKeys(const int64_t* keys, const std::vector<int64_t>& todo,
-                        const ParallelRunner& runner, std::vector<uint32_t>* ids,
+  void IndexMissingKeys(const int64_t* keys, const int64_t* todo, size_t count,
+                        const ParallelRunner& runner, uint32_t* ids,
                         std::vector<size_t>* fresh);
+  // Inserts the absent keys keys[todo[0..count)] (those the filter admits)
+  // and writes every one's row to out (row todo[j] at todo[j] * dim), under
+  // one hold of the exclusive lock: ids are claimed and keys indexed, then
+  // new rows are filled and copied out. No reader sees a row before it is
+  // filled, since readers hold the shared lock. Returns the rows inserted.
+  int64_t InsertMissing(const int64_t* keys, const int64_t* todo, size_t count, float* out,
+                        const ParallelRunner& runner);
   // Copies the embeddings of keys[begin, end) into out (row i at i * dim)
   // and flags absent keys in missing[i]; returns how many were absent.
   // Shared lock held.

@@ -41,6 +41,24 @@ def test_duplicate_new_ids_in_one_batch_get_one_row():
     np.testing.assert_array_equal(out[1], out[4])
 
 
+def test_a_batch_inserted_in_several_holds_keeps_one_row_per_key():
+    """A training lookup inserts its new keys a slice at a time (16,384 per
+    hold of the table's lock): a key repeated in a later slice finds the row
+    its first copy made, with the initial value a lone insert gives."""
+    keys = np.arange(1, 30_001, dtype=np.int64) * 7919
+    batch = np.concatenate([keys, keys[::-1], keys[:5]])  # repeats far apart
+    table = _core.EmbeddingTable(dim=3, initializer="normal(stddev=1)", seed=2)
+    out = table.lookup(batch, insert_missing=True, threads=2)
+    assert table.size() == len(keys)
+    assert table.stats()["admitted"] == len(keys)
+    np.testing.assert_array_equal(out[len(keys):2 * len(keys)], out[:len(keys)][::-1])
+    np.testing.assert_array_equal(out[2 * len(keys):], out[:5])
+    reference = _core.EmbeddingTable(dim=3, initializer="normal(stddev=1)", seed=2)
+    sample = np.arange(0, len(keys), 997)
+    expected = np.concatenate([reference.lookup(keys[i:i + 1]) for i in sample])
+    np.testing.assert_array_equal(out[sample], expected)
+
+
 def test_special_keys_are_ordinary_keys():
     table = _core.EmbeddingTable(dim=2, initializer="zeros")
     keys = np.array([0, -1, 2**63 - 1, -2**63, 1], np.int64)
