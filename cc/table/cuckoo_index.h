@@ -162,6 +162,19 @@ class CuckooIndex {
   // `max_growths`, stops after that many partition growths and returns
   // false if more are needed: a caller that holds its lock only for a few
   // growths at a time, so readers get in between, calls it again.
+  // Whether the `count` keys key_at(0..count-1) fit with no growth. Only
+  // reads, so a writer can ask under its owner's shared lock and take the
+  // exclusive one only to grow.
+  template <typename KeyAt>
+  bool FitsWithoutGrowth(size_t count, KeyAt&& key_at) const {
+    std::vector<size_t> incoming(partitions_.size(), 0);
+    for (size_t j = 0; j < count; ++j) ++incoming[PartitionOf(key_at(j))];
+    for (size_t p = 0; p < partitions_.size(); ++p) {
+      if (incoming[p] != 0 && !Fits(*partitions_[p], incoming[p])) return false;
+    }
+    return true;
+  }
+
   template <typename KeyAt>
   bool ReserveFor(size_t count, KeyAt&& key_at,
                   size_t max_growths = std::numeric_limits<size_t>::max()) {

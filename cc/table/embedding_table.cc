@@ -475,7 +475,12 @@ int64_t EmbeddingTable::Lookup(const int64_t* keys, int64_t n,
   // with spare arrays made ready between holds, keep each wait short. (With
   // an admission filter most keys may stay out: those grow it one by one.)
   auto key_at = [&](size_t j) { return keys[todo[j]]; };
-  for (bool room = filter_ != nullptr; !room;) {
+  bool room = filter_ != nullptr;
+  if (!room) {  // most batches need no growth: counted without blocking readers
+    SharedLock lock(*lock_);
+    room = index_.FitsWithoutGrowth(todo.size(), key_at);
+  }
+  while (!room) {
     index_.PrepareSpareArrays();
     ExclusiveLock lock(*lock_);
     room = index_.ReserveFor(todo.size(), key_at, kIndexGrowthsPerLock);

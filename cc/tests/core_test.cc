@@ -308,6 +308,9 @@ void ReserveForInStepsMakesTheSameRoom(const IndexParams& p) {
     for (int64_t& key : keys) key = static_cast<int64_t>(rng() >> 1);
     auto key_at = [&](size_t j) { return keys[j]; };
     const size_t growths_before = stepped.growths();
+    // The read-only check agrees with ReserveFor: whether growth is needed.
+    const bool fits = stepped.FitsWithoutGrowth(keys.size(), key_at);
+    CHECK_EQ(stepped.growths(), growths_before);
     size_t calls = 1;
     while (!stepped.ReserveFor(keys.size(), key_at, /*max_growths=*/1)) ++calls;
     CHECK(at_once.ReserveFor(keys.size(), key_at));
@@ -317,6 +320,8 @@ void ReserveForInStepsMakesTheSameRoom(const IndexParams& p) {
     // One growth per call that returned false, and at most one in the last.
     const size_t grew = stepped.growths() - growths_before;
     CHECK(grew + 1 == calls || grew == calls);
+    CHECK_EQ(fits, grew == 0);
+    CHECK(stepped.FitsWithoutGrowth(keys.size(), key_at));
     most_calls = std::max(most_calls, calls);
     CHECK(stepped.ReserveFor(keys.size(), key_at, /*max_growths=*/0));
     const size_t buckets = stepped.num_buckets();
