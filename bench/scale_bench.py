@@ -11,8 +11,10 @@ Printed, one table each:
                   p99 and worst wait over the whole run; beside it, a control
                   thread doing the same lookups on a static 1M-row table in
                   the same process at the same time (its waits are the
-                  machine's: CPU contention, the host's steal), and the share
-                  of CPU time the host stole during the run (/proc/stat);
+                  machine's: CPU contention, the host's steal), the share
+                  of CPU time the host stole during the run (/proc/stat) and
+                  how fast the machine commits fresh memory (each batch of
+                  new ids commits an arena chunk before the lock);
   at full size    bytes per row (the table's memory / rows) against the
                   row payload (16 floats + 16 of Adagrad state), peak extra
                   resident memory during the largest growth (VmHWM rise over
@@ -38,6 +40,7 @@ import time
 import numpy as np
 
 from monolith_tf import _core
+from table_bench import first_touch_gb_per_s
 
 DIM = 16
 CONTROL_ROWS = 1 << 20
@@ -226,6 +229,11 @@ def main(argv=None):
               f"{percentile(values, 50) * 1e3:.2f} ms, p99 {percentile(values, 99) * 1e3:.1f} "
               f"ms, worst {max(values) * 1e3:.1f} ms")
     print(f"CPU time the host stole during the growth: {stolen:.1%}")
+    # Each batch of new ids opens an arena chunk (65,536 rows, about 9 MiB)
+    # whose pages must be committed: at this rate, beside the median batch.
+    touch = first_touch_gb_per_s()
+    print(f"this machine's first touch of fresh memory after the growth: {touch:.2f} GB/s "
+          f"({(2 << 20) / touch / 1e6:.2f} ms per 2 MiB page)")
     rows = table.size()
     payload = 2 * DIM * 4
     per_row = table.memory_bytes() / rows
